@@ -1,0 +1,37 @@
+"""Pydantic models of the board, the mission and the agent's configuration."""
+
+from agent.models.config import AgentConfig
+from agent.models.hardware import CoreSpec, HardwareProfile, QemuSpec, Reserve
+from agent.models.loading import load_file, load_text
+from agent.models.mission import (
+    Budget,
+    CpuPlacement,
+    Criticality,
+    HealthCheck,
+    MissionProfile,
+    Partition,
+    RestartPolicy,
+    Schedule,
+    Window,
+    Workload,
+)
+
+__all__ = [
+    "AgentConfig",
+    "Budget",
+    "CoreSpec",
+    "CpuPlacement",
+    "Criticality",
+    "HardwareProfile",
+    "HealthCheck",
+    "MissionProfile",
+    "Partition",
+    "QemuSpec",
+    "Reserve",
+    "RestartPolicy",
+    "Schedule",
+    "Window",
+    "Workload",
+    "load_file",
+    "load_text",
+]

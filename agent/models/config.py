@@ -1,0 +1,50 @@
+"""Agent configuration (``/etc/sortie/agent.yaml``)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from agent.models._base import Frozen
+
+
+def _hostname() -> str:
+    return socket.gethostname().split(".")[0].lower() or "board"
+
+
+class AgentConfig(Frozen):
+    """Where the agent finds its board, its missions and its state."""
+
+    node_name: str = Field(default_factory=_hostname)
+    """This board's name towards control planes (defaults to the host name)."""
+    hardware_profile: Path | None = None
+    """Hardware profile file; ``None`` detects the machine at start."""
+    profile_dirs: list[Path] = Field(default_factory=lambda: [Path("/etc/sortie/profiles")])
+    """Directories (or files) holding mission profiles baked into the image."""
+    mission: str | None = None
+    """Mission to fly when the directories hold several; ``None`` needs exactly one."""
+    state_dir: Path = Path("/var/lib/sortie")
+    """Last-known-good state and workload records (root only, 0700)."""
+    run_dir: Path = Path("/run/sortie")
+    """Runtime directory holding the local API socket (0600)."""
+    log_dir: Path = Path("/var/log/sortie/workloads")
+    """Per-workload stdout/stderr logs."""
+    log_max_bytes: int = Field(default=1 << 20, ge=4096)
+    """Size at which a workload's log is rotated (one rotated copy is kept)."""
+    cgroup_root: Path = Path("/sys/fs/cgroup")
+    """Mount point of the cgroup filesystem(s)."""
+    cgroup_prefix: str = Field(default="sortie", pattern=r"^[a-z0-9][-a-z0-9_]*$")
+    """Every cgroup the agent makes lives under this name."""
+    cgroup_version: Literal["auto", "v1", "v2"] = "auto"
+    """cgroup backend; ``auto`` probes the mounts."""
+    agent_cgroup: bool = True
+    """Move the agent itself into its reserved cgroup (on the OS cores) at start."""
+    accounting_period_ms: int = Field(default=1_000, ge=100)
+    """How often CPU usage is sampled per partition, milliseconds."""
+    stop_workloads_on_exit: bool = False
+    """Stop every workload and remove the cgroups when the agent exits on a signal.
+
+    Off by default: restarting or upgrading the agent must not disturb the mission."""

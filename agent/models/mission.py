@@ -1,0 +1,154 @@
+"""Mission profile: the unit of desired state, whichever source delivers it."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Literal
+
+from pydantic import Field
+
+from agent.models._base import Frozen, Name
+
+Criticality = Literal["A", "B", "C", "D", "E"]
+"""DO-178C design assurance level: A is flight-critical, E has no safety effect."""
+
+
+class Budget(Frozen):
+    """CPU time a partition may use: ``quota_us`` in every ``period_us`` (CFS bandwidth)."""
+
+    quota_us: int = Field(gt=0)
+    """CPU time per period across all the partition's cores, microseconds."""
+    period_us: int = Field(gt=0)
+    """Length of one accounting period, microseconds."""
+    burst_us: int = Field(default=0, ge=0)
+    """Unused quota that may carry over into a later period, microseconds (0 = none)."""
+
+    @property
+    def utilisation(self) -> float:
+        """Fraction of one core this budget grants."""
+        return self.quota_us / self.period_us
+
+
+class CpuPlacement(Frozen):
+    """Which cores a partition runs on."""
+
+    dedicated_cores: list[int] = Field(default_factory=list)
+    """Cores owned by this partition alone; empty means the shared pool."""
+
+
+class RestartPolicy(Frozen):
+    """What happens when a workload's process exits."""
+
+    policy: Literal["always", "on-failure", "never"] = "always"
+    """``always`` restarts on any exit, ``on-failure`` only on non-zero or a signal."""
+    backoff_initial_ms: int = Field(default=100, ge=0)
+    """Delay before the first restart, milliseconds; doubles at each restart."""
+    backoff_max_ms: int = Field(default=30_000, ge=0)
+    """Upper bound for the restart delay, milliseconds."""
+    crash_loop_restarts: int = Field(default=5, ge=1)
+    """This many restarts inside ``crash_loop_window_s`` make a crash loop."""
+    crash_loop_window_s: float = Field(default=60.0, gt=0)
+    """Sliding window for crash-loop detection, seconds."""
+
+
+class HealthCheck(Frozen):
+    """A command run inside the workload's cgroup; a non-zero exit is a failure."""
+
+    command: list[str] = Field(min_length=1)
+    """argv of the check; ``command[0]`` is an absolute path or found on PATH."""
+    interval_ms: int = Field(default=5_000, gt=0)
+    """Time between checks, milliseconds."""
+    timeout_ms: int = Field(default=1_000, gt=0)
+    """A check running longer than this fails, milliseconds."""
+    failure_threshold: int = Field(default=3, ge=1)
+    """Consecutive failures after which the workload is restarted."""
+
+
+class Workload(Frozen):
+    """A process that lives in its partition's cgroup for its whole life."""
+
+    name: Name
+    """Unique inside its partition."""
+    command: list[str] = Field(min_length=1)
+    """argv; ``command[0]`` is an absolute path or found on the agent's PATH."""
+    user: str | int = "nobody"
+    """User name or uid the process runs as (least privilege by default)."""
+    group: str | int | None = None
+    """Group name or gid; default is the user's primary group."""
+    working_dir: str = "/"
+    """Working directory of the process."""
+    env: dict[str, str] = Field(default_factory=dict)
+    """Environment; nothing of the agent's environment leaks in except PATH."""
+    restart: RestartPolicy = Field(default_factory=RestartPolicy)
+    """Restart policy."""
+    health_check: HealthCheck | None = None
+    """Optional liveness check."""
+    stop_grace_ms: int = Field(default=5_000, ge=0)
+    """Time between SIGTERM and SIGKILL when stopping, milliseconds."""
+
+    def spec_hash(self) -> str:
+        """Digest of everything that needs a restart when it changes."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
+
+
+class Partition(Frozen):
+    """A cgroup with a criticality, a CPU placement and budget, limits and workloads."""
+
+    name: Name
+    """Unique in the mission; the cgroup directory name."""
+    criticality: Criticality
+    """Design assurance level, A (flight-critical) to E (best effort)."""
+    cpu: CpuPlacement = Field(default_factory=CpuPlacement)
+    """Dedicated cores or the shared pool."""
+    budget: Budget
+    """CPU budget per period."""
+    memory_mib: int = Field(gt=0)
+    """Memory limit, MiB (``memory.max`` / ``memory.limit_in_bytes``)."""
+    pids_max: int = Field(default=64, gt=0)
+    """Maximum number of processes and threads."""
+    workloads: list[Workload] = Field(min_length=1)
+    """Processes of this partition."""
+
+
+class Window(Frozen):
+    """A time slice of the major frame in which a partition may run."""
+
+    partition: Name
+    """Partition that owns the window."""
+    offset_us: int = Field(ge=0)
+    """Start of the window from the start of the major frame, microseconds."""
+    duration_us: int = Field(gt=0)
+    """Length of the window, microseconds."""
+
+
+class Schedule(Frozen):
+    """Windows over one major frame (ARINC 653 style); one per mode."""
+
+    name: Name
+    """Mode name, e.g. ``cruise`` or ``degraded``."""
+    major_frame_us: int = Field(gt=0)
+    """Length of the major frame, microseconds."""
+    windows: list[Window] = Field(default_factory=list)
+    """Windows of the partitions scheduled in this mode."""
+
+
+class MissionProfile(Frozen):
+    """Desired state for one board."""
+
+    name: Name
+    """Mission name."""
+    generation: int = Field(ge=0)
+    """Monotonic version of this mission; a lower one never replaces a higher one."""
+    board: Name | None = None
+    """Hardware profile name this mission is built for; ``None`` fits any board."""
+    description: str = ""
+    """Free text for people."""
+    partitions: list[Partition] = Field(min_length=1)
+    """Partitions of the mission."""
+    schedules: list[Schedule] = Field(default_factory=list)
+    """Time-window schedules (modes); empty means budgets only, no windows."""
+    initial_schedule: Name | None = None
+    """Schedule active at start; default is the first one."""
+
+    def partition(self, name: str) -> Partition | None:
+        return next((p for p in self.partitions if p.name == name), None)
