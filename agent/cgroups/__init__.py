@@ -1,0 +1,15 @@
+"""cgroup backends: v1 (separate hierarchies) and v2 (unified), behind one protocol."""
+
+from agent.cgroups.backend import CgroupBackend, CpuSample, PartitionLimits
+from agent.cgroups.detect import detect_version, make_backend
+from agent.cgroups.fs import CgroupFs, RealCgroupFs
+
+__all__ = [
+    "CgroupBackend",
+    "CgroupFs",
+    "CpuSample",
+    "PartitionLimits",
+    "RealCgroupFs",
+    "detect_version",
+    "make_backend",
+]

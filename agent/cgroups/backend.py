@@ -1,0 +1,113 @@
+"""The one interface both cgroup versions implement, and the values it moves."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+AGENT_GROUP = "agent"
+PARTITION_PREFIX = "p-"
+WORKLOAD_PREFIX = "w-"
+
+
+def partition_dir(partition: str) -> str:
+    # Prefixed so no name can collide with the agent's group or a kernel interface file.
+    return PARTITION_PREFIX + partition
+
+
+def workload_dir(workload: str) -> str:
+    return WORKLOAD_PREFIX + workload
+
+
+@dataclass(frozen=True)
+class PartitionLimits:
+    """Everything the kernel enforces for one partition, in kernel units."""
+
+    cpus: frozenset[int]
+    mems: str
+    quota_us: int
+    period_us: int
+    burst_us: int
+    memory_bytes: int
+    pids_max: int
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    """Cumulative CPU counters of one cgroup at one instant."""
+
+    usage_ns: int
+    nr_periods: int
+    nr_throttled: int
+    throttled_ns: int
+
+
+class CgroupBackend(Protocol):
+    """Manages the agent's subtree of cgroups: partitions, their workloads, the agent."""
+
+    version: Literal["v1", "v2"]
+    prefix: str
+
+    def ensure_base(self, agent_cpus: frozenset[int]) -> None:
+        """Create the prefix and the agent's own cgroup, and move the agent into it."""
+        ...
+
+    def move_self(self) -> None:
+        """Move the calling process into the agent's own cgroup."""
+        ...
+
+    def remove_base(self) -> None:
+        """Remove the agent's cgroup and the prefix (both must be empty)."""
+        ...
+
+    def board_mems(self) -> str:
+        """Memory nodes available to partitions (``cpuset.mems`` of the parent)."""
+        ...
+
+    def partitions(self) -> list[str]:
+        """Names of partitions that exist under the prefix."""
+        ...
+
+    def workloads(self, partition: str) -> list[str]:
+        """Names of workload groups inside a partition."""
+        ...
+
+    def apply_partition(self, partition: str, limits: PartitionLimits) -> PartitionLimits:
+        """Create or update a partition; returns the limits read back from the kernel."""
+        ...
+
+    def read_limits(self, partition: str) -> PartitionLimits:
+        """Limits currently in force for an existing partition."""
+        ...
+
+    def remove_partition(self, partition: str) -> None:
+        """Remove an empty partition and its (empty) workload groups."""
+        ...
+
+    def create_workload(self, partition: str, workload: str) -> None:
+        """Create the leaf group a workload's processes live in."""
+        ...
+
+    def remove_workload(self, partition: str, workload: str) -> None:
+        """Remove an empty workload group."""
+        ...
+
+    def procs(self, partition: str, workload: str) -> list[int]:
+        """PIDs in a workload's group."""
+        ...
+
+    def open_join_fds(self, partition: str, workload: str) -> list[int]:
+        """Open ``cgroup.procs`` of every hierarchy for a child to write ``0`` into.
+
+        The caller closes the descriptors. A process that writes ``0`` to each joins
+        the workload's group before it execs, so the workload never runs outside it.
+        """
+        ...
+
+    def freeze(self, partition: str, workload: str | None, frozen: bool) -> None:
+        """Freeze or thaw a partition (or one workload) and wait until done."""
+        ...
+
+    def cpu_sample(self, partition: str) -> CpuSample:
+        """Cumulative CPU counters of a partition."""
+        ...

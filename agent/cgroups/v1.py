@@ -1,0 +1,209 @@
+"""cgroup v1: one directory per controller hierarchy (cpu, cpuacct, cpuset, ...).
+
+A process must be written into ``cgroup.procs`` of each hierarchy that should limit it;
+a new cpuset group needs ``cpuset.cpus`` and ``cpuset.mems`` before any task joins.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Literal
+
+from agent.cgroups.backend import (
+    AGENT_GROUP,
+    CpuSample,
+    PartitionLimits,
+    partition_dir,
+    workload_dir,
+)
+from agent.cgroups.fs import (
+    CgroupFs,
+    RealCgroupFs,
+    format_cpu_list,
+    parse_cpu_list,
+    parse_keyed,
+    parse_pids,
+)
+from agent.errors import CgroupError
+
+CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "pids", "freezer")
+# memory.limit_in_bytes reads back this for "no limit" (PAGE_COUNTER_MAX pages).
+_UNLIMITED = 1 << 62
+FREEZE_TIMEOUT_S = 2.0
+
+
+class V1Backend:
+    version: Literal["v1", "v2"] = "v1"
+
+    def __init__(self, root: Path, prefix: str, fs: CgroupFs | None = None) -> None:
+        self.prefix = prefix
+        self.fs: CgroupFs = fs or RealCgroupFs()
+        self._mounts: dict[str, Path] = {}
+        for c in CONTROLLERS:
+            mount = root / c
+            if not self.fs.exists(mount):
+                raise CgroupError(str(mount), f"cgroup v1 controller {c!r} is not mounted")
+            self._mounts[c] = mount
+        # cpu and cpuacct are often co-mounted (cpu,cpuacct): act once per real directory.
+        seen: dict[Path, str] = {}
+        for c, m in self._mounts.items():
+            seen.setdefault(m.resolve(), c)
+        self._distinct = list(seen.values())
+
+    # -- paths -------------------------------------------------------------------
+    def _dir(self, controller: str, *parts: str) -> Path:
+        return self._mounts[controller].joinpath(self.prefix, *parts)
+
+    def _dirs(self, *parts: str) -> list[tuple[str, Path]]:
+        return [(c, self._dir(c, *parts)) for c in self._distinct]
+
+    # -- base --------------------------------------------------------------------
+    def board_mems(self) -> str:
+        return self.fs.read(self._mounts["cpuset"] / "cpuset.mems").strip()
+
+    def _board_cpus(self) -> str:
+        return self.fs.read(self._mounts["cpuset"] / "cpuset.cpus").strip()
+
+    def ensure_base(self, agent_cpus: frozenset[int]) -> None:
+        for _, d in self._dirs():
+            self.fs.mkdir(d)
+        top = self._dir("cpuset")
+        self.fs.write(top / "cpuset.mems", self.board_mems())
+        self.fs.write(top / "cpuset.cpus", self._board_cpus())
+        for _, d in self._dirs(AGENT_GROUP):
+            self.fs.mkdir(d)
+        agent = self._dir("cpuset", AGENT_GROUP)
+        self.fs.write(agent / "cpuset.mems", self.board_mems())
+        self.fs.write(agent / "cpuset.cpus", format_cpu_list(agent_cpus))
+
+    def move_self(self) -> None:
+        for _, d in self._dirs(AGENT_GROUP):
+            self.fs.write(d / "cgroup.procs", str(os.getpid()))
+
+    def remove_base(self) -> None:
+        for _, d in self._dirs(AGENT_GROUP):
+            self.fs.rmdir(d)
+        for _, d in self._dirs():
+            self.fs.rmdir(d)
+
+    # -- partitions --------------------------------------------------------------
+    def partitions(self) -> list[str]:
+        return [n[2:] for n in self.fs.subdirs(self._dir("cpu")) if n.startswith("p-")]
+
+    def workloads(self, partition: str) -> list[str]:
+        d = self._dir("cpu", partition_dir(partition))
+        return [n[2:] for n in self.fs.subdirs(d) if n.startswith("w-")]
+
+    def apply_partition(self, partition: str, limits: PartitionLimits) -> PartitionLimits:
+        pdir = partition_dir(partition)
+        created = not self.fs.exists(self._dir("cpuset", pdir))
+        for _, d in self._dirs(pdir):
+            self.fs.mkdir(d)
+        cs = self._dir("cpuset", pdir)
+        cpus = format_cpu_list(limits.cpus)
+        if created:
+            self.fs.write(cs / "cpuset.mems", limits.mems)
+            self.fs.write(cs / "cpuset.cpus", cpus)
+        else:
+            # v1 keeps every child a subset of its parent: widen, move children, narrow.
+            old = parse_cpu_list(self.fs.read(cs / "cpuset.cpus"))
+            self.fs.write(cs / "cpuset.cpus", format_cpu_list(old | limits.cpus))
+            self.fs.write(cs / "cpuset.mems", limits.mems)
+            for w in self.workloads(partition):
+                wd = cs / workload_dir(w)
+                self.fs.write(wd / "cpuset.mems", limits.mems)
+                self.fs.write(wd / "cpuset.cpus", cpus)
+            self.fs.write(cs / "cpuset.cpus", cpus)
+        cpu = self._dir("cpu", pdir)
+        burst = cpu / "cpu.cfs_burst_us"
+        has_burst = self.fs.exists(burst)
+        if has_burst:  # burst must never exceed quota, so drop it while quota moves
+            self.fs.write(burst, "0")
+        self.fs.write(cpu / "cpu.cfs_period_us", str(limits.period_us))
+        self.fs.write(cpu / "cpu.cfs_quota_us", str(limits.quota_us))
+        if has_burst and limits.burst_us:
+            self.fs.write(burst, str(limits.burst_us))
+        elif limits.burst_us:
+            raise CgroupError(str(burst), "kernel has no CFS burst support", str(limits.burst_us))
+        self.fs.write(self._dir("memory", pdir) / "memory.limit_in_bytes",
+                      str(limits.memory_bytes))
+        self.fs.write(self._dir("pids", pdir) / "pids.max", str(limits.pids_max))
+        return self.read_limits(partition)
+
+    def read_limits(self, partition: str) -> PartitionLimits:
+        pdir = partition_dir(partition)
+        cs, cpu = self._dir("cpuset", pdir), self._dir("cpu", pdir)
+        burst = cpu / "cpu.cfs_burst_us"
+        pids = self.fs.read(self._dir("pids", pdir) / "pids.max").strip()
+        mem = int(self.fs.read(self._dir("memory", pdir) / "memory.limit_in_bytes"))
+        return PartitionLimits(
+            cpus=parse_cpu_list(self.fs.read(cs / "cpuset.cpus")),
+            mems=self.fs.read(cs / "cpuset.mems").strip(),
+            quota_us=int(self.fs.read(cpu / "cpu.cfs_quota_us")),
+            period_us=int(self.fs.read(cpu / "cpu.cfs_period_us")),
+            burst_us=int(self.fs.read(burst)) if self.fs.exists(burst) else 0,
+            memory_bytes=-1 if mem >= _UNLIMITED else mem,
+            pids_max=-1 if pids == "max" else int(pids),
+        )
+
+    def remove_partition(self, partition: str) -> None:
+        for w in self.workloads(partition):
+            self.remove_workload(partition, w)
+        for _, d in self._dirs(partition_dir(partition)):
+            self.fs.rmdir(d)
+
+    # -- workloads ---------------------------------------------------------------
+    def create_workload(self, partition: str, workload: str) -> None:
+        pdir, wdir = partition_dir(partition), workload_dir(workload)
+        for _, d in self._dirs(pdir, wdir):
+            self.fs.mkdir(d)
+        parent = self._dir("cpuset", pdir)
+        own = parent / wdir
+        self.fs.write(own / "cpuset.mems", self.fs.read(parent / "cpuset.mems").strip())
+        self.fs.write(own / "cpuset.cpus", self.fs.read(parent / "cpuset.cpus").strip())
+
+    def remove_workload(self, partition: str, workload: str) -> None:
+        for _, d in self._dirs(partition_dir(partition), workload_dir(workload)):
+            self.fs.rmdir(d)
+
+    def procs(self, partition: str, workload: str) -> list[int]:
+        d = self._dir("cpu", partition_dir(partition), workload_dir(workload))
+        if not self.fs.exists(d):
+            return []
+        return parse_pids(self.fs.read(d / "cgroup.procs"))
+
+    def open_join_fds(self, partition: str, workload: str) -> list[int]:
+        fds: list[int] = []
+        try:
+            for _, d in self._dirs(partition_dir(partition), workload_dir(workload)):
+                fds.append(os.open(d / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC))
+        except OSError as exc:
+            for fd in fds:
+                os.close(fd)
+            raise CgroupError(str(exc.filename), f"cannot open: {exc.strerror}",
+                              errno=exc.errno) from exc
+        return fds
+
+    def freeze(self, partition: str, workload: str | None, frozen: bool) -> None:
+        parts = [partition_dir(partition)] + ([workload_dir(workload)] if workload else [])
+        state = self._dir("freezer", *parts) / "freezer.state"
+        want = "FROZEN" if frozen else "THAWED"
+        self.fs.write(state, want)
+        deadline = time.monotonic() + FREEZE_TIMEOUT_S
+        while self.fs.read(state).strip() != want:
+            if time.monotonic() > deadline:
+                raise CgroupError(str(state), f"did not reach {want} in {FREEZE_TIMEOUT_S} s")
+            time.sleep(0.0005)
+
+    def cpu_sample(self, partition: str) -> CpuSample:
+        pdir = partition_dir(partition)
+        usage = int(self.fs.read(self._dir("cpuacct", pdir) / "cpuacct.usage"))
+        stat = parse_keyed(self.fs.read(self._dir("cpu", pdir) / "cpu.stat"))
+        return CpuSample(
+            usage_ns=usage,
+            nr_periods=stat.get("nr_periods", 0),
+            nr_throttled=stat.get("nr_throttled", 0),
+            throttled_ns=stat.get("throttled_time", 0),
+        )

@@ -1,0 +1,163 @@
+"""cgroup v2: one unified tree; controllers enabled top-down via ``cgroup.subtree_control``.
+
+Processes live only in leaves (the workload groups and the agent's group), which keeps
+the "no internal processes" rule without special cases.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Literal
+
+from agent.cgroups.backend import (
+    AGENT_GROUP,
+    CpuSample,
+    PartitionLimits,
+    partition_dir,
+    workload_dir,
+)
+from agent.cgroups.fs import (
+    CgroupFs,
+    RealCgroupFs,
+    format_cpu_list,
+    parse_cpu_list,
+    parse_keyed,
+    parse_pids,
+)
+from agent.errors import CgroupError
+
+NEEDED = ("cpu", "cpuset", "memory", "pids")
+FREEZE_TIMEOUT_S = 2.0
+
+
+class V2Backend:
+    version: Literal["v1", "v2"] = "v2"
+
+    def __init__(self, root: Path, prefix: str, fs: CgroupFs | None = None) -> None:
+        self.root = root
+        self.prefix = prefix
+        self.fs: CgroupFs = fs or RealCgroupFs()
+        have = self.fs.read(root / "cgroup.controllers").split()
+        missing = [c for c in NEEDED if c not in have]
+        if missing:
+            raise CgroupError(str(root / "cgroup.controllers"),
+                              f"cgroup v2 controllers {missing} are not available")
+
+    def _dir(self, *parts: str) -> Path:
+        return self.root.joinpath(self.prefix, *parts)
+
+    def _enable(self, group: Path) -> None:
+        enabled = self.fs.read(group / "cgroup.subtree_control").split()
+        todo = [c for c in NEEDED if c not in enabled]
+        if todo:
+            self.fs.write(group / "cgroup.subtree_control", " ".join(f"+{c}" for c in todo))
+
+    # -- base --------------------------------------------------------------------
+    def board_mems(self) -> str:
+        return self.fs.read(self.root / "cpuset.mems.effective").strip()
+
+    def ensure_base(self, agent_cpus: frozenset[int]) -> None:
+        self._enable(self.root)
+        self.fs.mkdir(self._dir())
+        self._enable(self._dir())
+        agent = self._dir(AGENT_GROUP)
+        self.fs.mkdir(agent)
+        self.fs.write(agent / "cpuset.cpus", format_cpu_list(agent_cpus))
+
+    def move_self(self) -> None:
+        self.fs.write(self._dir(AGENT_GROUP) / "cgroup.procs", str(os.getpid()))
+
+    def remove_base(self) -> None:
+        self.fs.rmdir(self._dir(AGENT_GROUP))
+        self.fs.rmdir(self._dir())
+
+    # -- partitions --------------------------------------------------------------
+    def partitions(self) -> list[str]:
+        return [n[2:] for n in self.fs.subdirs(self._dir()) if n.startswith("p-")]
+
+    def workloads(self, partition: str) -> list[str]:
+        return [n[2:] for n in self.fs.subdirs(self._dir(partition_dir(partition)))
+                if n.startswith("w-")]
+
+    def apply_partition(self, partition: str, limits: PartitionLimits) -> PartitionLimits:
+        d = self._dir(partition_dir(partition))
+        self.fs.mkdir(d)
+        # v2 clamps children to the parent's effective cpus itself; no ordering dance.
+        self.fs.write(d / "cpuset.mems", limits.mems)
+        self.fs.write(d / "cpuset.cpus", format_cpu_list(limits.cpus))
+        burst = d / "cpu.max.burst"
+        has_burst = self.fs.exists(burst)
+        if has_burst:
+            self.fs.write(burst, "0")
+        self.fs.write(d / "cpu.max", f"{limits.quota_us} {limits.period_us}")
+        if has_burst and limits.burst_us:
+            self.fs.write(burst, str(limits.burst_us))
+        elif limits.burst_us:
+            raise CgroupError(str(burst), "kernel has no CFS burst support", str(limits.burst_us))
+        self.fs.write(d / "memory.max", str(limits.memory_bytes))
+        self.fs.write(d / "pids.max", str(limits.pids_max))
+        return self.read_limits(partition)
+
+    def read_limits(self, partition: str) -> PartitionLimits:
+        d = self._dir(partition_dir(partition))
+        quota, _, period = self.fs.read(d / "cpu.max").strip().partition(" ")
+        burst = d / "cpu.max.burst"
+        mem = self.fs.read(d / "memory.max").strip()
+        pids = self.fs.read(d / "pids.max").strip()
+        return PartitionLimits(
+            cpus=parse_cpu_list(self.fs.read(d / "cpuset.cpus")),
+            mems=self.fs.read(d / "cpuset.mems").strip(),
+            quota_us=-1 if quota == "max" else int(quota),
+            period_us=int(period),
+            burst_us=int(self.fs.read(burst)) if self.fs.exists(burst) else 0,
+            memory_bytes=-1 if mem == "max" else int(mem),
+            pids_max=-1 if pids == "max" else int(pids),
+        )
+
+    def remove_partition(self, partition: str) -> None:
+        for w in self.workloads(partition):
+            self.remove_workload(partition, w)
+        self.fs.rmdir(self._dir(partition_dir(partition)))
+
+    # -- workloads ---------------------------------------------------------------
+    def create_workload(self, partition: str, workload: str) -> None:
+        self.fs.mkdir(self._dir(partition_dir(partition), workload_dir(workload)))
+
+    def remove_workload(self, partition: str, workload: str) -> None:
+        self.fs.rmdir(self._dir(partition_dir(partition), workload_dir(workload)))
+
+    def procs(self, partition: str, workload: str) -> list[int]:
+        d = self._dir(partition_dir(partition), workload_dir(workload))
+        if not self.fs.exists(d):
+            return []
+        return parse_pids(self.fs.read(d / "cgroup.procs"))
+
+    def open_join_fds(self, partition: str, workload: str) -> list[int]:
+        path = self._dir(partition_dir(partition), workload_dir(workload), "cgroup.procs")
+        try:
+            return [os.open(path, os.O_WRONLY | os.O_CLOEXEC)]
+        except OSError as exc:
+            raise CgroupError(str(path), f"cannot open: {exc.strerror}", errno=exc.errno) from exc
+
+    def freeze(self, partition: str, workload: str | None, frozen: bool) -> None:
+        parts = [partition_dir(partition)] + ([workload_dir(workload)] if workload else [])
+        d = self._dir(*parts)
+        self.fs.write(d / "cgroup.freeze", "1" if frozen else "0")
+        want = 1 if frozen else 0
+        deadline = time.monotonic() + FREEZE_TIMEOUT_S
+        while parse_keyed(self.fs.read(d / "cgroup.events")).get("frozen", want) != want:
+            if time.monotonic() > deadline:
+                raise CgroupError(str(d / "cgroup.freeze"),
+                                  f"did not reach frozen={want} in {FREEZE_TIMEOUT_S} s")
+            time.sleep(0.0005)
+
+    def cpu_sample(self, partition: str) -> CpuSample:
+        stat = parse_keyed(self.fs.read(self._dir(partition_dir(partition)) / "cpu.stat"))
+        return CpuSample(
+            usage_ns=stat.get("usage_usec", 0) * 1000,
+            nr_periods=stat.get("nr_periods", 0),
+            nr_throttled=stat.get("nr_throttled", 0),
+            throttled_ns=stat.get("throttled_usec", 0) * 1000,
+        )
