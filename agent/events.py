@@ -1,0 +1,45 @@
+"""Events: what happened, to what, why. Logged, kept in a bounded ring for status."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+Severity = Literal["info", "warning", "error"]
+log = logging.getLogger("sortie.events")
+
+
+@dataclass(frozen=True)
+class Event:
+    at: float
+    """Wall-clock time (seconds since the epoch)."""
+    kind: str
+    """Machine-readable kind, e.g. ``workload.started`` or ``mission.rejected``."""
+    subject: str
+    """What it is about: ``mission/NAME``, ``partition/P`` or ``workload/P/W``."""
+    message: str
+    severity: Severity = "info"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class EventLog:
+    def __init__(self, capacity: int = 256) -> None:
+        self._ring: deque[Event] = deque(maxlen=capacity)
+
+    def emit(self, kind: str, subject: str, message: str, severity: Severity = "info") -> Event:
+        ev = Event(time.time(), kind, subject, message, severity)
+        self._ring.append(ev)
+        level = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+        log.log(level[severity], "%s %s: %s", kind, subject, message)
+        return ev
+
+    def recent(self, limit: int = 50) -> list[Event]:
+        return list(self._ring)[-limit:]
+
+    def of_kind(self, kind: str) -> list[Event]:
+        return [e for e in self._ring if e.kind == kind]

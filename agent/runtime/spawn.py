@@ -1,0 +1,87 @@
+"""Start a process inside a cgroup: it joins the group before exec, so the workload's
+code never runs outside it.
+
+The forked child writes ``0`` (itself) into ``cgroup.procs`` descriptors the parent
+opened, drops privileges, then execs. Any failure in the child travels back through a
+close-on-exec pipe, so the caller gets the real reason (not a bare exit code 127).
+The agent is single-threaded, which is what makes fork without exec-safe helpers fine.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from agent.errors import WorkloadError
+from agent.runtime.identity import DEFAULT_PATH, Identity
+
+
+@dataclass(frozen=True)
+class SpawnRequest:
+    argv: Sequence[str]
+    """argv with ``argv[0]`` an absolute path."""
+    identity: Identity
+    working_dir: str
+    env: Mapping[str, str]
+    join_fds: Sequence[int]
+    log_fd: int
+
+
+def _child(req: SpawnRequest, env: dict[str, str], err_w: int) -> None:
+    step = "join cgroup"
+    try:
+        for fd in req.join_fds:
+            os.write(fd, b"0")
+        step = "setsid"
+        # Own session: a terminal's Ctrl-C aimed at the agent must not hit the mission.
+        os.setsid()
+        step = "redirect output"
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.dup2(req.log_fd, 1)
+        os.dup2(req.log_fd, 2)
+        step = f"chdir {req.working_dir}"
+        os.chdir(req.working_dir)
+        if os.getuid() == 0:
+            step = "drop privileges"
+            os.setgroups(list(req.identity.groups))
+            os.setgid(req.identity.gid)
+            os.setuid(req.identity.uid)
+        # Python ignores SIGPIPE; an exec'd program must get the default back.
+        for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+            signal.signal(sig, signal.SIG_DFL)
+        step = f"exec {req.argv[0]}"
+        os.execve(req.argv[0], list(req.argv), env)
+    except BaseException as exc:
+        msg = f"{step}: {exc.strerror if isinstance(exc, OSError) else exc}"
+        try:
+            os.write(err_w, msg.encode(errors="replace")[:1024])
+        finally:
+            os._exit(127)
+
+
+def spawn(req: SpawnRequest) -> int:
+    """Fork and exec; returns the PID once exec succeeded, else raises WorkloadError."""
+    env = {"PATH": DEFAULT_PATH, "HOME": req.identity.home, **req.env}
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    try:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            os.close(err_r)
+            _child(req, env, err_w)
+        os.close(err_w)
+        err_w = -1
+        chunks = []
+        while chunk := os.read(err_r, 1024):
+            chunks.append(chunk)
+    finally:
+        os.close(err_r)
+        if err_w >= 0:
+            os.close(err_w)
+    if chunks:
+        os.waitpid(pid, 0)
+        raise WorkloadError(f"cannot start {req.argv[0]!r}: "
+                            f"{b''.join(chunks).decode(errors='replace')}")
+    return pid

@@ -1,0 +1,64 @@
+"""Stop everything in a workload's group: SIGTERM, grace period, then freeze + SIGKILL."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+
+from agent.cgroups import CgroupBackend
+from agent.errors import AgentError, WorkloadError
+
+log = logging.getLogger("sortie.runtime")
+
+POLL_S = 0.005
+KILL_WAIT_S = 2.0
+
+
+def signal_group(backend: CgroupBackend, partition: str, workload: str,
+                 sig: signal.Signals) -> int:
+    pids = backend.procs(partition, workload)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+    return len(pids)
+
+
+async def wait_empty(backend: CgroupBackend, partition: str, workload: str,
+                     timeout_s: float) -> bool:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while backend.procs(partition, workload):
+        if loop.time() >= deadline:
+            return False
+        await asyncio.sleep(POLL_S)
+    return True
+
+
+async def terminate_group(backend: CgroupBackend, partition: str, workload: str,
+                          grace_s: float) -> bool:
+    """Empty the group. True when SIGKILL was needed. Raises if anything survives it."""
+    if not signal_group(backend, partition, workload, signal.SIGTERM):
+        return False
+    if await wait_empty(backend, partition, workload, grace_s):
+        return False
+    # Frozen tasks cannot fork, so the kill sweep cannot miss a child born mid-sweep.
+    frozen = False
+    try:
+        backend.freeze(partition, workload, True)
+        frozen = True
+    except AgentError as exc:
+        log.warning("freeze before kill failed: %s", exc)
+    try:
+        signal_group(backend, partition, workload, signal.SIGKILL)
+    finally:
+        if frozen:
+            with contextlib.suppress(AgentError):
+                backend.freeze(partition, workload, False)
+    if not await wait_empty(backend, partition, workload, KILL_WAIT_S):
+        left = backend.procs(partition, workload)
+        raise WorkloadError(f"workload/{partition}/{workload}: processes {left} "
+                            f"survived SIGKILL")
+    return True

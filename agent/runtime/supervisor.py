@@ -1,0 +1,388 @@
+"""One runner per workload: start in its cgroup, watch it through a pidfd, restart with
+backoff, detect crash loops, run its health check, stop it and everything it left.
+
+Exits are events from the kernel (pidfd readable), not polls; timers are loop timers,
+so an injected or fast-forwarded loop clock drives them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections import deque
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from agent.cgroups import CgroupBackend
+from agent.errors import AgentError
+from agent.events import EventLog
+from agent.models import Workload
+from agent.runtime import procs
+from agent.runtime.identity import resolve_command, resolve_identity
+from agent.runtime.logs import log_path, open_log
+from agent.runtime.spawn import SpawnRequest, spawn
+from agent.runtime.stopping import terminate_group
+
+log = logging.getLogger("sortie.runtime")
+
+# A process that ran this long counts as healthy again: its backoff starts over.
+STABLE_AFTER_S = 10.0
+
+
+class RunnerState(StrEnum):
+    RUNNING = "running"
+    BACKOFF = "backoff"
+    CRASH_LOOP = "crash-loop"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class ExitInfo:
+    code: int | None
+    """Exit code; ``None`` when unknown (an adopted process is not our child)."""
+    signal: int | None
+    """Signal that ended the process, if any."""
+    at: float
+    """Loop time of the exit."""
+
+    @property
+    def failed(self) -> bool:
+        return self.code != 0
+
+    def describe(self) -> str:
+        if self.signal is not None:
+            return f"killed by {signal.Signals(self.signal).name}"
+        if self.code is None:
+            return "exited (status unknown: adopted process)"
+        return f"exited with code {self.code}"
+
+
+def backoff_delay_s(spec: Workload, failures: int) -> float:
+    """Exponential: initial, 2x initial, ... capped at the maximum. Pure."""
+    r = spec.restart
+    if failures <= 0:
+        return 0.0
+    delay_ms: int = min(r.backoff_initial_ms * 2 ** (failures - 1), r.backoff_max_ms)
+    return delay_ms / 1000.0
+
+
+def should_restart(spec: Workload, exit_: ExitInfo) -> bool:
+    policy = spec.restart.policy
+    return policy == "always" or (policy == "on-failure" and exit_.failed)
+
+
+class WorkloadRunner:
+    def __init__(self, partition: str, spec: Workload, backend: CgroupBackend,
+                 log_dir: Path, events: EventLog) -> None:
+        self.partition = partition
+        self.spec = spec
+        self.backend = backend
+        self.log_file = log_path(log_dir, partition, spec.name)
+        self.events = events
+        self.loop = asyncio.get_running_loop()
+        self.state = RunnerState.STOPPED
+        self.pid: int | None = None
+        self.adopted = False
+        self.restarts = 0
+        self.last_exit: ExitInfo | None = None
+        self.last_error: str | None = None
+        self._child = False  # our child: we reap it and learn its exit status
+        self._pidfd: int | None = None
+        self._started_at = 0.0
+        self._failures = 0
+        self._restart_times: deque[float] = deque()
+        self._timer: asyncio.TimerHandle | None = None
+        self._health = _HealthProbe(self) if spec.health_check else None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def subject(self) -> str:
+        return f"workload/{self.partition}/{self.spec.name}"
+
+    @property
+    def spec_hash(self) -> str:
+        return self.spec.spec_hash()
+
+    # -- start / adopt -----------------------------------------------------------
+    def env(self) -> dict[str, str]:
+        return {**self.spec.env,
+                procs.ENV_PARTITION: self.partition,
+                procs.ENV_WORKLOAD: f"{self.partition}/{self.spec.name}",
+                procs.ENV_SPEC: self.spec_hash}
+
+    def start(self) -> None:
+        """Spawn now. Failures become a backoff, never an exception to the caller."""
+        self._cancel_timer()
+        try:
+            self._spawn()
+        except AgentError as exc:
+            self.last_error = str(exc)
+            self.events.emit("workload.start-failed", self.subject, str(exc), "error")
+            self._after_exit(ExitInfo(code=127, signal=None, at=self.loop.time()))
+            return
+        self.events.emit("workload.started", self.subject, f"pid {self.pid}")
+
+    def _spawn(self) -> None:
+        try:
+            ident = resolve_identity(self.spec.user, self.spec.group)
+            argv = [resolve_command(self.spec.command[0]), *self.spec.command[1:]]
+        except LookupError as exc:
+            raise AgentError(str(exc)) from exc
+        fds = self.backend.open_join_fds(self.partition, self.spec.name)
+        log_fd = open_log(self.log_file)
+        try:
+            pid = spawn(SpawnRequest(argv, ident, self.spec.working_dir, self.env(),
+                                     fds, log_fd))
+        finally:
+            for fd in [*fds, log_fd]:
+                os.close(fd)
+        self.pid, self.adopted, self._child = pid, False, True
+        self._watch(pid)
+
+    def adopt(self, pid: int) -> None:
+        """Take over a process a previous agent started (same PID, no restart)."""
+        self.pid, self.adopted, self._child = pid, True, False
+        self.events.emit("workload.adopted", self.subject, f"pid {pid}")
+        self._watch(pid)
+
+    def _watch(self, pid: int) -> None:
+        self.state = RunnerState.RUNNING
+        self._started_at = self.loop.time()
+        try:
+            self._pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            self._pidfd = None
+            self.loop.call_soon(self._on_exit)
+            return
+        self.loop.add_reader(self._pidfd, self._on_exit)
+        if self._health:
+            self._health.schedule()
+
+    # -- exit handling -----------------------------------------------------------
+    def _unwatch(self) -> None:
+        if self._pidfd is not None:
+            self.loop.remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
+
+    def _reap(self) -> ExitInfo:
+        now = self.loop.time()
+        if self._child and self.pid is not None:
+            self._child = False
+            try:
+                _, status = os.waitpid(self.pid, 0)
+            except ChildProcessError:
+                return ExitInfo(code=None, signal=None, at=now)
+            rc = os.waitstatus_to_exitcode(status)
+            return ExitInfo(code=None if rc < 0 else rc, signal=-rc if rc < 0 else None, at=now)
+        return ExitInfo(code=None, signal=None, at=now)
+
+    def detach(self) -> None:
+        """Stop watching without touching the process (the agent is exiting)."""
+        self._cancel_timer()
+        if self._health:
+            self._health.cancel()
+        self._unwatch()
+
+    def _on_exit(self) -> None:
+        self._unwatch()
+        if self._health:
+            self._health.cancel()
+        exit_ = self._reap()
+        self.pid = None
+        if self.state in (RunnerState.STOPPING, RunnerState.STOPPED):
+            self.last_exit = exit_
+            return
+        self.events.emit("workload.exited", self.subject, exit_.describe(),
+                         "warning" if exit_.failed else "info")
+        self._after_exit(exit_)
+
+    def _after_exit(self, exit_: ExitInfo) -> None:
+        self.last_exit = exit_
+        ran = exit_.at - self._started_at
+        self._failures = 1 if ran >= STABLE_AFTER_S else self._failures + 1
+        if not should_restart(self.spec, exit_):
+            self.state = RunnerState.FAILED if exit_.failed else RunnerState.STOPPED
+            return
+        window = self.spec.restart.crash_loop_window_s
+        self._restart_times.append(exit_.at)
+        while self._restart_times and self._restart_times[0] < exit_.at - window:
+            self._restart_times.popleft()
+        if len(self._restart_times) >= self.spec.restart.crash_loop_restarts:
+            if self.state != RunnerState.CRASH_LOOP:
+                self.events.emit("workload.crash-loop", self.subject,
+                                 f"{len(self._restart_times)} restarts in {window:g} s", "error")
+            self.state = RunnerState.CRASH_LOOP
+        else:
+            self.state = RunnerState.BACKOFF
+        delay = backoff_delay_s(self.spec, self._failures)
+        self._timer = self.loop.call_later(delay, self._restart)
+
+    def _restart(self) -> None:
+        self._timer = None
+        self.restarts += 1
+        in_loop = self.state == RunnerState.CRASH_LOOP
+        self.start()
+        if in_loop and self.state == RunnerState.RUNNING:
+            self.state = RunnerState.CRASH_LOOP  # stays flagged until it runs stably
+            self.loop.call_later(STABLE_AFTER_S, self._clear_crash_loop, self.pid)
+
+    def _clear_crash_loop(self, pid: int | None) -> None:
+        if self.state == RunnerState.CRASH_LOOP and self.pid == pid and pid is not None:
+            self.state = RunnerState.RUNNING
+            self._restart_times.clear()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    # -- stop --------------------------------------------------------------------
+    async def stop(self) -> None:
+        """SIGTERM everything in the group, wait the grace period, then SIGKILL the rest."""
+        self.state = RunnerState.STOPPING
+        self._cancel_timer()
+        if self._health:
+            self._health.cancel()
+        if self._task is not None and self._task is not asyncio.current_task():
+            self._task.cancel()
+        grace = self.spec.stop_grace_ms / 1000.0
+        if await terminate_group(self.backend, self.partition, self.spec.name, grace):
+            self.events.emit("workload.killed", self.subject,
+                             f"still running {grace:g} s after SIGTERM; sent SIGKILL", "warning")
+        if self._pidfd is not None:
+            self._on_exit()
+        self.state = RunnerState.STOPPED
+        self.pid = None
+        self.events.emit("workload.stopped", self.subject, "stopped")
+
+    def restart_now(self, reason: str) -> None:
+        """Stop and start again (health-check failure); runs as the runner's own task."""
+        if self._task is not None and not self._task.done():
+            return
+
+        async def cycle() -> None:
+            self.events.emit("workload.restarting", self.subject, reason, "warning")
+            await self.stop()
+            self.restarts += 1
+            self.start()
+
+        self._task = self.loop.create_task(cycle(), name=f"restart {self.subject}")
+        self._task.add_done_callback(_log_failure)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "name": self.spec.name,
+            "state": self.state.value,
+            "pid": self.pid,
+            "adopted": self.adopted,
+            "restarts": self.restarts,
+            "last_exit": self.last_exit.describe() if self.last_exit else None,
+            "last_error": self.last_error,
+            "spec_hash": self.spec_hash,
+            "log": str(self.log_file),
+            "health": self._health.status() if self._health else None,
+        }
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("task %s failed", task.get_name(), exc_info=task.exception())
+
+
+class _HealthProbe:
+    """Runs the workload's health check inside its cgroup on a loop timer."""
+
+    def __init__(self, runner: WorkloadRunner) -> None:
+        assert runner.spec.health_check is not None
+        self.runner = runner
+        self.check = runner.spec.health_check
+        self.consecutive_failures = 0
+        self.last_result: str | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._pid: int | None = None
+        self._pidfd: int | None = None
+        self._deadline: asyncio.TimerHandle | None = None
+
+    def schedule(self) -> None:
+        self.cancel()
+        self._timer = self.runner.loop.call_later(self.check.interval_ms / 1000, self._run)
+
+    def cancel(self) -> None:
+        for t in (self._timer, self._deadline):
+            if t is not None:
+                t.cancel()
+        self._timer = self._deadline = None
+        if self._pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._pid, signal.SIGKILL)
+            self._finish(None, record=False)
+
+    def _run(self) -> None:
+        r = self.runner
+        self._timer = None
+        try:
+            ident = resolve_identity(r.spec.user, r.spec.group)
+            argv = [resolve_command(self.check.command[0]), *self.check.command[1:]]
+            fds = r.backend.open_join_fds(r.partition, r.spec.name)
+            log_fd = open_log(r.log_file)
+            try:
+                env = {**r.spec.env, procs.ENV_PARTITION: r.partition}
+                self._pid = spawn(SpawnRequest(argv, ident, r.spec.working_dir, env,
+                                               fds, log_fd))
+            finally:
+                for fd in [*fds, log_fd]:
+                    os.close(fd)
+        except (AgentError, LookupError) as exc:
+            self._record(False, f"check could not start: {exc}")
+            return
+        self._pidfd = os.pidfd_open(self._pid)
+        r.loop.add_reader(self._pidfd, self._on_done)
+        self._deadline = r.loop.call_later(self.check.timeout_ms / 1000, self._on_timeout)
+
+    def _finish(self, result: tuple[bool, str] | None, record: bool = True) -> None:
+        if self._pidfd is not None:
+            self.runner.loop.remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        rc = None
+        if self._pid is not None:
+            rc = os.waitstatus_to_exitcode(os.waitpid(self._pid, 0)[1])
+            self._pid = None
+        if result is None and rc is not None:
+            result = (rc == 0, "ok" if rc == 0 else f"exit code {rc}")
+        if result is not None and record:
+            self._record(*result)
+
+    def _on_done(self) -> None:
+        self._finish(None)
+
+    def _on_timeout(self) -> None:
+        self._deadline = None
+        if self._pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._pid, signal.SIGKILL)
+        self._finish((False, f"timed out after {self.check.timeout_ms} ms"))
+
+    def _record(self, ok: bool, detail: str) -> None:
+        self.last_result = detail
+        self.consecutive_failures = 0 if ok else self.consecutive_failures + 1
+        if self.consecutive_failures >= self.check.failure_threshold:
+            self.consecutive_failures = 0
+            self.runner.restart_now(f"health check failed {self.check.failure_threshold} "
+                                    f"times in a row (last: {detail})")
+        elif self.runner.state in (RunnerState.RUNNING, RunnerState.CRASH_LOOP):
+            self.schedule()
+
+    def status(self) -> dict[str, Any]:
+        return {"consecutive_failures": self.consecutive_failures, "last": self.last_result}
