@@ -1,0 +1,344 @@
+"""The reconcile engine: admit a desired mission, plan against what runs, execute.
+
+One sequential worker (a lock) applies changes, so plans never race. Process exits are
+handled by each workload's runner; the engine only acts on desired-state changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from agent.accounting import Usage, usage_between
+from agent.admission import admit
+from agent.cgroups import CgroupBackend, CpuSample, PartitionLimits
+from agent.errors import AgentError, StoreError, Violation
+from agent.events import EventLog
+from agent.models import AgentConfig, HardwareProfile, MissionProfile
+from agent.observing import FoundPartition, observe
+from agent.planning import (
+    Action,
+    DesiredPartition,
+    EnsurePartition,
+    ObservedPartition,
+    ObservedWorkload,
+    RemovePartition,
+    RestartWorkload,
+    StartWorkload,
+    StopWorkload,
+    changed_partitions,
+    describe,
+    desired_state,
+    plan,
+)
+from agent.preflight import host_violations
+from agent.runtime.logs import rotate_if_large
+from agent.runtime.stopping import terminate_group
+from agent.runtime.supervisor import WorkloadRunner
+from agent.store import StateStore, StoredMission
+
+log = logging.getLogger("sortie.reconcile")
+
+# Grace for groups nobody manages any more (their spec is unknown).
+ORPHAN_GRACE_S = 5.0
+
+Outcome = Literal["applied", "unchanged", "rejected", "failed"]
+
+
+@dataclass(frozen=True)
+class Decision:
+    outcome: Outcome
+    mission: str
+    generation: int
+    violations: list[Violation] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    actions: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "outcome": self.outcome, "mission": self.mission, "generation": self.generation,
+            "violations": [{"path": v.path, "reason": v.reason} for v in self.violations],
+            "errors": self.errors, "actions": self.actions,
+        }
+
+
+def generation_violations(new: MissionProfile, current: MissionProfile | None) -> list[Violation]:
+    """Never go back in time: a mission name's generation only increases. Pure."""
+    if current is None or current.name != new.name:
+        return []
+    if new.generation < current.generation:
+        return [Violation("generation", f"{new.generation} is older than the running "
+                                         f"generation {current.generation}")]
+    if new.generation == current.generation and new != current:
+        return [Violation("generation", f"generation {new.generation} is already running with "
+                                         "different content; raise the generation to change it")]
+    return []
+
+
+class Engine:
+    """Owns the partitions and workloads under the agent's cgroup prefix."""
+
+    def __init__(self, config: AgentConfig, board: HardwareProfile, backend: CgroupBackend,
+                 store: StateStore, events: EventLog | None = None,
+                 host_checks: bool = True) -> None:
+        self.config = config
+        self.board = board
+        self.backend = backend
+        self.store = store
+        self.events = events or EventLog()
+        self.host_checks = host_checks
+        self.mission: MissionProfile | None = None
+        self.origin: dict[str, Any] = {}
+        self.desired: dict[str, DesiredPartition] = {}
+        self.limits: dict[str, PartitionLimits] = {}
+        self.runners: dict[tuple[str, str], WorkloadRunner] = {}
+        self.orphans: dict[tuple[str, str], str | None] = {}
+        self.usage: dict[str, Usage] = {}
+        self.errors: list[str] = []
+        self._samples: dict[str, tuple[float, CpuSample]] = {}
+        self._lock = asyncio.Lock()
+        self._mems = ""
+        self.started_at = time.time()
+        self.ready_after_s: float | None = None
+
+    # -- start-up ----------------------------------------------------------------
+    async def start(self, initial: StoredMission | None = None) -> None:
+        """Adopt what runs, then fly the last-known-good mission (or ``initial``)."""
+        self.backend.ensure_base(frozenset(self.board.reserved.cores))
+        self._mems = self.backend.board_mems()
+        found = observe(self.backend)
+        stored = self.store.load()
+        if stored is not None:
+            self.events.emit("state.loaded", f"mission/{stored.mission.name}",
+                             f"last-known-good generation {stored.mission.generation}")
+        base = stored or initial
+        if base is None:
+            self._remember(found, {})
+            if found:
+                self.events.emit("agent.safe-mode", "agent", "no mission known; leaving "
+                                 f"{len(found)} existing partition(s) untouched", "warning")
+            return
+        violations = admit(base.mission, self.board)
+        if violations:
+            self.events.emit("state.unfit", f"mission/{base.mission.name}",
+                             "; ".join(map(str, violations)), "error")
+            self._remember(found, {})
+            return
+        async with self._lock:
+            desired = desired_state(base.mission, self.board, self._mems)
+            self._remember(found, desired)
+            self.mission, self.origin, self.desired = base.mission, base.origin, desired
+            await self._execute(plan(desired, self._observed()))
+            if stored is None:
+                self._persist(base)
+
+    def _remember(self, found: dict[str, FoundPartition],
+                  desired: dict[str, DesiredPartition]) -> None:
+        """Record what exists; adopt processes whose spec matches the desired one."""
+        for p, fp in found.items():
+            if fp.limits is not None:
+                self.limits[p] = fp.limits
+            want = desired.get(p)
+            for w, fw in fp.workloads.items():
+                spec = want.workloads.get(w) if want else None
+                if spec is not None and fw.main_pid is not None \
+                        and fw.spec_hash == spec.spec_hash():
+                    runner = WorkloadRunner(p, spec, self.backend, self.config.log_dir,
+                                            self.events)
+                    runner.adopt(fw.main_pid)
+                    self.runners[(p, w)] = runner
+                else:
+                    self.orphans[(p, w)] = fw.spec_hash if fw.main_pid else None
+
+    # -- desired-state changes ---------------------------------------------------
+    def check(self, mission: MissionProfile) -> list[Violation]:
+        found = admit(mission, self.board)
+        if self.host_checks:
+            found += host_violations(mission)
+        return found + generation_violations(mission, self.mission)
+
+    async def submit(self, mission: MissionProfile, origin: dict[str, Any]) -> Decision:
+        """Admit and apply; a rejected mission changes nothing."""
+        async with self._lock:
+            subject = f"mission/{mission.name}"
+            violations = self.check(mission)
+            if violations:
+                self.events.emit("mission.rejected", subject,
+                                 f"generation {mission.generation}: "
+                                 + "; ".join(map(str, violations)), "error")
+                return Decision("rejected", mission.name, mission.generation, violations)
+            if mission == self.mission:
+                return Decision("unchanged", mission.name, mission.generation)
+            desired = desired_state(mission, self.board, self._mems)
+            scope = changed_partitions(self.desired, desired)
+            actions = plan(desired, self._observed(), scope)
+            self._persist(StoredMission(mission, origin))
+            self.mission, self.origin, self.desired = mission, origin, desired
+            errors = await self._execute(actions)
+            outcome: Outcome = "failed" if errors else "applied"
+            self.events.emit(f"mission.{outcome}", subject,
+                             f"generation {mission.generation}: {len(actions)} action(s)"
+                             + (f", {len(errors)} error(s)" if errors else ""),
+                             "error" if errors else "info")
+            return Decision(outcome, mission.name, mission.generation, [], errors,
+                            [describe(a) for a in actions])
+
+    def preview(self, mission: MissionProfile) -> tuple[list[Violation], list[Action]]:
+        """What ``submit`` would do, without doing it."""
+        violations = self.check(mission)
+        if violations:
+            return violations, []
+        desired = desired_state(mission, self.board, self._mems)
+        return [], plan(desired, self._observed())
+
+    def _persist(self, stored: StoredMission) -> None:
+        origin = {**stored.origin, "admitted_at": time.time()}
+        try:
+            self.store.save(StoredMission(stored.mission, origin))
+        except StoreError as exc:
+            # Flying the admitted mission beats refusing it; a reboot falls back further.
+            self.events.emit("state.unsaved", f"mission/{stored.mission.name}", str(exc),
+                             "error")
+
+    # -- observe / execute -------------------------------------------------------
+    def _observed(self) -> dict[str, ObservedPartition]:
+        wl: dict[str, dict[str, ObservedWorkload]] = {p: {} for p in self.limits}
+        for (p, w), r in self.runners.items():
+            wl.setdefault(p, {})[w] = ObservedWorkload(r.spec_hash)
+        for (p, w), h in self.orphans.items():
+            wl.setdefault(p, {})[w] = ObservedWorkload(None if h is None else f"orphan:{h}")
+        return {p: ObservedPartition(self.limits.get(p), ws) for p, ws in wl.items()}
+
+    async def _execute(self, actions: list[Action]) -> list[str]:
+        """Run actions phase by phase; stops inside a phase run concurrently."""
+        errors: list[str] = []
+        phases: dict[int, list[Action]] = {}
+        for a in actions:
+            phases.setdefault(a.phase, []).append(a)
+        for phase in sorted(phases):
+            results = await asyncio.gather(*(self._do(a) for a in phases[phase]),
+                                           return_exceptions=True)
+            for a, r in zip(phases[phase], results, strict=True):
+                if isinstance(r, AgentError | OSError):
+                    errors.append(f"{type(a).__name__} {a.partition}: {r}")
+                    self.events.emit("action.failed", f"partition/{a.partition}", str(r), "error")
+                elif isinstance(r, BaseException):
+                    raise r
+        self.errors = errors
+        return errors
+
+    async def _do(self, action: Action) -> None:
+        match action:
+            case EnsurePartition(partition=p, limits=want):
+                got = self.backend.apply_partition(p, want)
+                self.limits[p] = got
+                if got != want:
+                    self.events.emit("partition.adjusted", f"partition/{p}",
+                                     f"kernel holds {got}, asked {want}", "warning")
+            case RemovePartition(partition=p):
+                self.backend.remove_partition(p)
+                self.limits.pop(p, None)
+                self._samples.pop(p, None)
+                self.usage.pop(p, None)
+                self.events.emit("partition.removed", f"partition/{p}", "removed")
+            case StopWorkload(partition=p, workload=w, remove_group=rm):
+                await self._stop(p, w)
+                if rm:
+                    self.backend.remove_workload(p, w)
+            case StartWorkload(partition=p, spec=spec):
+                await self._stop(p, spec.name)  # an orphan group may hold stale processes
+                self._start(p, spec)
+            case RestartWorkload(partition=p, spec=spec):
+                await self._stop(p, spec.name)
+                self._start(p, spec)
+
+    def _start(self, partition: str, spec: Any) -> None:
+        self.backend.create_workload(partition, spec.name)
+        runner = WorkloadRunner(partition, spec, self.backend, self.config.log_dir, self.events)
+        self.runners[(partition, spec.name)] = runner
+        runner.start()
+
+    async def _stop(self, partition: str, workload: str) -> None:
+        runner = self.runners.pop((partition, workload), None)
+        if runner is not None:
+            await runner.stop()
+            return
+        if self.orphans.pop((partition, workload), "absent") != "absent":
+            await terminate_group(self.backend, partition, workload, ORPHAN_GRACE_S)
+
+    async def shutdown(self, teardown: bool) -> None:
+        """Leave workloads running (default), or stop them and remove every cgroup."""
+        async with self._lock:
+            if not teardown:
+                for r in self.runners.values():
+                    r.detach()
+                return
+            await self._execute(plan({}, self._observed()))
+            self.backend.remove_base()
+            self.events.emit("agent.teardown", "agent", "all partitions removed")
+
+    # -- accounting --------------------------------------------------------------
+    def sample(self) -> None:
+        """Turn cgroup counters into per-partition usage since the last sample."""
+        now = time.monotonic()
+        for p, want in self.desired.items():
+            if p not in self.limits:
+                continue
+            try:
+                cur = self.backend.cpu_sample(p)
+            except AgentError as exc:
+                log.warning("cannot sample %s: %s", p, exc)
+                continue
+            prev = self._samples.get(p)
+            self._samples[p] = (now, cur)
+            if prev is not None and now > prev[0]:
+                lim = want.limits
+                self.usage[p] = usage_between(prev[1], cur, now - prev[0],
+                                              lim.quota_us / lim.period_us)
+        for r in self.runners.values():
+            rotate_if_large(r.log_file, self.config.log_max_bytes)
+
+    async def account_forever(self) -> None:
+        period = self.config.accounting_period_ms / 1000.0
+        while True:
+            self.sample()
+            await asyncio.sleep(period)
+
+    # -- status ------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        parts = []
+        for name in sorted(self.desired.keys() | self.limits.keys()):
+            want = self.desired.get(name)
+            spec = self.mission.partition(name) if self.mission else None
+            lim = self.limits.get(name)
+            use = self.usage.get(name)
+            parts.append({
+                "name": name,
+                "criticality": spec.criticality if spec else None,
+                "desired": want is not None,
+                "cpus": sorted(lim.cpus) if lim else None,
+                "quota_us": lim.quota_us if lim else None,
+                "period_us": lim.period_us if lim else None,
+                "burst_us": lim.burst_us if lim else None,
+                "memory_bytes": lim.memory_bytes if lim else None,
+                "pids_max": lim.pids_max if lim else None,
+                "usage": use.to_dict() if use else None,
+                "workloads": [r.status() for (p, _), r in sorted(self.runners.items())
+                              if p == name]
+                + [{"name": w, "state": "orphan"} for (p, w) in sorted(self.orphans)
+                   if p == name],
+            })
+        return {
+            "board": self.board.name,
+            "cgroup": {"version": self.backend.version, "prefix": self.backend.prefix},
+            "mission": None if self.mission is None else {
+                "name": self.mission.name, "generation": self.mission.generation,
+                "origin": self.origin},
+            "ready_after_s": self.ready_after_s,
+            "partitions": parts,
+            "errors": self.errors,
+            "events": [e.to_dict() for e in self.events.recent(20)],
+        }

@@ -1,0 +1,102 @@
+"""File source: mission profiles in directories (the image's baked-in missions).
+
+Which mission flies when several are present: the one the config names, else the only
+valid one. Invalid files are reported and skipped; they never replace a valid mission.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.errors import ProfileError, Violation
+from agent.models import MissionProfile, load_file
+from agent.sources.inotify import Inotify
+
+log = logging.getLogger("sortie.sources.files")
+
+SUFFIXES = (".yaml", ".yml", ".json")
+# Editors write a file in several steps; wait for the burst to settle.
+SETTLE_S = 0.02
+
+
+@dataclass(frozen=True)
+class Candidate:
+    mission: MissionProfile
+    origin: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Scan:
+    chosen: Candidate | None
+    errors: list[ProfileError]
+
+
+def profile_files(paths: list[Path]) -> list[Path]:
+    files: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            files += sorted(f for f in p.iterdir() if f.suffix in SUFFIXES and f.is_file())
+        elif p.exists():
+            files.append(p)
+    return files
+
+
+def scan(paths: list[Path], wanted: str | None) -> Scan:
+    missions: list[Candidate] = []
+    errors: list[ProfileError] = []
+    for f in profile_files(paths):
+        try:
+            m = load_file(MissionProfile, f)
+        except ProfileError as exc:
+            errors.append(exc)
+            continue
+        missions.append(Candidate(m, {"source": "file", "path": str(f)}))
+    if wanted is not None:
+        pick = [c for c in missions if c.mission.name == wanted]
+        if not pick:
+            where = ", ".join(map(str, paths))
+            errors.append(ProfileError(where, [Violation("mission", f"no valid profile "
+                                                         f"named {wanted!r} found")]))
+    else:
+        pick = missions
+    if len(pick) > 1:
+        names = ", ".join(f"{c.mission.name} ({c.origin['path']})" for c in pick)
+        errors.append(ProfileError("profile_dirs", [Violation(
+            "mission", f"several missions found ({names}); name one in the config")]))
+        return Scan(None, errors)
+    return Scan(pick[0] if pick else None, errors)
+
+
+async def watch(paths: list[Path], on_change: Callable[[], Awaitable[None]]) -> None:
+    """Call ``on_change`` whenever a file in ``paths`` is written, moved or removed."""
+    ino = Inotify()
+    loop = asyncio.get_running_loop()
+    changed = asyncio.Event()
+    try:
+        for p in paths:
+            target = p if p.is_dir() else p.parent
+            try:
+                ino.watch(target)
+            except OSError as exc:
+                log.warning("cannot watch %s: %s", target, exc.strerror)
+
+        def readable() -> None:
+            # Drain inside the callback: a level-triggered reader left full would spin.
+            if ino.drain():
+                changed.set()
+
+        loop.add_reader(ino.fd, readable)
+        while True:
+            await changed.wait()
+            await asyncio.sleep(SETTLE_S)
+            changed.clear()
+            await on_change()
+    finally:
+        with contextlib.suppress(ValueError, OSError):
+            loop.remove_reader(ino.fd)
+        ino.close()
