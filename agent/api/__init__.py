@@ -1,0 +1,1 @@
+"""Local API: newline-delimited JSON over a unix socket (0600); no TCP port."""

@@ -1,0 +1,313 @@
+"""``sortie`` command line. Exit codes scripts can trust: 0 ok, 1 refused/failed, 2 usage."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import yaml
+
+from agent import __version__
+from agent.admission import admit
+from agent.api.client import call
+from agent.errors import AgentError, ProfileError, Violation
+from agent.models import AgentConfig, HardwareProfile, MissionProfile, load_file
+from agent.preflight import host_violations
+
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
+DEFAULT_CONFIG = Path("/etc/sortie/agent.yaml")
+REPO = Path(__file__).resolve().parent.parent
+DEMO_PROFILE = REPO / "schedules" / "demo.yaml"
+
+
+class UsageError(AgentError):
+    """Bad command line; exit code 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _emit(data: Any, output: str) -> None:
+    if output == "json":
+        print(json.dumps(data, indent=2, default=str))
+    else:
+        print(yaml.safe_dump(data, sort_keys=False), end="")
+
+
+def _print_violations(title: str, violations: list[Violation]) -> None:
+    print(title, file=sys.stderr)
+    for v in violations:
+        print(f"  - {v}", file=sys.stderr)
+
+
+# -- configuration ----------------------------------------------------------------
+def load_config(path: Path | None) -> AgentConfig:
+    if path is None:
+        return load_file(AgentConfig, DEFAULT_CONFIG) if DEFAULT_CONFIG.exists() \
+            else AgentConfig()
+    return load_file(AgentConfig, path)
+
+
+def load_board(hw: Path | None, config: AgentConfig) -> HardwareProfile:
+    path = hw or config.hardware_profile
+    if path is not None:
+        return load_file(HardwareProfile, path)
+    from agent.hwdetect import detect
+    return detect()
+
+
+def profile_paths(args_profiles: list[Path] | None, config: AgentConfig) -> list[Path]:
+    if args_profiles:
+        return args_profiles
+    existing = [p for p in config.profile_dirs if p.exists()]
+    # A board without baked-in profiles flies the embedded demo mission.
+    return existing or [DEMO_PROFILE]
+
+
+# -- commands ---------------------------------------------------------------------
+def cmd_run(args: argparse.Namespace) -> int:
+    from agent.daemon import RunOptions, run
+
+    config = load_config(args.config)
+    if args.state_dir:
+        config = config.model_copy(update={"state_dir": args.state_dir})
+    if os.geteuid() != 0:
+        print("sortie run: cannot enforce CPU budgets: creating cgroups, placing processes "
+              "in them and dropping them to their users needs root.\n"
+              "  Run it as root (sudo sortie run ...), or check a profile without root "
+              "with `sortie check PROFILE --hw hwprofiles/BOARD.yaml`.", file=sys.stderr)
+        return EXIT_REFUSED
+    board = load_board(args.hw, config)
+    paths = profile_paths(args.profile, config)
+    print(f"sortie {__version__}: board {board.name}, profiles from "
+          f"{', '.join(map(str, paths))}; status: sortie status", file=sys.stderr)
+    asyncio.run(run(config, board, RunOptions(paths, teardown=args.teardown)))
+    return EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    mission = load_file(MissionProfile, args.profile)
+    board = load_board(args.hw, config)
+    violations = admit(mission, board)
+    # Host checks only make sense for the machine we are on.
+    if (args.hw is None and config.hardware_profile is None) or args.host_checks:
+        violations += host_violations(mission)
+    result = {"mission": mission.name, "generation": mission.generation, "board": board.name,
+              "admitted": not violations,
+              "violations": [{"path": v.path, "reason": v.reason} for v in violations]}
+    if args.output:
+        _emit(result, args.output)
+    elif violations:
+        _print_violations(f"{args.profile}: rejected for board {board.name} "
+                          f"({len(violations)} problem(s)):", violations)
+    else:
+        print(f"{args.profile}: admitted for board {board.name}")
+    return EXIT_REFUSED if violations else EXIT_OK
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from agent.daemon import socket_path
+
+    config = load_config(args.config)
+    mission = load_file(MissionProfile, args.profile)
+    try:
+        reply = call(socket_path(config), {"op": "plan",
+                                           "mission": mission.model_dump(mode="json")})
+        violations = [Violation(v["path"], v["reason"]) for v in reply["violations"]]
+        actions: list[str] = reply["actions"]
+        against = "the running agent"
+    except AgentError as exc:
+        violations, actions = _plan_offline(config, args.hw, mission)
+        against = f"the cgroups on this machine ({exc})"
+    if args.output:
+        _emit({"against": against, "violations": [str(v) for v in violations],
+               "actions": actions}, args.output)
+    elif violations:
+        _print_violations(f"{args.profile}: would be rejected:", violations)
+    else:
+        print(f"plan against {against}:")
+        for a in actions or ["nothing to do"]:
+            print(f"  {a}")
+    return EXIT_REFUSED if violations else EXIT_OK
+
+
+def _plan_offline(config: AgentConfig, hw: Path | None,
+                  mission: MissionProfile) -> tuple[list[Violation], list[str]]:
+    from agent.cgroups import make_backend
+    from agent.observing import observe
+    from agent.planning import ObservedPartition, ObservedWorkload, describe, desired_state, plan
+
+    board = load_board(hw, config)
+    violations = admit(mission, board) + host_violations(mission)
+    if violations:
+        return violations, []
+    backend = make_backend(config.cgroup_root, config.cgroup_prefix, config.cgroup_version)
+    found = observe(backend)
+    observed = {p: ObservedPartition(f.limits, {w: ObservedWorkload(fw.spec_hash)
+                                               for w, fw in f.workloads.items()})
+                for p, f in found.items()}
+    mems = backend.board_mems()
+    return [], [describe(a) for a in plan(desired_state(mission, board, mems), observed)]
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from agent.daemon import socket_path
+
+    config = load_config(args.config)
+    path = args.socket or socket_path(config)
+    status = call(path, {"op": "status"})["status"]
+    if args.output:
+        _emit(status, args.output)
+    else:
+        print(render_status(status))
+    return EXIT_OK
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x * 100:5.1f}%"
+
+
+def render_status(s: dict[str, Any]) -> str:
+    m = s.get("mission")
+    lines = [f"board {s['board']}  cgroup {s['cgroup']['version']} /{s['cgroup']['prefix']}",
+             "mission " + (f"{m['name']} generation {m['generation']} from "
+                           f"{m['origin'].get('source', '?')} {m['origin'].get('path', '')}"
+                           if m else "(none)"), ""]
+    lines.append(f"{'PARTITION':<18}{'DAL':<4}{'CPUS':<8}{'BUDGET':>8}{'USED':>8}"
+                 f"{'THROTTLED':>11}  MEMORY")
+    for p in s["partitions"]:
+        use = p.get("usage") or {}
+        budget = p["quota_us"] / p["period_us"] if p.get("quota_us") and p["quota_us"] > 0 \
+            else None
+        thr = f"{use['throttled_periods']}/{use['periods']}" if use else "-"
+        cpus = ",".join(map(str, p["cpus"] or []))
+        mem = f"{p['memory_bytes'] >> 20} MiB" if p.get("memory_bytes") else "-"
+        lines.append(f"{p['name']:<18}{p.get('criticality') or '-':<4}{cpus:<8}"
+                     f"{_pct(budget):>8}{_pct(use.get('share')):>8}{thr:>11}  {mem}")
+        for w in p["workloads"]:
+            extra = " adopted" if w.get("adopted") else ""
+            restarts = f" restarts {w['restarts']}" if w.get("restarts") else ""
+            lines.append(f"  - {w['name']:<16}{w['state']:<11}pid {w.get('pid') or '-'}"
+                         f"{extra}{restarts}")
+    if s.get("errors"):
+        lines += ["", "errors:"] + [f"  {e}" for e in s["errors"]]
+    return "\n".join(lines)
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    models: dict[str, type[Any]] = {"mission": MissionProfile, "hardware": HardwareProfile,
+                                    "config": AgentConfig}
+    picked = {args.which: models[args.which]} if args.which else models
+    schemas = {k: m.model_json_schema() for k, m in picked.items()}
+    print(json.dumps(schemas[args.which] if args.which else schemas, indent=2))
+    return EXIT_OK
+
+
+def cmd_hw_detect(args: argparse.Namespace) -> int:
+    from agent.hwdetect import detect
+
+    text = yaml.safe_dump(detect().model_dump(mode="json", exclude_none=True), sort_keys=False)
+    if args.out:
+        args.out.write_text(text)
+        print(f"wrote {args.out}", file=sys.stderr)
+    else:
+        print(text, end="")
+    return EXIT_OK
+
+
+# -- parser -----------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="sortie", description="Orchestration agent for flight-computer "
+               "edge boards: cgroup partitions with deterministic CPU budgets.")
+    p.add_argument("--version", action="version", version=f"sortie {__version__}")
+    p.add_argument("--log-level", default="info",
+                   choices=["debug", "info", "warning", "error"])
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--config", type=Path, help=f"agent config (default {DEFAULT_CONFIG} "
+                        "if present, else built-in defaults)")
+
+    def output(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("-o", "--output", choices=["json", "yaml"],
+                        help="machine-readable output")
+
+    r = sub.add_parser("run", help="run the agent (root)")
+    common(r)
+    r.add_argument("--profile", type=Path, action="append",
+                   help="mission profile file or directory (repeatable); default: the "
+                        "config's profile_dirs, else the embedded demo")
+    r.add_argument("--hw", type=Path, help="hardware profile (default: config, else detect)")
+    r.add_argument("--state-dir", type=Path, help="override the config's state_dir")
+    r.add_argument("--teardown", action="store_true",
+                   help="on exit stop every workload and remove the cgroups "
+                        "(default: leave the mission flying)")
+    r.set_defaults(func=cmd_run)
+
+    c = sub.add_parser("check", help="admission check of a profile against a board")
+    common(c)
+    c.add_argument("profile", type=Path)
+    c.add_argument("--hw", type=Path, help="hardware profile (default: this machine)")
+    c.add_argument("--host-checks", action="store_true",
+                   help="also check users and commands on this machine when --hw is given")
+    output(c)
+    c.set_defaults(func=cmd_check)
+
+    pl = sub.add_parser("plan", help="what applying a profile would change")
+    common(pl)
+    pl.add_argument("profile", type=Path)
+    pl.add_argument("--hw", type=Path, help="hardware profile when no agent is running")
+    output(pl)
+    pl.set_defaults(func=cmd_plan)
+
+    s = sub.add_parser("status", help="partitions, workloads, budgets and measured usage")
+    common(s)
+    s.add_argument("--socket", type=Path, help="local API socket (default from config)")
+    output(s)
+    s.set_defaults(func=cmd_status)
+
+    sc = sub.add_parser("schema", help="JSON Schema of the documents Sortie reads")
+    sc.add_argument("which", nargs="?", choices=["mission", "hardware", "config"])
+    sc.set_defaults(func=cmd_schema)
+
+    hw = sub.add_parser("hw", help="hardware profiles")
+    hw_sub = hw.add_subparsers(dest="hw_command", required=True, parser_class=Parser)
+    d = hw_sub.add_parser("detect", help="write a hardware profile for this machine")
+    d.add_argument("--out", type=Path, help="file to write (default: stdout)")
+    d.set_defaults(func=cmd_hw_detect)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        code: int = args.func(args)
+    except ProfileError as exc:
+        _print_violations(f"{exc.source}: {len(exc.violations)} problem(s):", exc.violations)
+        return EXIT_REFUSED
+    except UsageError as exc:
+        print(f"sortie: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except AgentError as exc:
+        print(f"sortie: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""``sortie run``: wire the engine to its sources, the local API and the accounting
+tick, and run them as named tasks in one TaskGroup until a signal arrives."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from agent.api.server import serve
+from agent.cgroups import make_backend
+from agent.errors import AgentError
+from agent.events import EventLog
+from agent.models import AgentConfig, HardwareProfile, MissionProfile
+from agent.models.loading import validate
+from agent.planning import describe
+from agent.reconciling import Engine
+from agent.sources import files
+from agent.store import StateStore, StoredMission
+
+log = logging.getLogger("sortie.daemon")
+
+
+@dataclass
+class RunOptions:
+    profile_paths: list[Path]
+    teardown: bool = False
+    host_checks: bool = True
+    ready: asyncio.Event | None = None
+    """Set once the first reconcile is done (tests and benchmarks wait on it)."""
+    engine_out: list[Engine] = field(default_factory=list)
+    """Receives the engine, for in-process callers."""
+
+
+def socket_path(config: AgentConfig) -> Path:
+    return config.run_dir / "sortie.sock"
+
+
+async def _load_files(engine: Engine, opts: RunOptions, wanted: str | None) -> None:
+    result = files.scan(opts.profile_paths, wanted)
+    for err in result.errors:
+        engine.events.emit("profile.invalid", err.source,
+                           "; ".join(map(str, err.violations)), "error")
+    if result.chosen is not None:
+        await engine.submit(result.chosen.mission, result.chosen.origin)
+
+
+def handlers(engine: Engine) -> dict[str, Any]:
+    async def status(_: dict[str, Any]) -> dict[str, Any]:
+        return {"status": engine.status()}
+
+    async def plan(req: dict[str, Any]) -> dict[str, Any]:
+        mission = validate(MissionProfile, req.get("mission"), "request.mission")
+        violations, actions = engine.preview(mission)
+        return {"violations": [{"path": v.path, "reason": v.reason} for v in violations],
+                "actions": [describe(a) for a in actions]}
+
+    return {"status": status, "plan": plan}
+
+
+async def run(config: AgentConfig, board: HardwareProfile, opts: RunOptions) -> None:
+    backend = make_backend(config.cgroup_root, config.cgroup_prefix, config.cgroup_version)
+    events = EventLog()
+    engine = Engine(config, board, backend, StateStore(config.state_dir), events,
+                    host_checks=opts.host_checks)
+    opts.engine_out.append(engine)
+    initial = files.scan(opts.profile_paths, config.mission).chosen
+    await engine.start(StoredMission(initial.mission, initial.origin) if initial else None)
+    if config.agent_cgroup:
+        backend.move_self()
+    await _load_files(engine, opts, config.mission)
+    # From process start (not from this function): what a watchdog or a boot waits for.
+    ready_s = time.time() - psutil.Process().create_time()
+    engine.ready_after_s = ready_s
+    events.emit("agent.ready", "agent", f"first reconcile done {ready_s * 1000:.0f} ms "
+                f"after start; cgroup {backend.version}, board {board.name}")
+    if opts.ready is not None:
+        opts.ready.set()
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    rescan: asyncio.Event = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, rescan.set)
+
+    async def on_files_changed() -> None:
+        await _load_files(engine, opts, config.mission)
+
+    async def on_hup() -> None:
+        while True:
+            await rescan.wait()
+            rescan.clear()
+            await on_files_changed()
+
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tasks: list[asyncio.Task[Any]] = [
+                tg.create_task(serve(socket_path(config), handlers(engine)), name="api"),
+                tg.create_task(files.watch(opts.profile_paths, on_files_changed), name="files"),
+                tg.create_task(engine.account_forever(), name="accounting"),
+                tg.create_task(on_hup(), name="sighup"),
+            ]
+            stopper: asyncio.Task[Any] = tg.create_task(stop.wait(), name="stop")
+            # A "forever" task that ends is a failure: escalate instead of limping on.
+            done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            for t in tasks:
+                t.cancel()
+            for t in done:
+                if t is not stopper:
+                    exc = t.exception()
+                    raise AgentError(f"task {t.get_name()} ended unexpectedly: {exc}") from exc
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            with contextlib.suppress(ValueError, RuntimeError):
+                loop.remove_signal_handler(sig)
+        await engine.shutdown(opts.teardown or config.stop_workloads_on_exit)
+        events.emit("agent.stopped", "agent",
+                    "workloads stopped, cgroups removed" if opts.teardown
+                    or config.stop_workloads_on_exit else "workloads left running")
