@@ -18,7 +18,7 @@ from agent.cgroups import CgroupBackend, CpuSample, PartitionLimits
 from agent.errors import AgentError, StoreError, Violation
 from agent.events import EventLog
 from agent.models import AgentConfig, HardwareProfile, MissionProfile
-from agent.observing import FoundPartition, observe
+from agent.observing import FoundPartition, FoundWorkload, observe
 from agent.planning import (
     Action,
     DesiredPartition,
@@ -95,7 +95,8 @@ class Engine:
         self.desired: dict[str, DesiredPartition] = {}
         self.limits: dict[str, PartitionLimits] = {}
         self.runners: dict[tuple[str, str], WorkloadRunner] = {}
-        self.orphans: dict[tuple[str, str], str | None] = {}
+        self.orphans: dict[tuple[str, str], FoundWorkload] = {}
+        """Workload groups found at start that no runner manages (yet)."""
         self.usage: dict[str, Usage] = {}
         self.errors: list[str] = []
         self._samples: dict[str, tuple[float, CpuSample]] = {}
@@ -141,17 +142,21 @@ class Engine:
         for p, fp in found.items():
             if fp.limits is not None:
                 self.limits[p] = fp.limits
-            want = desired.get(p)
             for w, fw in fp.workloads.items():
-                spec = want.workloads.get(w) if want else None
-                if spec is not None and fw.main_pid is not None \
-                        and fw.spec_hash == spec.spec_hash():
-                    runner = WorkloadRunner(p, spec, self.backend, self.config.log_dir,
-                                            self.events)
-                    runner.adopt(fw.main_pid)
-                    self.runners[(p, w)] = runner
-                else:
-                    self.orphans[(p, w)] = fw.spec_hash if fw.main_pid else None
+                self.orphans[(p, w)] = fw
+        self._adopt_matching(desired)
+
+    def _adopt_matching(self, desired: dict[str, DesiredPartition]) -> None:
+        """Orphans running exactly the desired spec are adopted, not restarted."""
+        for (p, w), fw in list(self.orphans.items()):
+            want = desired.get(p)
+            spec = want.workloads.get(w) if want else None
+            if spec is None or fw.main_pid is None or fw.spec_hash != spec.spec_hash():
+                continue
+            runner = WorkloadRunner(p, spec, self.backend, self.config.log_dir, self.events)
+            runner.adopt(fw.main_pid)
+            self.runners[(p, w)] = runner
+            del self.orphans[(p, w)]
 
     # -- desired-state changes ---------------------------------------------------
     def check(self, mission: MissionProfile) -> list[Violation]:
@@ -174,6 +179,7 @@ class Engine:
                 return Decision("unchanged", mission.name, mission.generation)
             desired = desired_state(mission, self.board, self._mems)
             scope = changed_partitions(self.desired, desired)
+            self._adopt_matching(desired)
             actions = plan(desired, self._observed(), scope)
             self._persist(StoredMission(mission, origin))
             self.mission, self.origin, self.desired = mission, origin, desired
@@ -208,8 +214,10 @@ class Engine:
         wl: dict[str, dict[str, ObservedWorkload]] = {p: {} for p in self.limits}
         for (p, w), r in self.runners.items():
             wl.setdefault(p, {})[w] = ObservedWorkload(r.spec_hash)
-        for (p, w), h in self.orphans.items():
-            wl.setdefault(p, {})[w] = ObservedWorkload(None if h is None else f"orphan:{h}")
+        for (p, w), fw in self.orphans.items():
+            # An orphan's process is replaced, never trusted to match: it has no runner.
+            wl.setdefault(p, {})[w] = ObservedWorkload(
+                None if fw.main_pid is None else f"orphan:{fw.spec_hash}")
         return {p: ObservedPartition(self.limits.get(p), ws) for p, ws in wl.items()}
 
     async def _execute(self, actions: list[Action]) -> list[str]:
@@ -266,7 +274,7 @@ class Engine:
         if runner is not None:
             await runner.stop()
             return
-        if self.orphans.pop((partition, workload), "absent") != "absent":
+        if self.orphans.pop((partition, workload), None) is not None:
             await terminate_group(self.backend, partition, workload, ORPHAN_GRACE_S)
 
     async def shutdown(self, teardown: bool) -> None:

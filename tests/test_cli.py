@@ -1,0 +1,209 @@
+"""The sortie command as a user runs it: exit codes, messages, schema, hw detect, and a
+real agent process driven through files, the unix socket, SIGKILL and restart."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from agent import cli
+from agent.models import HardwareProfile
+from agent.runtime.procs import is_alive
+from tests.conftest import CGROUP_ROOT, REPO, needs_root_v1
+from tests.helpers import mission_doc, partition, wait_for_sync, workload
+
+
+def sortie(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "agent.cli", *args], capture_output=True,
+                          text=True, timeout=60, check=check, cwd=REPO)
+
+
+def write(path: Path, doc: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump(doc))
+    tmp.rename(path)
+    return path
+
+
+HW = str(REPO / "hwprofiles" / "raspberry-pi-4.yaml")
+
+
+def test_check_admits_the_demo_on_every_shipped_board() -> None:
+    for hw in sorted((REPO / "hwprofiles").glob("*.yaml")):
+        r = sortie("check", str(REPO / "schedules" / "demo.yaml"), "--hw", str(hw))
+        assert r.returncode == 0, (hw.name, r.stderr)
+        assert "admitted" in r.stdout
+
+
+def test_check_rejects_with_every_reason_and_exit_1(tmp_path: Path) -> None:
+    bad = write(tmp_path / "bad.yaml", mission_doc(
+        partition("a", quota=500, cores=[9]), partition("a", period=2_000_000)))
+    r = sortie("check", str(bad), "--hw", HW)
+    assert r.returncode == 1
+    for needle in ("partitions[0].budget.quota_us", "partitions[0].cpu.dedicated_cores",
+                   "partitions[1].name", "partitions[1].budget.period_us"):
+        assert needle in r.stderr
+    j = sortie("check", str(bad), "--hw", HW, "-o", "json")
+    assert j.returncode == 1 and json.loads(j.stdout)["admitted"] is False
+
+
+def test_check_reports_malformed_and_unreadable_files(tmp_path: Path) -> None:
+    (tmp_path / "m.yaml").write_text("name: [unclosed\n")
+    r = sortie("check", str(tmp_path / "m.yaml"), "--hw", HW)
+    assert r.returncode == 1 and "malformed YAML" in r.stderr and "line" in r.stderr
+    r = sortie("check", str(tmp_path / "nope.yaml"), "--hw", HW)
+    assert r.returncode == 1 and "cannot read" in r.stderr
+
+
+def test_host_checks_name_missing_users_and_commands(tmp_path: Path) -> None:
+    p = write(tmp_path / "m.yaml", mission_doc(partition("a", workloads=[
+        workload("x", user="no-such-user-xyz"), workload("y", command=["no-such-cmd-xyz"])])))
+    r = sortie("check", str(p), "--hw", HW, "--host-checks")
+    assert r.returncode == 1
+    assert "partitions[0].workloads[0].user" in r.stderr and "does not exist" in r.stderr
+    assert "partitions[0].workloads[1].command[0]" in r.stderr
+
+
+def test_usage_errors_exit_2() -> None:
+    assert sortie("check").returncode == 2
+    assert sortie("status", "-o", "xml").returncode == 2
+    assert sortie("frobnicate").returncode == 2
+
+
+def test_schema_prints_all_three_documents() -> None:
+    r = sortie("schema", check=True)
+    schemas = json.loads(r.stdout)
+    assert set(schemas) == {"mission", "hardware", "config"}
+    assert "partitions" in schemas["mission"]["properties"]
+
+
+def test_hw_detect_writes_a_valid_profile(tmp_path: Path) -> None:
+    out = tmp_path / "hw.yaml"
+    sortie("hw", "detect", "--out", str(out), check=True)
+    hw = HardwareProfile.model_validate(yaml.safe_load(out.read_text()))
+    assert len(hw.cores) == os.cpu_count() and hw.memory_mib > 0
+
+
+def test_run_without_root_explains_why(monkeypatch: pytest.MonkeyPatch,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(cli.os, "geteuid", lambda: 1000)
+    assert cli.main(["run"]) == 1
+    assert "needs root" in capsys.readouterr().err
+
+
+def test_status_without_agent_says_so(tmp_path: Path) -> None:
+    r = sortie("status", "--socket", str(tmp_path / "none.sock"))
+    assert r.returncode == 1 and "no agent is listening" in r.stderr
+
+
+# -- a real agent process ------------------------------------------------------------
+@pytest.fixture
+def agent_env(tmp_path: Path, prefix: str) -> Iterator[dict]:
+    logs = Path(f"/tmp/{prefix}-logs")
+    cfg = {"node_name": "t", "state_dir": str(tmp_path / "state"),
+           "run_dir": str(tmp_path / "run"), "log_dir": str(logs),
+           "cgroup_prefix": prefix, "agent_cgroup": False, "accounting_period_ms": 200,
+           "profile_dirs": [str(tmp_path / "profiles")]}
+    (tmp_path / "profiles").mkdir()
+    write(tmp_path / "agent.yaml", cfg)
+    procs: list[subprocess.Popen[str]] = []
+    log = open(tmp_path / "agent.log", "a")  # noqa: SIM115 - closed at teardown
+
+    def start(*extra: str) -> subprocess.Popen[str]:
+        p = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--config",
+                              str(tmp_path / "agent.yaml"), *extra], cwd=REPO, text=True,
+                             stdout=subprocess.DEVNULL, stderr=log)
+        procs.append(p)
+        wait_for_sync((tmp_path / "run" / "sortie.sock").exists, 15)
+        return p
+
+    yield {"dir": tmp_path, "config": str(tmp_path / "agent.yaml"), "start": start,
+           "profiles": tmp_path / "profiles"}
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+    log.close()
+    import shutil
+    shutil.rmtree(logs, ignore_errors=True)
+
+
+def status(env: dict) -> dict:
+    r = sortie("status", "--config", env["config"], "-o", "json")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def try_status(env: dict) -> dict | None:
+    """Status, or None while the agent is still coming up (e.g. a stale socket)."""
+    r = sortie("status", "--config", env["config"], "-o", "json")
+    return json.loads(r.stdout) if r.returncode == 0 else None
+
+
+def pids(st: dict | None) -> dict[str, int]:
+    if st is None:
+        return {}
+    return {f"{p['name']}/{w['name']}": w["pid"] for p in st["partitions"]
+            for w in p["workloads"] if w.get("pid")}
+
+
+@needs_root_v1
+def test_agent_lifecycle_end_to_end(agent_env: dict, prefix: str) -> None:
+    profiles = agent_env["profiles"]
+    doc = mission_doc(partition("fc", cores=[1], crit="A", workloads=[workload("ctl")]),
+                      partition("hog", crit="E", workloads=[workload("spin")]), name="demo")
+    write(profiles / "demo.yaml", doc)
+    agent = agent_env["start"]()
+
+    # up, with a root-only socket
+    st = wait_for_sync(lambda: len(pids(s := try_status(agent_env))) == 2 and s, 15)
+    sock = agent_env["dir"] / "run" / "sortie.sock"
+    assert stat.S_IMODE(sock.stat().st_mode) == 0o600
+    assert st["mission"]["origin"]["source"] == "file"
+    first = pids(st)
+    table = sortie("status", "--config", agent_env["config"])
+    assert "fc" in table.stdout and "running" in table.stdout
+
+    # live change through the file: one more workload, nothing else restarted
+    doc2 = {**doc, "generation": 2}
+    doc2["partitions"][1]["workloads"].append(workload("extra"))
+    write(profiles / "demo.yaml", doc2)
+    st = wait_for_sync(lambda: len(pids(s := status(agent_env))) == 3 and s, 10)
+    assert {k: v for k, v in pids(st).items() if k in first} == first
+
+    # a bad profile is refused; the mission keeps flying
+    bad = {**doc2, "generation": 3}
+    bad["partitions"][0]["budget"] = {"quota_us": 100, "period_us": 100_000}
+    write(profiles / "demo.yaml", bad)
+    wait_for_sync(lambda: any(e["kind"] == "mission.rejected"
+                              for e in status(agent_env)["events"]), 10)
+    assert status(agent_env)["mission"]["generation"] == 2
+    plan = sortie("plan", str(profiles / "demo.yaml"), "--config", agent_env["config"])
+    assert plan.returncode == 1 and "quota_us" in plan.stderr
+
+    # SIGKILL: workloads keep running; a new agent adopts the same PIDs
+    running = pids(status(agent_env))
+    agent.send_signal(signal.SIGKILL)
+    agent.wait()
+    assert all(is_alive(pid) for pid in running.values())
+    write(profiles / "demo.yaml", doc2)  # restore the good file (generation 2)
+    agent = agent_env["start"]("--teardown")
+    st = wait_for_sync(lambda: len(pids(s := try_status(agent_env))) == 3 and s, 15)
+    assert pids(st) == running
+    assert all(w["adopted"] for p in st["partitions"] for w in p["workloads"])
+
+    # teardown on SIGTERM removes everything
+    agent.send_signal(signal.SIGTERM)
+    assert agent.wait(timeout=30) == 0
+    assert not (CGROUP_ROOT / "cpu" / prefix).exists()
+    assert not any(is_alive(pid) for pid in running.values())

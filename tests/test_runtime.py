@@ -1,0 +1,163 @@
+"""Workload runtime on real cgroups: joins before exec, drops privileges, restarts with
+backoff, flags crash loops, stops everything it left, bounds its logs."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pwd
+from pathlib import Path
+
+import pytest
+
+from agent.cgroups import PartitionLimits
+from agent.cgroups.v1 import V1Backend
+from agent.events import EventLog
+from agent.models import Workload
+from agent.runtime.logs import rotate_if_large
+from agent.runtime.supervisor import RunnerState, WorkloadRunner, backoff_delay_s
+from tests.conftest import needs_root_v1
+from tests.helpers import wait_for
+
+LIMITS = PartitionLimits(frozenset({1}), "0", 50_000, 100_000, 0, 64 << 20, 32)
+
+
+def spec(**kw) -> Workload:
+    return Workload.model_validate({"name": "w", "command": ["/bin/sleep", "3600"],
+                                    "user": "nobody", **kw})
+
+
+def test_backoff_doubles_up_to_the_cap() -> None:
+    s = spec(restart={"backoff_initial_ms": 100, "backoff_max_ms": 1000})
+    assert [backoff_delay_s(s, n) for n in range(1, 7)] == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
+
+
+@pytest.fixture
+def part(v1: V1Backend) -> V1Backend:
+    v1.apply_partition("p", LIMITS)
+    v1.create_workload("p", "w")
+    return v1
+
+
+@pytest.fixture
+def logs() -> Path:
+    d = Path(f"/tmp/sortie-test-logs-{os.getpid()}")
+    yield d
+    import shutil
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def runner(backend: V1Backend, logs: Path, **kw) -> WorkloadRunner:
+    return WorkloadRunner("p", spec(**kw), backend, logs, EventLog())
+
+
+@needs_root_v1
+async def test_process_is_in_its_cgroup_from_its_first_instruction(
+        part: V1Backend, prefix: str, logs: Path) -> None:
+    # The workload's own first action is to print its cgroups: they must already be right.
+    r = runner(part, logs, command=["/bin/cat", "/proc/self/cgroup"], restart={"policy": "never"})
+    r.start()
+    await wait_for(lambda: r.state == RunnerState.STOPPED)
+    lines = r.log_file.read_text().splitlines()
+    want = f"/{prefix}/p-p/w-w"
+    for controller in ("cpu", "cpuacct", "cpuset", "memory", "pids", "freezer"):
+        assert any(line.split(":")[1] == controller and line.endswith(want) for line in lines), \
+            (controller, lines)
+
+
+@needs_root_v1
+async def test_runs_as_the_profile_user_with_its_env(part: V1Backend, logs: Path) -> None:
+    r = runner(part, logs, command=["/bin/sh", "-c", "id -u; echo $MODE; pwd"],
+               env={"MODE": "cruise"}, working_dir="/tmp", restart={"policy": "never"})
+    r.start()
+    await wait_for(lambda: r.state == RunnerState.STOPPED)
+    uid, mode, cwd = r.log_file.read_text().split()
+    assert int(uid) == pwd.getpwnam("nobody").pw_uid and mode == "cruise" and cwd == "/tmp"
+
+
+@needs_root_v1
+async def test_restart_always_with_backoff(part: V1Backend, logs: Path) -> None:
+    r = runner(part, logs, command=["/bin/true"],
+               restart={"policy": "always", "backoff_initial_ms": 20, "backoff_max_ms": 40,
+                        "crash_loop_restarts": 100})
+    r.start()
+    await wait_for(lambda: r.restarts >= 3)
+    await r.stop()
+    assert r.last_exit is not None
+
+
+@needs_root_v1
+async def test_on_failure_does_not_restart_a_clean_exit(part: V1Backend, logs: Path) -> None:
+    r = runner(part, logs, command=["/bin/true"], restart={"policy": "on-failure"})
+    r.start()
+    await wait_for(lambda: r.state == RunnerState.STOPPED)
+    await asyncio.sleep(0.2)
+    assert r.restarts == 0 and r.last_exit is not None and r.last_exit.code == 0
+
+
+@needs_root_v1
+async def test_crash_loop_is_detected_and_reported(part: V1Backend, logs: Path) -> None:
+    r = runner(part, logs, command=["/bin/false"],
+               restart={"policy": "on-failure", "backoff_initial_ms": 10, "backoff_max_ms": 20,
+                        "crash_loop_restarts": 3, "crash_loop_window_s": 10})
+    r.start()
+    await wait_for(lambda: r.state == RunnerState.CRASH_LOOP)
+    assert r.events.of_kind("workload.crash-loop")
+    await r.stop()
+
+
+@needs_root_v1
+async def test_stop_kills_what_ignores_sigterm_and_its_children(
+        part: V1Backend, logs: Path) -> None:
+    script = "trap '' TERM; sleep 3600 & sleep 3600 & wait"
+    r = runner(part, logs, command=["/bin/sh", "-c", script], stop_grace_ms=200)
+    r.start()
+    await wait_for(lambda: len(part.procs("p", "w")) >= 3)
+    await r.stop()
+    assert part.procs("p", "w") == []
+    assert r.events.of_kind("workload.killed")
+
+
+@needs_root_v1
+async def test_start_failure_becomes_an_event_and_backoff(part: V1Backend, logs: Path) -> None:
+    r = runner(part, logs, command=["/nonexistent/binary"],
+               restart={"policy": "on-failure", "backoff_initial_ms": 10000})
+    r.start()
+    assert r.state == RunnerState.BACKOFF
+    (ev,) = r.events.of_kind("workload.start-failed")
+    assert "does not exist" in ev.message
+    await r.stop()
+
+
+@needs_root_v1
+async def test_health_check_failures_restart_the_workload(part: V1Backend, logs: Path) -> None:
+    r = runner(part, logs, health_check={"command": ["/bin/false"], "interval_ms": 20,
+                                         "timeout_ms": 500, "failure_threshold": 2})
+    r.start()
+    first = r.pid
+    await wait_for(lambda: r.pid not in (None, first) and r.state == RunnerState.RUNNING)
+    assert "health check failed 2 times" in r.events.of_kind("workload.restarting")[0].message
+    await r.stop()
+
+
+@needs_root_v1
+async def test_adopted_process_exit_is_noticed(part: V1Backend, logs: Path) -> None:
+    a = runner(part, logs, restart={"policy": "never"})
+    a.start()
+    pid = a.pid
+    assert pid is not None
+    a.detach()  # the first agent "dies"
+    b = runner(part, logs, restart={"policy": "never"})
+    b.adopt(pid)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)  # noqa: ASYNC222 - our child here; reaped at once after SIGKILL
+    await wait_for(lambda: b.state in (RunnerState.FAILED, RunnerState.STOPPED))
+    assert b.last_exit is not None and b.last_exit.code is None  # unknown for an adoptee
+
+
+def test_log_rotation_keeps_one_bounded_copy(tmp_path: Path) -> None:
+    log = tmp_path / "w.log"
+    log.write_bytes(b"x" * 10_000)
+    assert rotate_if_large(log, 4096)
+    assert log.stat().st_size == 0 and (tmp_path / "w.log.1").stat().st_size == 10_000
+    assert not rotate_if_large(log, 4096)
