@@ -6,13 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import psutil
 
 from agent.api.server import serve
 from agent.cgroups import make_backend
@@ -22,6 +20,7 @@ from agent.models import AgentConfig, HardwareProfile, MissionProfile
 from agent.models.loading import validate
 from agent.planning import describe
 from agent.reconciling import Engine
+from agent.runtime import procs
 from agent.sources import files
 from agent.store import StateStore, StoredMission
 
@@ -77,7 +76,7 @@ async def run(config: AgentConfig, board: HardwareProfile, opts: RunOptions) -> 
         backend.move_self()
     await _load_files(engine, opts, config.mission)
     # From process start (not from this function): what a watchdog or a boot waits for.
-    ready_s = time.time() - psutil.Process().create_time()
+    ready_s = procs.age_s(os.getpid()) or 0.0
     engine.ready_after_s = ready_s
     events.emit("agent.ready", "agent", f"first reconcile done {ready_s * 1000:.0f} ms "
                 f"after start; cgroup {backend.version}, board {board.name}")

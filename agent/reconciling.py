@@ -45,6 +45,17 @@ log = logging.getLogger("sortie.reconcile")
 # Grace for groups nobody manages any more (their spec is unknown).
 ORPHAN_GRACE_S = 5.0
 
+def _pop(index: dict[str, dict[str, Any]], partition: str, workload: str) -> Any:
+    """Remove one entry of a per-partition index, dropping emptied partitions."""
+    inner = index.get(partition)
+    if inner is None:
+        return None
+    item = inner.pop(workload, None)
+    if not inner:
+        del index[partition]
+    return item
+
+
 Outcome = Literal["applied", "unchanged", "rejected", "failed"]
 
 
@@ -94,8 +105,9 @@ class Engine:
         self.origin: dict[str, Any] = {}
         self.desired: dict[str, DesiredPartition] = {}
         self.limits: dict[str, PartitionLimits] = {}
-        self.runners: dict[tuple[str, str], WorkloadRunner] = {}
-        self.orphans: dict[tuple[str, str], FoundWorkload] = {}
+        # Indexed by partition, so one change touches only its partitions' entries.
+        self.runners: dict[str, dict[str, WorkloadRunner]] = {}
+        self.orphans: dict[str, dict[str, FoundWorkload]] = {}
         """Workload groups found at start that no runner manages (yet)."""
         self.usage: dict[str, Usage] = {}
         self.errors: list[str] = []
@@ -143,20 +155,23 @@ class Engine:
             if fp.limits is not None:
                 self.limits[p] = fp.limits
             for w, fw in fp.workloads.items():
-                self.orphans[(p, w)] = fw
+                self.orphans.setdefault(p, {})[w] = fw
         self._adopt_matching(desired)
 
     def _adopt_matching(self, desired: dict[str, DesiredPartition]) -> None:
         """Orphans running exactly the desired spec are adopted, not restarted."""
-        for (p, w), fw in list(self.orphans.items()):
+        for p, found in list(self.orphans.items()):
             want = desired.get(p)
-            spec = want.workloads.get(w) if want else None
-            if spec is None or fw.main_pid is None or fw.spec_hash != spec.spec_hash():
-                continue
-            runner = WorkloadRunner(p, spec, self.backend, self.config.log_dir, self.events)
-            runner.adopt(fw.main_pid)
-            self.runners[(p, w)] = runner
-            del self.orphans[(p, w)]
+            for w, fw in list(found.items()):
+                spec = want.workloads.get(w) if want else None
+                if spec is None or fw.main_pid is None or fw.spec_hash != spec.spec_hash():
+                    continue
+                runner = WorkloadRunner(p, spec, self.backend, self.config.log_dir, self.events)
+                runner.adopt(fw.main_pid)
+                self.runners.setdefault(p, {})[w] = runner
+                del found[w]
+            if not found:
+                del self.orphans[p]
 
     # -- desired-state changes ---------------------------------------------------
     def check(self, mission: MissionProfile) -> list[Violation]:
@@ -180,10 +195,12 @@ class Engine:
             desired = desired_state(mission, self.board, self._mems)
             scope = changed_partitions(self.desired, desired)
             self._adopt_matching(desired)
-            actions = plan(desired, self._observed(), scope)
-            self._persist(StoredMission(mission, origin))
+            actions = plan(desired, self._observed(scope), scope)
             self.mission, self.origin, self.desired = mission, origin, desired
             errors = await self._execute(actions)
+            # Saved once applied: "last known good" is what ran, and the fsync stays off
+            # the path from change to running workload.
+            self._persist(StoredMission(mission, origin))
             outcome: Outcome = "failed" if errors else "applied"
             self.events.emit(f"mission.{outcome}", subject,
                              f"generation {mission.generation}: {len(actions)} action(s)"
@@ -210,15 +227,21 @@ class Engine:
                              "error")
 
     # -- observe / execute -------------------------------------------------------
-    def _observed(self) -> dict[str, ObservedPartition]:
-        wl: dict[str, dict[str, ObservedWorkload]] = {p: {} for p in self.limits}
-        for (p, w), r in self.runners.items():
-            wl.setdefault(p, {})[w] = ObservedWorkload(r.spec_hash)
-        for (p, w), fw in self.orphans.items():
-            # An orphan's process is replaced, never trusted to match: it has no runner.
-            wl.setdefault(p, {})[w] = ObservedWorkload(
-                None if fw.main_pid is None else f"orphan:{fw.spec_hash}")
-        return {p: ObservedPartition(self.limits.get(p), ws) for p, ws in wl.items()}
+    def all_runners(self) -> list[WorkloadRunner]:
+        return [r for ws in self.runners.values() for r in ws.values()]
+
+    def _observed(self, scope: set[str] | None = None) -> dict[str, ObservedPartition]:
+        """What runs, for the partitions in ``scope`` (all when None)."""
+        names = self.limits.keys() | self.runners.keys() | self.orphans.keys()
+        out: dict[str, ObservedPartition] = {}
+        for p in names if scope is None else names & scope:
+            wl = {w: ObservedWorkload(r.spec_hash) for w, r in self.runners.get(p, {}).items()}
+            for w, fw in self.orphans.get(p, {}).items():
+                # An orphan's process is replaced, never trusted to match: it has no runner.
+                wl[w] = ObservedWorkload(None if fw.main_pid is None
+                                         else f"orphan:{fw.spec_hash}")
+            out[p] = ObservedPartition(self.limits.get(p), wl)
+        return out
 
     async def _execute(self, actions: list[Action]) -> list[str]:
         """Run actions phase by phase; stops inside a phase run concurrently."""
@@ -266,22 +289,22 @@ class Engine:
     def _start(self, partition: str, spec: Any) -> None:
         self.backend.create_workload(partition, spec.name)
         runner = WorkloadRunner(partition, spec, self.backend, self.config.log_dir, self.events)
-        self.runners[(partition, spec.name)] = runner
+        self.runners.setdefault(partition, {})[spec.name] = runner
         runner.start()
 
     async def _stop(self, partition: str, workload: str) -> None:
-        runner = self.runners.pop((partition, workload), None)
+        runner = _pop(self.runners, partition, workload)
         if runner is not None:
             await runner.stop()
             return
-        if self.orphans.pop((partition, workload), None) is not None:
+        if _pop(self.orphans, partition, workload) is not None:
             await terminate_group(self.backend, partition, workload, ORPHAN_GRACE_S)
 
     async def shutdown(self, teardown: bool) -> None:
         """Leave workloads running (default), or stop them and remove every cgroup."""
         async with self._lock:
             if not teardown:
-                for r in self.runners.values():
+                for r in self.all_runners():
                     r.detach()
                 return
             await self._execute(plan({}, self._observed()))
@@ -306,7 +329,7 @@ class Engine:
                 lim = want.limits
                 self.usage[p] = usage_between(prev[1], cur, now - prev[0],
                                               lim.quota_us / lim.period_us)
-        for r in self.runners.values():
+        for r in self.all_runners():
             rotate_if_large(r.log_file, self.config.log_max_bytes)
 
     async def account_forever(self) -> None:
@@ -334,10 +357,8 @@ class Engine:
                 "memory_bytes": lim.memory_bytes if lim else None,
                 "pids_max": lim.pids_max if lim else None,
                 "usage": use.to_dict() if use else None,
-                "workloads": [r.status() for (p, _), r in sorted(self.runners.items())
-                              if p == name]
-                + [{"name": w, "state": "orphan"} for (p, w) in sorted(self.orphans)
-                   if p == name],
+                "workloads": [r.status() for _, r in sorted(self.runners.get(name, {}).items())]
+                + [{"name": w, "state": "orphan"} for w in sorted(self.orphans.get(name, {}))],
             })
         return {
             "board": self.board.name,

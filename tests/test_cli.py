@@ -101,6 +101,13 @@ def test_run_without_root_explains_why(monkeypatch: pytest.MonkeyPatch,
     assert "needs root" in capsys.readouterr().err
 
 
+def test_bad_config_names_the_field(tmp_path: Path) -> None:
+    cfg = write(tmp_path / "agent.yaml", {"cgroup_prefix": "Bad Prefix!", "colour": "red"})
+    r = sortie("check", str(REPO / "schedules" / "demo.yaml"), "--config", str(cfg))
+    assert r.returncode == 1
+    assert "cgroup_prefix" in r.stderr and "colour: unknown field" in r.stderr
+
+
 def test_status_without_agent_says_so(tmp_path: Path) -> None:
     r = sortie("status", "--socket", str(tmp_path / "none.sock"))
     assert r.returncode == 1 and "no agent is listening" in r.stderr
@@ -112,7 +119,7 @@ def agent_env(tmp_path: Path, prefix: str) -> Iterator[dict]:
     logs = Path(f"/tmp/{prefix}-logs")
     cfg = {"node_name": "t", "state_dir": str(tmp_path / "state"),
            "run_dir": str(tmp_path / "run"), "log_dir": str(logs),
-           "cgroup_prefix": prefix, "agent_cgroup": False, "accounting_period_ms": 200,
+           "cgroup_prefix": prefix, "agent_cgroup": True, "accounting_period_ms": 200,
            "profile_dirs": [str(tmp_path / "profiles")]}
     (tmp_path / "profiles").mkdir()
     write(tmp_path / "agent.yaml", cfg)
@@ -171,6 +178,8 @@ def test_agent_lifecycle_end_to_end(agent_env: dict, prefix: str) -> None:
     assert stat.S_IMODE(sock.stat().st_mode) == 0o600
     assert st["mission"]["origin"]["source"] == "file"
     first = pids(st)
+    own = Path(f"/proc/{agent.pid}/cgroup").read_text()
+    assert f":cpuset:/{prefix}/agent\n" in own and f":cpu:/{prefix}/agent\n" in own
     table = sortie("status", "--config", agent_env["config"])
     assert "fc" in table.stdout and "running" in table.stdout
 

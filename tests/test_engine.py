@@ -27,6 +27,10 @@ def procs_of(prefix: str, p: str, w: str) -> list[int]:
     return [int(x) for x in path.read_text().split()] if path.exists() else []
 
 
+def pid_map(e: Engine) -> dict[str, int | None]:
+    return {f"{r.partition}/{r.spec.name}": r.pid for r in e.all_runners()}
+
+
 TWO = mission(partition("fc", cores=[1], crit="A", workloads=[workload("ctl")]),
               partition("hog", crit="E", workloads=[workload("spin")]))
 
@@ -38,7 +42,7 @@ async def test_applies_a_mission_into_real_cgroups(agent_config: AgentConfig,
     d = await e.submit(TWO, {"source": "test"})
     assert d.outcome == "applied", d
     for p, w in (("fc", "ctl"), ("hog", "spin")):
-        runner = e.runners[(p, w)]
+        runner = e.runners[p][w]
         assert procs_of(prefix, p, w) == [runner.pid]
     assert (CGROUP_ROOT / "cpuset" / prefix / "p-fc" / "cpuset.cpus").read_text().strip() == "1"
     assert e.store.load().mission == TWO  # type: ignore[union-attr]
@@ -50,7 +54,7 @@ async def test_rejected_mission_changes_nothing(agent_config: AgentConfig,
     e = make_engine(agent_config, board)
     await e.start()
     await e.submit(TWO, {"source": "test"})
-    pids = {k: r.pid for k, r in e.runners.items()}
+    pids = pid_map(e)
     bad = mission(partition("fc", cores=[7], quota=500),
                   partition("hog", workloads=[workload("spin", user="no-such-user"),
                                               workload("x", command=["/no/such/cmd"])]),
@@ -60,7 +64,7 @@ async def test_rejected_mission_changes_nothing(agent_config: AgentConfig,
     got = {v.path for v in d.violations}
     assert {"partitions[0].cpu.dedicated_cores", "partitions[0].budget.quota_us",
             "partitions[1].workloads[0].user", "partitions[1].workloads[1].command[0]"} <= got
-    assert {k: r.pid for k, r in e.runners.items()} == pids
+    assert pid_map(e) == pids
     assert e.mission == TWO and e.store.load().mission == TWO  # type: ignore[union-attr]
     await e.shutdown(teardown=True)
 
@@ -85,15 +89,15 @@ async def test_live_change_touches_only_what_changed(agent_config: AgentConfig,
     e = make_engine(agent_config, board)
     await e.start()
     await e.submit(TWO, {})
-    before = {k: r.pid for k, r in e.runners.items()}
+    before = pid_map(e)
     changed = mission(partition("fc", cores=[1], crit="A", workloads=[workload("ctl")]),
                       partition("hog", crit="E", quota=10_000, workloads=[
                           workload("spin"), workload("extra")]), generation=2)
     d = await e.submit(changed, {})
     assert d.outcome == "applied"
-    assert e.runners[("fc", "ctl")].pid == before[("fc", "ctl")]
-    assert e.runners[("hog", "spin")].pid == before[("hog", "spin")]  # budget: no restart
-    assert procs_of(prefix, "hog", "extra") == [e.runners[("hog", "extra")].pid]
+    assert e.runners["fc"]["ctl"].pid == before["fc/ctl"]
+    assert e.runners["hog"]["spin"].pid == before["hog/spin"]  # budget: no restart
+    assert procs_of(prefix, "hog", "extra") == [e.runners["hog"]["extra"].pid]
     quota = CGROUP_ROOT / "cpu" / prefix / "p-hog" / "cpu.cfs_quota_us"
     assert quota.read_text().strip() == "10000"
     dropped = mission(partition("fc", cores=[1], crit="A", workloads=[workload("ctl")]),
@@ -108,12 +112,12 @@ async def test_restarted_engine_adopts_the_same_pids(agent_config: AgentConfig,
     first = make_engine(agent_config, board)
     await first.start()
     await first.submit(TWO, {})
-    pids = {k: r.pid for k, r in first.runners.items()}
+    pids = pid_map(first)
     await first.shutdown(teardown=False)  # as after SIGKILL: processes keep running
     second = make_engine(agent_config, board)
     await second.start()
-    assert {k: r.pid for k, r in second.runners.items()} == pids
-    assert all(r.adopted for r in second.runners.values())
+    assert pid_map(second) == pids
+    assert all(r.adopted for r in second.all_runners())
     assert second.mission == TWO
     # a changed spec after restart replaces exactly that workload
     d = await second.submit(mission(
@@ -121,8 +125,8 @@ async def test_restarted_engine_adopts_the_same_pids(agent_config: AgentConfig,
         partition("hog", crit="E", workloads=[workload("spin", env={"X": "1"})]),
         generation=2), {})
     assert d.outcome == "applied"
-    assert second.runners[("fc", "ctl")].pid == pids[("fc", "ctl")]
-    assert second.runners[("hog", "spin")].pid != pids[("hog", "spin")]
+    assert second.runners["fc"]["ctl"].pid == pids["fc/ctl"]
+    assert second.runners["hog"]["spin"].pid != pids["hog/spin"]
     await second.shutdown(teardown=True)
 
 
@@ -157,16 +161,16 @@ async def test_unknown_groups_are_left_alone_without_a_mission(
     first = make_engine(agent_config, board)
     await first.start()
     await first.submit(TWO, {})
-    pids = {k: r.pid for k, r in first.runners.items()}
+    pids = pid_map(first)
     await first.shutdown(teardown=False)
     for f in agent_config.state_dir.glob("*"):
         f.unlink()
     second = make_engine(agent_config, board)
     await second.start()
     assert second.events.of_kind("agent.safe-mode")
-    assert procs_of(prefix, "fc", "ctl") == [pids[("fc", "ctl")]]
+    assert procs_of(prefix, "fc", "ctl") == [pids["fc/ctl"]]
     await second.submit(TWO, {})  # the same mission again: its processes are adopted
-    assert {k: r.pid for k, r in second.runners.items()} == pids
+    assert pid_map(second) == pids
     await second.shutdown(teardown=True)
 
 

@@ -83,7 +83,10 @@ class V1Backend:
             self.fs.write(d / "cgroup.procs", str(os.getpid()))
 
     def remove_base(self) -> None:
-        for _, d in self._dirs(AGENT_GROUP):
+        me = str(os.getpid())
+        for c, d in self._dirs(AGENT_GROUP):
+            if self.fs.exists(d) and me in self.fs.read(d / "cgroup.procs").split():
+                self.fs.write(self._mounts[c] / "cgroup.procs", me)  # leave before rmdir
             self.fs.rmdir(d)
         for _, d in self._dirs():
             self.fs.rmdir(d)

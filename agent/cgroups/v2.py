@@ -70,7 +70,10 @@ class V2Backend:
         self.fs.write(self._dir(AGENT_GROUP) / "cgroup.procs", str(os.getpid()))
 
     def remove_base(self) -> None:
-        self.fs.rmdir(self._dir(AGENT_GROUP))
+        agent, me = self._dir(AGENT_GROUP), str(os.getpid())
+        if self.fs.exists(agent) and me in self.fs.read(agent / "cgroup.procs").split():
+            self.fs.write(self.root / "cgroup.procs", me)  # leave before rmdir
+        self.fs.rmdir(agent)
         self.fs.rmdir(self._dir())
 
     # -- partitions --------------------------------------------------------------

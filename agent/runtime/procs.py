@@ -61,3 +61,13 @@ def is_alive(pid: int) -> bool:
     except OSError:
         return False
     return data[data.rfind(b")") + 2:][:1] != b"Z"
+
+
+def age_s(pid: int) -> float | None:
+    """Seconds since the process started (10 ms resolution), from /proc alone."""
+    ticks = start_ticks(pid)
+    if ticks is None:
+        return None
+    with open("/proc/uptime", "rb") as f:
+        uptime = float(f.read().split()[0])
+    return max(0.0, uptime - ticks / os.sysconf("SC_CLK_TCK"))

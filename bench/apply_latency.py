@@ -1,0 +1,123 @@
+"""Desired-state change -> workload running in its cgroup, against cgroup-tools.
+
+Agent: Engine.submit() of a mission that adds one partition (quota, cpuset, memory, pids)
+with one workload; the clock stops when the workload's PID is in the partition's
+cgroup.procs. Peer, interleaved in the same run: cgcreate + cgset + cgexec placing the
+same process with the same limits, timed until its PID shows in cgroup.procs.
+Run as root on a cgroup v1 host:  .venv/bin/python -m bench.apply_latency [N]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from agent.cgroups.v1 import V1Backend
+from agent.models import AgentConfig, HardwareProfile, MissionProfile
+from agent.reconciling import Engine
+from agent.store import StateStore
+from bench._util import row, summary
+from tests.conftest import CGROUP_ROOT, purge_prefix
+
+BOARD = HardwareProfile.model_validate({
+    "name": "bench", "arch": "x86_64", "cores": [{"id": 0}, {"id": 1}], "memory_mib": 4096,
+    "reserved": {"cores": [0], "cpu_fraction": 0.2, "memory_mib": 512, "pids": 512}})
+CONTROLLERS = "cpu,cpuacct,cpuset,memory,pids"
+
+
+def mission(gen: int, with_new: bool) -> MissionProfile:
+    parts = [{"name": "base", "criticality": "C", "budget": {"quota_us": 10_000,
+              "period_us": 100_000}, "memory_mib": 32, "pids_max": 8,
+              "workloads": [{"name": "w", "command": ["/bin/sleep", "3600"], "user": "nobody"}]}]
+    if with_new:
+        parts.append({"name": f"new{gen}", "criticality": "E", "cpu": {"dedicated_cores": [1]},
+                      "budget": {"quota_us": 20_000, "period_us": 100_000}, "memory_mib": 64,
+                      "pids_max": 16, "workloads": [{"name": "w", "command": ["/bin/sleep",
+                                                                              "3600"],
+                                                     "user": "nobody"}]})
+    return MissionProfile.model_validate({"name": "bench", "generation": gen,
+                                          "partitions": parts})
+
+
+def procs(path: Path) -> list[str]:
+    return path.read_text().split()
+
+
+async def agent_once(engine: Engine, gen: int, prefix: str) -> float:
+    """From the change to the ``workload.started`` event: the moment exec succeeded in a
+    process that joined its cgroup before exec (saving the state happens after it)."""
+    m = mission(gen, True)
+    target = CGROUP_ROOT / "cpu" / prefix / f"p-new{gen}" / "w-w" / "cgroup.procs"
+    t0 = time.time()
+    d = await engine.submit(m, {"source": "bench"})
+    assert d.outcome == "applied", d
+    started = [e for e in engine.events.of_kind("workload.started")
+               if e.subject == f"workload/new{gen}/w"]
+    pid = engine.runners[f"new{gen}"]["w"].pid
+    assert started and procs(target) == [str(pid)], "workload not in its cgroup"
+    await engine.submit(mission(gen + 1, False), {"source": "bench"})
+    return (started[-1].at - t0) * 1000
+
+
+def peer_once(prefix: str, i: int) -> float:
+    g = f"{prefix}/peer{i}"
+    target = CGROUP_ROOT / "cpu" / g / "cgroup.procs"
+    t0 = time.perf_counter()
+    subprocess.run(["cgcreate", "-g", f"{CONTROLLERS}:/{g}"], check=True)
+    subprocess.run(["cgset", "-r", "cpuset.cpus=1", "-r", "cpuset.mems=0",
+                    "-r", "cpu.cfs_period_us=100000", "-r", "cpu.cfs_quota_us=20000",
+                    "-r", f"memory.limit_in_bytes={64 << 20}", "-r", "pids.max=16", g],
+                   check=True)
+    p = subprocess.Popen(["cgexec", "-g", f"{CONTROLLERS}:/{g}", "/usr/sbin/runuser", "-u",
+                          "nobody", "--", "/bin/sleep", "3600"])
+    while not procs(target):
+        time.sleep(0)
+    t = time.perf_counter() - t0  # cgexec joined and exec'd runuser; the peer's best case
+    p.kill()
+    p.wait()
+    for c in CONTROLLERS.split(","):  # cgdelete removes only the first controller's dir
+        subprocess.run(["cgdelete", "-g", f"{c}:/{g}"], check=False)
+    return t * 1000
+
+
+async def main(n: int) -> None:
+    if not shutil.which("cgcreate"):
+        sys.exit("cgroup-tools missing: run .ci/setup")
+    prefix = f"sortie-bench-{uuid.uuid4().hex[:6]}"
+    tmp = Path(tempfile.mkdtemp(prefix="sortie-bench-"))
+    cfg = AgentConfig(state_dir=tmp / "state", run_dir=tmp / "run", log_dir=tmp / "logs",
+                      cgroup_prefix=prefix, agent_cgroup=False)
+    tmp.chmod(0o755)
+    engine = Engine(cfg, BOARD, V1Backend(CGROUP_ROOT, prefix), StateStore(cfg.state_dir))
+    try:
+        await engine.start()
+        await engine.submit(mission(1, False), {"source": "bench"})
+        for c in CONTROLLERS.split(","):
+            (CGROUP_ROOT / c / prefix).mkdir(exist_ok=True)
+        agent, peer = [], []
+        gen = 2
+        for i in range(n):
+            agent.append(await agent_once(engine, gen, prefix))
+            gen += 2
+            peer.append(peer_once(prefix, i))
+        a, p = summary(agent), summary(peer)
+        print(f"apply -> workload running in its cgroup, {n} applies each, interleaved")
+        print(row("sortie: admit+plan+cgroups+spawn", a))
+        print(row("peer: cgcreate+cgset+cgexec", p))
+        print(f"ratio sortie/peer: p50 {a['p50'] / p['p50']:.2f}  p99 {a['p99'] / p['p99']:.2f}")
+        print(f"target p99 <= 50 ms: {'met' if a['p99'] <= 50 else 'MISSED'}; "
+              f"median below peer: {'met' if a['p50'] < p['p50'] else 'MISSED'}")
+    finally:
+        await engine.shutdown(teardown=True)
+        purge_prefix(prefix)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 200))
