@@ -44,7 +44,7 @@ def mission() -> dict:
 
 def status(cfg: Path) -> dict | None:
     r = subprocess.run([sys.executable, "-m", "agent.cli", "status", "--config", str(cfg),
-                        "-o", "json"], capture_output=True, text=True, cwd=REPO)
+                        "-o", "json"], capture_output=True, text=True, cwd=REPO, check=False)
     return json.loads(r.stdout) if r.returncode == 0 else None
 
 
