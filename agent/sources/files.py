@@ -55,7 +55,7 @@ def scan(paths: list[Path], wanted: str | None) -> Scan:
         except ProfileError as exc:
             errors.append(exc)
             continue
-        missions.append(Candidate(m, {"source": "file", "path": str(f)}))
+        missions.append(Candidate(m, {"source": "file", "path": str(f.resolve())}))
     if wanted is not None:
         pick = [c for c in missions if c.mission.name == wanted]
         if not pick:
