@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from agent.errors import Violation
 from agent.models import HardwareProfile, MissionProfile, Partition
@@ -17,6 +18,29 @@ MIN_PERIOD_US = 1_000
 MAX_PERIOD_US = 1_000_000
 # Float sums of budgets must not fail on rounding noise.
 EPSILON = 1e-9
+# SCHED_DEADLINE: the kernel admits at most sched_rt_runtime/sched_rt_period (95 %) of
+# every CPU of a root domain, and runtime >= 1 us; periods here stay <= 1 s.
+DL_MAX_SHARE = 0.95
+MIN_DL_RUNTIME_US = 1
+
+
+@dataclass(frozen=True)
+class KernelFeatures:
+    """What the running kernel offers; admission refuses modes it cannot honour."""
+
+    rt_group_sched: bool = True
+    """cgroup v1 ``cpu.rt_runtime_us`` exists (CONFIG_RT_GROUP_SCHED)."""
+    cfs_burst: bool = True
+    """CFS burst (``cpu.cfs_burst_us`` / ``cpu.max.burst``)."""
+    sched_deadline: bool = True
+    """SCHED_DEADLINE is available (Linux >= 3.14)."""
+    freezer: bool = True
+    """Partitions can be frozen (v1 freezer or v2 ``cgroup.freeze``): time windows."""
+
+
+def windowed(mission: MissionProfile) -> set[str]:
+    """Partitions that own a window in any schedule (they run only inside windows)."""
+    return {w.partition for s in mission.schedules for w in s.windows}
 
 
 def shared_pool(mission: MissionProfile, board: HardwareProfile) -> frozenset[int]:
@@ -29,12 +53,15 @@ def partition_cores(part: Partition, pool: frozenset[int]) -> frozenset[int]:
     return frozenset(part.cpu.dedicated_cores) if part.cpu.dedicated_cores else pool
 
 
-def admit(mission: MissionProfile, board: HardwareProfile) -> list[Violation]:
+def admit(mission: MissionProfile, board: HardwareProfile,
+          kernel: KernelFeatures | None = None) -> list[Violation]:
     """All reasons ``mission`` does not fit ``board``; empty means admitted."""
+    kernel = kernel or KernelFeatures()
     return [
         *_names(mission),
         *_board_match(mission, board),
-        *_kernel_limits(mission),
+        *_kernel_limits(mission, kernel),
+        *_modes(mission, board, kernel),
         *_placement(mission, board),
         *_capacity(mission, board),
         *_windows(mission, board),
@@ -73,7 +100,7 @@ def _board_match(m: MissionProfile, board: HardwareProfile) -> Iterator[Violatio
         yield Violation("board", f"mission is for board {m.board!r}, this board is {board.name!r}")
 
 
-def _kernel_limits(m: MissionProfile) -> Iterator[Violation]:
+def _kernel_limits(m: MissionProfile, kernel: KernelFeatures) -> Iterator[Violation]:
     for i, p in enumerate(m.partitions):
         b, at = p.budget, f"partitions[{i}].budget"
         if b.quota_us < MIN_QUOTA_US:
@@ -88,9 +115,62 @@ def _kernel_limits(m: MissionProfile) -> Iterator[Violation]:
         if b.burst_us > b.quota_us:
             yield Violation(f"{at}.burst_us",
                             f"{b.burst_us} us exceeds the quota of {b.quota_us} us")
+        if b.burst_us and not kernel.cfs_burst:
+            yield Violation(f"{at}.burst_us", "this kernel has no CFS burst support")
         if p.pids_max < len(p.workloads):
             yield Violation(f"partitions[{i}].pids_max",
                             f"{p.pids_max} is fewer than the {len(p.workloads)} workloads")
+
+
+def _modes(m: MissionProfile, board: HardwareProfile,
+           kernel: KernelFeatures) -> Iterator[Violation]:
+    pool = shared_pool(m, board)
+    wins = windowed(m)
+    dl_total = 0.0
+    for i, p in enumerate(m.partitions):
+        b, at = p.budget, f"partitions[{i}].budget"
+        if b.mode != "rt" and b.rt is not None:
+            yield Violation(f"{at}.rt", f"given, but the budget mode is {b.mode!r}")
+        if b.mode != "deadline" and b.deadline is not None:
+            yield Violation(f"{at}.deadline", f"given, but the budget mode is {b.mode!r}")
+        if b.mode != "cfs" and p.name in wins:
+            yield Violation(f"{at}.mode", f"{b.mode} partitions cannot also have time "
+                                          "windows (freezing preempts their reservation)")
+        if b.mode == "rt":
+            if b.rt is None:
+                yield Violation(f"{at}.rt", "required in rt mode")
+            elif b.rt.runtime_us > b.rt.period_us or b.rt.period_us > MAX_PERIOD_US:
+                yield Violation(f"{at}.rt", f"need runtime_us <= period_us <= "
+                                            f"{MAX_PERIOD_US}, got {b.rt.runtime_us}/"
+                                            f"{b.rt.period_us}")
+            if not kernel.rt_group_sched:
+                yield Violation(f"{at}.mode", "this kernel has no RT group scheduling "
+                                              "(cgroup v2, or CONFIG_RT_GROUP_SCHED off)")
+        if b.mode == "deadline":
+            d = b.deadline
+            if d is None:
+                yield Violation(f"{at}.deadline", "required in deadline mode")
+            elif not (MIN_DL_RUNTIME_US <= d.runtime_us <= d.deadline_us <= d.period_us
+                      <= MAX_PERIOD_US):
+                yield Violation(f"{at}.deadline", "need 1 <= runtime_us <= deadline_us <= "
+                                f"period_us <= {MAX_PERIOD_US}, got {d.runtime_us}/"
+                                f"{d.deadline_us}/{d.period_us}")
+            else:
+                dl_total += d.runtime_us / d.period_us
+            if len(p.workloads) != 1:
+                yield Violation(f"partitions[{i}].workloads", "a deadline partition holds "
+                                f"exactly one task, got {len(p.workloads)} workloads")
+            if not kernel.sched_deadline:
+                yield Violation(f"{at}.mode", "this kernel has no SCHED_DEADLINE")
+            if p.cpu.dedicated_cores or pool != board.core_ids:
+                # sched_setattr() refuses EPERM unless the task's cpus span its root domain.
+                yield Violation(f"partitions[{i}].cpu", "SCHED_DEADLINE needs the task's cpus "
+                                "to span the whole board; use the shared pool and no "
+                                "dedicated cores in this mission")
+    cap = DL_MAX_SHARE * len(board.core_ids)
+    if dl_total > cap + EPSILON:
+        yield Violation("partitions", f"SCHED_DEADLINE reservations add up to {dl_total:.3f} "
+                                      f"CPU; the kernel admits at most {cap:.3f}")
 
 
 def _placement(m: MissionProfile, board: HardwareProfile) -> Iterator[Violation]:
@@ -117,7 +197,8 @@ def _capacity(m: MissionProfile, board: HardwareProfile) -> Iterator[Violation]:
     pool_capacity = sum(board.core_capacity(c) for c in pool)
     shared: list[tuple[str, float]] = []
     for i, p in enumerate(m.partitions):
-        util = p.budget.utilisation
+        n = len(partition_cores(p, pool) & board.core_ids) or 1
+        util = p.budget.utilisation(n)
         if p.cpu.dedicated_cores:
             cores = set(p.cpu.dedicated_cores) & board.core_ids
             cap = sum(board.core_capacity(c) for c in cores)
@@ -154,6 +235,19 @@ def _capacity(m: MissionProfile, board: HardwareProfile) -> Iterator[Violation]:
 def _windows(m: MissionProfile, board: HardwareProfile) -> Iterator[Violation]:
     pool = shared_pool(m, board)
     by_name = {p.name: p for p in m.partitions}
+    wins = windowed(m)
+    # A core is either time-partitioned or not: a partition without windows would run
+    # through every other partition's windows on the same core.
+    for i, p in enumerate(m.partitions):
+        if p.name in wins:
+            continue
+        cores = partition_cores(p, pool) & board.core_ids
+        for q in m.partitions:
+            shared = cores & partition_cores(q, pool)
+            if q.name in wins and shared:
+                yield Violation(f"partitions[{i}]", f"runs on cores {sorted(shared)} next to "
+                                f"windowed partition {q.name!r} but has no windows itself")
+                break
     for s_i, s in enumerate(m.schedules):
         placed: list[tuple[int, int, frozenset[int], int]] = []
         for w_i, w in enumerate(s.windows):

@@ -53,7 +53,7 @@ async def agent_once(engine: Engine, gen: int, prefix: str) -> float:
     """From the change to the ``workload.started`` event: the moment exec succeeded in a
     process that joined its cgroup before exec (saving the state happens after it)."""
     m = mission(gen, True)
-    target = CGROUP_ROOT / "cpu" / prefix / f"p-new{gen}" / "w-w" / "cgroup.procs"
+    target = CGROUP_ROOT / "pids" / prefix / f"p-new{gen}" / "w-w" / "cgroup.procs"
     t0 = time.time()
     d = await engine.submit(m, {"source": "bench"})
     assert d.outcome == "applied", d

@@ -131,14 +131,15 @@ def invariants_hold(m: MissionProfile, board: HardwareProfile) -> bool:
             if c in board.reserved.cores:
                 return False
         for c in cores:
-            load[c] += b.utilisation / len(cores)
+            load[c] += b.utilisation(len(cores)) / len(cores)
     if any(k > 1 for k in owners.values()):
         return False
-    shared_load = sum(p.budget.utilisation for p in m.partitions if not p.cpu.dedicated_cores)
+    shared_load = sum(p.budget.utilisation(len(pool)) for p in m.partitions
+                      if not p.cpu.dedicated_cores)
     if shared_load > sum(board.core_capacity(c) for c in pool) + 1e-9:
         return False
     for p in m.partitions:
-        if p.cpu.dedicated_cores and p.budget.utilisation > sum(
+        if p.cpu.dedicated_cores and p.budget.utilisation(len(p.cpu.dedicated_cores)) > sum(
                 board.core_capacity(c) for c in p.cpu.dedicated_cores) + 1e-9:
             return False
     return (sum(p.memory_mib for p in m.partitions)

@@ -23,7 +23,7 @@ def make_engine(cfg: AgentConfig, board: HardwareProfile) -> Engine:
 
 
 def procs_of(prefix: str, p: str, w: str) -> list[int]:
-    path = CGROUP_ROOT / "cpu" / prefix / f"p-{p}" / f"w-{w}" / "cgroup.procs"
+    path = CGROUP_ROOT / "pids" / prefix / f"p-{p}" / f"w-{w}" / "cgroup.procs"
     return [int(x) for x in path.read_text().split()] if path.exists() else []
 
 

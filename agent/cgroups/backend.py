@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from agent.admission import KernelFeatures
+
 AGENT_GROUP = "agent"
 PARTITION_PREFIX = "p-"
 WORKLOAD_PREFIX = "w-"
@@ -30,6 +32,11 @@ class PartitionLimits:
     burst_us: int
     memory_bytes: int
     pids_max: int
+    rt_runtime_us: int = 0
+    """RT group budget per ``rt_period_us`` on each core (v1 only; 0 = no RT tasks)."""
+    rt_period_us: int = 1_000_000
+    exclusive: bool = False
+    """Dedicated cores held exclusively (v1 ``cpuset.cpu_exclusive``)."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,24 @@ class CgroupBackend(Protocol):
 
     def ensure_base(self, agent_cpus: frozenset[int]) -> None:
         """Create the prefix and the agent's own cgroup, and move the agent into it."""
+        ...
+
+    def features(self) -> KernelFeatures:
+        """What this kernel and hierarchy can enforce (probed, not assumed)."""
+        ...
+
+    def reserve_rt(self, runtime_us: int) -> None:
+        """RT runtime per second the prefix holds for its partitions (their sum)."""
+        ...
+
+    def isolate_os(self, cores: frozenset[int]) -> int:
+        """Confine the OS's own processes to ``cores`` (kept off dedicated cores).
+
+        Returns how many processes were moved; kernel threads that cannot move stay."""
+        ...
+
+    def release_os(self) -> None:
+        """Undo ``isolate_os``: give the OS's processes every core again."""
         ...
 
     def move_self(self) -> None:

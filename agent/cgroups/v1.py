@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Literal
 
+from agent.admission import KernelFeatures
 from agent.cgroups.backend import (
     AGENT_GROUP,
     CpuSample,
@@ -29,6 +30,10 @@ from agent.cgroups.fs import (
 from agent.errors import CgroupError
 
 CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "pids", "freezer")
+# CPU controllers stop at the partition: its workloads share one CFS/RT budget and one
+# usage counter there, and RT runtime need not be split among workload groups.
+PARTITION_LEVEL = frozenset({"cpu", "cpuacct"})
+SYSTEM_GROUP = "system"
 # memory.limit_in_bytes reads back this for "no limit" (PAGE_COUNTER_MAX pages).
 _UNLIMITED = 1 << 62
 FREEZE_TIMEOUT_S = 2.0
@@ -59,6 +64,22 @@ class V1Backend:
     def _dirs(self, *parts: str) -> list[tuple[str, Path]]:
         return [(c, self._dir(c, *parts)) for c in self._distinct]
 
+    def _leaf_dirs(self, partition: str, workload: str) -> list[tuple[str, Path]]:
+        """Where a workload's processes live in each hierarchy."""
+        pdir, wdir = partition_dir(partition), workload_dir(workload)
+        return [(c, self._dir(c, pdir) if c in PARTITION_LEVEL else self._dir(c, pdir, wdir))
+                for c in self._distinct]
+
+    # -- capabilities ------------------------------------------------------------
+    def features(self) -> KernelFeatures:
+        cpu = self._mounts["cpu"]
+        return KernelFeatures(
+            rt_group_sched=self.fs.exists(cpu / "cpu.rt_runtime_us"),
+            cfs_burst=self.fs.exists(cpu / "cpu.cfs_burst_us"),
+            sched_deadline=True,
+            freezer=self.fs.exists(self._mounts["freezer"]),
+        )
+
     # -- base --------------------------------------------------------------------
     def board_mems(self) -> str:
         return self.fs.read(self._mounts["cpuset"] / "cpuset.mems").strip()
@@ -78,6 +99,45 @@ class V1Backend:
         self.fs.write(agent / "cpuset.mems", self.board_mems())
         self.fs.write(agent / "cpuset.cpus", format_cpu_list(agent_cpus))
 
+    def reserve_rt(self, runtime_us: int) -> None:
+        # Groups start with 0 RT runtime, and a child's budget must fit its parent's, so
+        # the prefix holds exactly the sum of its partitions' (per 1 s period).
+        rt = self._dir("cpu") / "cpu.rt_runtime_us"
+        if self.fs.exists(rt):
+            self.fs.write(self._dir("cpu") / "cpu.rt_period_us", "1000000")
+            self.fs.write(rt, str(runtime_us))
+
+    def isolate_os(self, cores: frozenset[int]) -> int:
+        root = self._mounts["cpuset"]
+        system = self._dir("cpuset", SYSTEM_GROUP)
+        self.fs.mkdir(system)
+        self.fs.write(system / "cpuset.mems", self.board_mems())
+        self.fs.write(system / "cpuset.cpus", format_cpu_list(cores))
+        moved = 0
+        for pid in parse_pids(self.fs.read(root / "cgroup.procs")):
+            try:
+                self.fs.write(system / "cgroup.procs", str(pid))
+                moved += 1
+            except CgroupError:
+                continue  # kernel threads and processes that just exited stay
+        return moved
+
+    def release_os(self) -> None:
+        root = self._mounts["cpuset"]
+        system = self._dir("cpuset", SYSTEM_GROUP)
+        if not self.fs.exists(system):
+            return
+        for _ in range(3):  # processes forked while we move are caught on the next pass
+            pids = parse_pids(self.fs.read(system / "cgroup.procs"))
+            if not pids:
+                break
+            for pid in pids:
+                try:
+                    self.fs.write(root / "cgroup.procs", str(pid))
+                except CgroupError:
+                    continue
+        self.fs.rmdir(system)
+
     def move_self(self) -> None:
         for _, d in self._dirs(AGENT_GROUP):
             self.fs.write(d / "cgroup.procs", str(os.getpid()))
@@ -96,7 +156,7 @@ class V1Backend:
         return [n[2:] for n in self.fs.subdirs(self._dir("cpu")) if n.startswith("p-")]
 
     def workloads(self, partition: str) -> list[str]:
-        d = self._dir("cpu", partition_dir(partition))
+        d = self._dir("pids", partition_dir(partition))
         return [n[2:] for n in self.fs.subdirs(d) if n.startswith("w-")]
 
     def apply_partition(self, partition: str, limits: PartitionLimits) -> PartitionLimits:
@@ -106,6 +166,9 @@ class V1Backend:
             self.fs.mkdir(d)
         cs = self._dir("cpuset", pdir)
         cpus = format_cpu_list(limits.cpus)
+        excl = cs / "cpuset.cpu_exclusive"
+        if not created and self.fs.read(excl).strip() == "1":
+            self.fs.write(excl, "0")  # cpus of an exclusive set cannot move while exclusive
         if created:
             self.fs.write(cs / "cpuset.mems", limits.mems)
             self.fs.write(cs / "cpuset.cpus", cpus)
@@ -119,6 +182,10 @@ class V1Backend:
                 self.fs.write(wd / "cpuset.mems", limits.mems)
                 self.fs.write(wd / "cpuset.cpus", cpus)
             self.fs.write(cs / "cpuset.cpus", cpus)
+        if limits.exclusive:
+            # A child may only be exclusive under an exclusive parent.
+            self.fs.write(self._dir("cpuset") / "cpuset.cpu_exclusive", "1")
+            self.fs.write(excl, "1")
         cpu = self._dir("cpu", pdir)
         burst = cpu / "cpu.cfs_burst_us"
         has_burst = self.fs.exists(burst)
@@ -130,6 +197,20 @@ class V1Backend:
             self.fs.write(burst, str(limits.burst_us))
         elif limits.burst_us:
             raise CgroupError(str(burst), "kernel has no CFS burst support", str(limits.burst_us))
+        rt = cpu / "cpu.rt_runtime_us"
+        if self.fs.exists(rt):
+            # The kernel wants runtime <= period after every single write, and refuses
+            # runtime 0 while RT tasks run: order the two writes instead of zeroing.
+            period = cpu / "cpu.rt_period_us"
+            if limits.rt_runtime_us <= int(self.fs.read(period)):
+                self.fs.write(rt, str(limits.rt_runtime_us))
+                self.fs.write(period, str(limits.rt_period_us))
+            else:
+                self.fs.write(period, str(limits.rt_period_us))
+                self.fs.write(rt, str(limits.rt_runtime_us))
+        elif limits.rt_runtime_us:
+            raise CgroupError(str(rt), "kernel has no RT group scheduling",
+                              str(limits.rt_runtime_us))
         self.fs.write(self._dir("memory", pdir) / "memory.limit_in_bytes",
                       str(limits.memory_bytes))
         self.fs.write(self._dir("pids", pdir) / "pids.max", str(limits.pids_max))
@@ -141,6 +222,8 @@ class V1Backend:
         burst = cpu / "cpu.cfs_burst_us"
         pids = self.fs.read(self._dir("pids", pdir) / "pids.max").strip()
         mem = int(self.fs.read(self._dir("memory", pdir) / "memory.limit_in_bytes"))
+        rt = cpu / "cpu.rt_runtime_us"
+        has_rt = self.fs.exists(rt)
         return PartitionLimits(
             cpus=parse_cpu_list(self.fs.read(cs / "cpuset.cpus")),
             mems=self.fs.read(cs / "cpuset.mems").strip(),
@@ -149,6 +232,9 @@ class V1Backend:
             burst_us=int(self.fs.read(burst)) if self.fs.exists(burst) else 0,
             memory_bytes=-1 if mem >= _UNLIMITED else mem,
             pids_max=-1 if pids == "max" else int(pids),
+            rt_runtime_us=int(self.fs.read(rt)) if has_rt else 0,
+            rt_period_us=int(self.fs.read(cpu / "cpu.rt_period_us")) if has_rt else 1_000_000,
+            exclusive=self.fs.read(cs / "cpuset.cpu_exclusive").strip() == "1",
         )
 
     def remove_partition(self, partition: str) -> None:
@@ -160,19 +246,21 @@ class V1Backend:
     # -- workloads ---------------------------------------------------------------
     def create_workload(self, partition: str, workload: str) -> None:
         pdir, wdir = partition_dir(partition), workload_dir(workload)
-        for _, d in self._dirs(pdir, wdir):
-            self.fs.mkdir(d)
+        for c, d in self._dirs(pdir, wdir):
+            if c not in PARTITION_LEVEL:
+                self.fs.mkdir(d)
         parent = self._dir("cpuset", pdir)
         own = parent / wdir
         self.fs.write(own / "cpuset.mems", self.fs.read(parent / "cpuset.mems").strip())
         self.fs.write(own / "cpuset.cpus", self.fs.read(parent / "cpuset.cpus").strip())
 
     def remove_workload(self, partition: str, workload: str) -> None:
-        for _, d in self._dirs(partition_dir(partition), workload_dir(workload)):
-            self.fs.rmdir(d)
+        for c, d in self._dirs(partition_dir(partition), workload_dir(workload)):
+            if c not in PARTITION_LEVEL:
+                self.fs.rmdir(d)
 
     def procs(self, partition: str, workload: str) -> list[int]:
-        d = self._dir("cpu", partition_dir(partition), workload_dir(workload))
+        d = self._dir("pids", partition_dir(partition), workload_dir(workload))
         if not self.fs.exists(d):
             return []
         return parse_pids(self.fs.read(d / "cgroup.procs"))
@@ -180,7 +268,7 @@ class V1Backend:
     def open_join_fds(self, partition: str, workload: str) -> list[int]:
         fds: list[int] = []
         try:
-            for _, d in self._dirs(partition_dir(partition), workload_dir(workload)):
+            for _, d in self._leaf_dirs(partition, workload):
                 fds.append(os.open(d / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC))
         except OSError as exc:
             for fd in fds:

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Literal
 
+from agent.admission import KernelFeatures
 from agent.cgroups.backend import (
     AGENT_GROUP,
     CpuSample,
@@ -29,6 +30,7 @@ from agent.cgroups.fs import (
 from agent.errors import CgroupError
 
 NEEDED = ("cpu", "cpuset", "memory", "pids")
+SYSTEM_GROUP = "system"
 FREEZE_TIMEOUT_S = 2.0
 
 
@@ -53,6 +55,49 @@ class V2Backend:
         todo = [c for c in NEEDED if c not in enabled]
         if todo:
             self.fs.write(group / "cgroup.subtree_control", " ".join(f"+{c}" for c in todo))
+
+    # -- capabilities ------------------------------------------------------------
+    def features(self) -> KernelFeatures:
+        # v2 has no RT group scheduling; burst shows as cpu.max.burst in child groups.
+        return KernelFeatures(
+            rt_group_sched=False,
+            cfs_burst=self.fs.exists(self._dir(AGENT_GROUP) / "cpu.max.burst"),
+            sched_deadline=True,
+            freezer=True,
+        )
+
+    def reserve_rt(self, runtime_us: int) -> None:
+        if runtime_us:
+            raise CgroupError(str(self._dir()), "cgroup v2 has no RT group scheduling",
+                              str(runtime_us))
+
+    def isolate_os(self, cores: frozenset[int]) -> int:
+        system = self._dir(SYSTEM_GROUP)
+        self.fs.mkdir(system)
+        self.fs.write(system / "cpuset.cpus", format_cpu_list(cores))
+        moved = 0
+        for pid in parse_pids(self.fs.read(self.root / "cgroup.procs")):
+            try:
+                self.fs.write(system / "cgroup.procs", str(pid))
+                moved += 1
+            except CgroupError:
+                continue  # kernel threads stay in the root
+        return moved
+
+    def release_os(self) -> None:
+        system = self._dir(SYSTEM_GROUP)
+        if not self.fs.exists(system):
+            return
+        for _ in range(3):
+            pids = parse_pids(self.fs.read(system / "cgroup.procs"))
+            if not pids:
+                break
+            for pid in pids:
+                try:
+                    self.fs.write(self.root / "cgroup.procs", str(pid))
+                except CgroupError:
+                    continue
+        self.fs.rmdir(system)
 
     # -- base --------------------------------------------------------------------
     def board_mems(self) -> str:
@@ -101,6 +146,13 @@ class V2Backend:
             raise CgroupError(str(burst), "kernel has no CFS burst support", str(limits.burst_us))
         self.fs.write(d / "memory.max", str(limits.memory_bytes))
         self.fs.write(d / "pids.max", str(limits.pids_max))
+        if limits.rt_runtime_us:
+            raise CgroupError(str(d), "cgroup v2 has no RT group scheduling",
+                              str(limits.rt_runtime_us))
+        part = d / "cpuset.cpus.partition"
+        if self.fs.exists(part):
+            # The kernel answers "root invalid (...)" when it cannot; read-back shows it.
+            self.fs.write(part, "root" if limits.exclusive else "member")
         return self.read_limits(partition)
 
     def read_limits(self, partition: str) -> PartitionLimits:
@@ -117,6 +169,8 @@ class V2Backend:
             burst_us=int(self.fs.read(burst)) if self.fs.exists(burst) else 0,
             memory_bytes=-1 if mem == "max" else int(mem),
             pids_max=-1 if pids == "max" else int(pids),
+            exclusive=self.fs.exists(d / "cpuset.cpus.partition")
+            and self.fs.read(d / "cpuset.cpus.partition").strip() == "root",
         )
 
     def remove_partition(self, partition: str) -> None:

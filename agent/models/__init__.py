@@ -5,12 +5,15 @@ from agent.models.hardware import CoreSpec, HardwareProfile, QemuSpec, Reserve
 from agent.models.loading import load_file, load_text
 from agent.models.mission import (
     Budget,
+    BudgetMode,
     CpuPlacement,
+    DeadlineBudget,
     Criticality,
     HealthCheck,
     MissionProfile,
     Partition,
     RestartPolicy,
+    RtBudget,
     Schedule,
     Window,
     Workload,
@@ -19,6 +22,8 @@ from agent.models.mission import (
 __all__ = [
     "AgentConfig",
     "Budget",
+    "BudgetMode",
+    "DeadlineBudget",
     "CoreSpec",
     "CpuPlacement",
     "Criticality",
@@ -29,6 +34,7 @@ __all__ = [
     "QemuSpec",
     "Reserve",
     "RestartPolicy",
+    "RtBudget",
     "Schedule",
     "Window",
     "Workload",

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, StringConstraints
 
 from agent.models._base import Frozen, Name
 
@@ -13,20 +13,66 @@ Criticality = Literal["A", "B", "C", "D", "E"]
 """DO-178C design assurance level: A is flight-critical, E has no safety effect."""
 
 
-class Budget(Frozen):
-    """CPU time a partition may use: ``quota_us`` in every ``period_us`` (CFS bandwidth)."""
+class RtBudget(Frozen):
+    """SCHED_FIFO budget: the partition's RT tasks run at most ``runtime_us`` per
+    ``period_us`` on each of its cores (v1 ``cpu.rt_runtime_us``; RT group scheduling)."""
 
-    quota_us: int = Field(gt=0)
-    """CPU time per period across all the partition's cores, microseconds."""
+    runtime_us: int = Field(gt=0)
+    """RT run time per period on each core, microseconds."""
     period_us: int = Field(gt=0)
-    """Length of one accounting period, microseconds."""
+    """RT period, microseconds."""
+    priority: int = Field(default=50, ge=1, le=99)
+    """SCHED_FIFO priority of the partition's workloads."""
+
+
+class DeadlineBudget(Frozen):
+    """SCHED_DEADLINE reservation for a single-task partition (kernel admission control)."""
+
+    runtime_us: int = Field(gt=0)
+    """Guaranteed CPU time per period, microseconds."""
+    deadline_us: int = Field(gt=0)
+    """Relative deadline of each job, microseconds (runtime <= deadline <= period)."""
+    period_us: int = Field(gt=0)
+    """Period of the reservation, microseconds."""
+
+
+BudgetMode = Literal["cfs", "rt", "deadline"]
+
+
+class Budget(Frozen):
+    """CPU time a partition may use.
+
+    Every mode keeps the CFS cap (``quota_us`` per ``period_us``) for the partition's
+    ordinary (SCHED_OTHER) threads; ``rt`` and ``deadline`` add a real-time reservation
+    for its workloads, counted on top of the cap at admission."""
+
+    mode: BudgetMode = "cfs"
+    """How the budget is guaranteed: ``cfs`` bandwidth, ``rt`` (SCHED_FIFO in an RT
+    group budget) or ``deadline`` (SCHED_DEADLINE, single task)."""
+    quota_us: int = Field(gt=0)
+    """CFS: CPU time per period across all the partition's cores, microseconds."""
+    period_us: int = Field(gt=0)
+    """CFS: length of one period, microseconds."""
     burst_us: int = Field(default=0, ge=0)
-    """Unused quota that may carry over into a later period, microseconds (0 = none)."""
+    """CFS: unused quota that may carry over into a later period, microseconds."""
+    rt: RtBudget | None = None
+    """Required in ``rt`` mode."""
+    deadline: DeadlineBudget | None = None
+    """Required in ``deadline`` mode."""
 
     @property
-    def utilisation(self) -> float:
-        """Fraction of one core this budget grants."""
+    def cfs_utilisation(self) -> float:
+        """Fraction of one core the CFS cap grants."""
         return self.quota_us / self.period_us
+
+    def utilisation(self, n_cores: int = 1) -> float:
+        """Fraction of one core this budget can consume on ``n_cores`` cores (worst case)."""
+        extra = 0.0
+        if self.mode == "rt" and self.rt is not None:
+            extra = self.rt.runtime_us / self.rt.period_us * n_cores
+        elif self.mode == "deadline" and self.deadline is not None:
+            extra = self.deadline.runtime_us / self.deadline.period_us
+        return self.cfs_utilisation + extra
 
 
 class CpuPlacement(Frozen):
@@ -34,6 +80,9 @@ class CpuPlacement(Frozen):
 
     dedicated_cores: list[int] = Field(default_factory=list)
     """Cores owned by this partition alone; empty means the shared pool."""
+    exclusive: bool = True
+    """For dedicated cores: an exclusive cpuset, and the OS's own processes moved off
+    them (the agent config's ``isolate_os``); ``false`` only keeps other partitions off."""
 
 
 class RestartPolicy(Frozen):
@@ -91,6 +140,15 @@ class Workload(Frozen):
         return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
 
 
+HealthErrorKind = Literal["crash", "crash-loop", "budget-saturation", "deadline-miss", "oom",
+                          "pids-exhausted", "window-overrun"]
+HealthAction = Annotated[str, StringConstraints(
+    pattern=r"^(ignore|log|restart-workload|restart-partition|stop-partition"
+            r"|switch-mode:[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)$")]
+"""``ignore``, ``log``, ``restart-workload``, ``restart-partition``, ``stop-partition`` or
+``switch-mode:NAME``."""
+
+
 class Partition(Frozen):
     """A cgroup with a criticality, a CPU placement and budget, limits and workloads."""
 
@@ -108,6 +166,9 @@ class Partition(Frozen):
     """Maximum number of processes and threads."""
     workloads: list[Workload] = Field(min_length=1)
     """Processes of this partition."""
+    health: dict[HealthErrorKind, HealthAction] = Field(default_factory=dict)
+    """Health-monitor table: error -> action; unset errors take the defaults of the
+    partition's criticality (see docs/determinism.md)."""
 
 
 class Window(Frozen):
