@@ -205,6 +205,15 @@ def render_status(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def cmd_mode(args: argparse.Namespace) -> int:
+    from agent.daemon import socket_path
+
+    config = load_config(args.config)
+    reply = call(socket_path(config), {"op": "mode", "mode": args.name})
+    print(f"switching to {reply['mode']} at the next major-frame boundary")
+    return EXIT_OK
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     models: dict[str, type[Any]] = {"mission": MissionProfile, "hardware": HardwareProfile,
                                     "config": AgentConfig}
@@ -276,6 +285,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--socket", type=Path, help="local API socket (default from config)")
     output(s)
     s.set_defaults(func=cmd_status)
+
+    mo = sub.add_parser("mode", help="switch the window schedule (mode) at the next "
+                        "major-frame boundary")
+    common(mo)
+    mo.add_argument("name", help="schedule name from the running mission")
+    mo.set_defaults(func=cmd_mode)
 
     sc = sub.add_parser("schema", help="JSON Schema of the documents Sortie reads")
     sc.add_argument("which", nargs="?", choices=["mission", "hardware", "config"])

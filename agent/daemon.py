@@ -61,7 +61,13 @@ def handlers(engine: Engine) -> dict[str, Any]:
         return {"violations": [{"path": v.path, "reason": v.reason} for v in violations],
                 "actions": [describe(a) for a in actions]}
 
-    return {"status": status, "plan": plan}
+    async def mode(req: dict[str, Any]) -> dict[str, Any]:
+        name = req.get("mode")
+        if not isinstance(name, str):
+            raise ValueError("mode: expected a schedule name")
+        return {"mode": await engine.switch_mode(name)}
+
+    return {"status": status, "plan": plan, "mode": mode}
 
 
 async def run(config: AgentConfig, board: HardwareProfile, opts: RunOptions) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from agent.admission import partition_cores, shared_pool
 from agent.cgroups import PartitionLimits
 from agent.models import HardwareProfile, MissionProfile, Partition, Workload
+from agent.timing.sched import SchedPolicy, policy_for
 
 MIB = 1 << 20
 
@@ -23,6 +24,15 @@ class DesiredPartition:
     workloads: Mapping[str, Workload]
     digest: str
     """Digest of the partition's spec and limits; equal digests mean nothing to do."""
+    sched: SchedPolicy | None = None
+    """Real-time policy its workloads start with (rt / deadline budgets)."""
+
+
+def workload_hash(spec: Workload, sched: SchedPolicy | None) -> str:
+    """What a running process was started from: its spec and its scheduling policy."""
+    if sched is None:
+        return spec.spec_hash()
+    return hashlib.sha256((spec.spec_hash() + repr(sched)).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -81,6 +91,7 @@ Action = EnsurePartition | RemovePartition | StopWorkload | StartWorkload | Rest
 def partition_limits(part: Partition, cores: frozenset[int], mems: str) -> PartitionLimits:
     """Kernel values for one partition. Pure."""
     b = part.budget
+    rt = b.rt if b.mode == "rt" else None
     return PartitionLimits(
         cpus=cores,
         mems=mems,
@@ -89,6 +100,9 @@ def partition_limits(part: Partition, cores: frozenset[int], mems: str) -> Parti
         burst_us=b.burst_us,
         memory_bytes=part.memory_mib * MIB,
         pids_max=part.pids_max,
+        rt_runtime_us=rt.runtime_us if rt else 0,
+        rt_period_us=rt.period_us if rt else 1_000_000,
+        exclusive=bool(part.cpu.dedicated_cores) and part.cpu.exclusive,
     )
 
 
@@ -101,7 +115,8 @@ def desired_state(mission: MissionProfile, board: HardwareProfile,
         limits = partition_limits(p, partition_cores(p, pool), mems)
         digest = hashlib.sha256(
             (p.model_dump_json() + repr(sorted(limits.cpus)) + mems).encode()).hexdigest()
-        out[p.name] = DesiredPartition(limits, {w.name: w for w in p.workloads}, digest)
+        out[p.name] = DesiredPartition(limits, {w.name: w for w in p.workloads}, digest,
+                                       policy_for(p.budget))
     return out
 
 
@@ -143,7 +158,7 @@ def plan(desired: Mapping[str, DesiredPartition],
             running = have_wl.get(w)
             if running is None or running.spec_hash is None:
                 actions.append(StartWorkload(name, spec))
-            elif running.spec_hash != spec.spec_hash():
+            elif running.spec_hash != workload_hash(spec, want.sched):
                 actions.append(RestartWorkload(name, spec))
     # Stable sort: phases in order, partitions alphabetical inside a phase.
     return sorted(actions, key=lambda a: a.phase)

@@ -7,13 +7,16 @@ handled by each workload's runner; the engine only acts on desired-state changes
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import signal
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from agent.accounting import Usage, usage_between
-from agent.admission import admit
+from agent.admission import KernelFeatures, admit
 from agent.cgroups import CgroupBackend, CpuSample, PartitionLimits
 from agent.errors import AgentError, StoreError, Violation
 from agent.events import EventLog
@@ -33,12 +36,15 @@ from agent.planning import (
     describe,
     desired_state,
     plan,
+    workload_hash,
 )
 from agent.preflight import host_violations
+from agent.runtime import procs
 from agent.runtime.logs import rotate_if_large
 from agent.runtime.stopping import terminate_group
 from agent.runtime.supervisor import WorkloadRunner
 from agent.store import StateStore, StoredMission
+from agent.timing.enforcer import WindowEnforcer
 
 log = logging.getLogger("sortie.reconcile")
 
@@ -54,6 +60,14 @@ def _pop(index: dict[str, dict[str, Any]], partition: str, workload: str) -> Any
     if not inner:
         del index[partition]
     return item
+
+
+def rt_reserve_us(desired: dict[str, DesiredPartition]) -> int:
+    """RT runtime per 1 s the prefix must hold: the sum of its partitions' ratios."""
+    ratio = sum(d.limits.rt_runtime_us / d.limits.rt_period_us for d in desired.values()
+                if d.limits.rt_runtime_us)
+    # Round up, plus 1 us: the kernel compares fixed-point ratios.
+    return 0 if ratio == 0 else min(1_000_000, int(ratio * 1_000_000) + 1)
 
 
 Outcome = Literal["applied", "unchanged", "rejected", "failed"]
@@ -114,6 +128,10 @@ class Engine:
         self._samples: dict[str, tuple[float, CpuSample]] = {}
         self._lock = asyncio.Lock()
         self._mems = ""
+        self.features = KernelFeatures()
+        self._applied_rt: dict[str, DesiredPartition] = {}
+        self._os_isolated = False
+        self.windows = WindowEnforcer(backend, self.events, sorted(board.reserved.cores))
         self.started_at = time.time()
         self.ready_after_s: float | None = None
 
@@ -122,6 +140,7 @@ class Engine:
         """Adopt what runs, then fly the last-known-good mission (or ``initial``)."""
         self.backend.ensure_base(frozenset(self.board.reserved.cores))
         self._mems = self.backend.board_mems()
+        self.features = self.backend.features()
         found = observe(self.backend)
         stored = self.store.load()
         if stored is not None:
@@ -134,7 +153,7 @@ class Engine:
                 self.events.emit("agent.safe-mode", "agent", "no mission known; leaving "
                                  f"{len(found)} existing partition(s) untouched", "warning")
             return
-        violations = admit(base.mission, self.board)
+        violations = admit(base.mission, self.board, self.features)
         if violations:
             self.events.emit("state.unfit", f"mission/{base.mission.name}",
                              "; ".join(map(str, violations)), "error")
@@ -145,6 +164,7 @@ class Engine:
             self._remember(found, desired)
             self.mission, self.origin, self.desired = base.mission, base.origin, desired
             await self._execute(plan(desired, self._observed()))
+            self._start_windows(base.mission)
             if stored is None:
                 self._persist(base)
 
@@ -164,9 +184,11 @@ class Engine:
             want = desired.get(p)
             for w, fw in list(found.items()):
                 spec = want.workloads.get(w) if want else None
-                if spec is None or fw.main_pid is None or fw.spec_hash != spec.spec_hash():
+                if want is None or spec is None or fw.main_pid is None \
+                        or fw.spec_hash != workload_hash(spec, want.sched):
                     continue
-                runner = WorkloadRunner(p, spec, self.backend, self.config.log_dir, self.events)
+                runner = WorkloadRunner(p, spec, self.backend, self.config.log_dir, self.events,
+                                        want.sched)
                 runner.adopt(fw.main_pid)
                 self.runners.setdefault(p, {})[w] = runner
                 del found[w]
@@ -175,7 +197,7 @@ class Engine:
 
     # -- desired-state changes ---------------------------------------------------
     def check(self, mission: MissionProfile) -> list[Violation]:
-        found = admit(mission, self.board)
+        found = admit(mission, self.board, self.features)
         if self.host_checks:
             found += host_violations(mission)
         return found + generation_violations(mission, self.mission)
@@ -196,8 +218,11 @@ class Engine:
             scope = changed_partitions(self.desired, desired)
             self._adopt_matching(desired)
             actions = plan(desired, self._observed(scope), scope)
+            # Windows pause while partitions change: frozen tasks cannot be stopped.
+            self.windows.stop()
             self.mission, self.origin, self.desired = mission, origin, desired
             errors = await self._execute(actions)
+            self._start_windows(mission)
             # Saved once applied: "last known good" is what ran, and the fsync stays off
             # the path from change to running workload.
             self._persist(StoredMission(mission, origin))
@@ -208,6 +233,41 @@ class Engine:
                              "error" if errors else "info")
             return Decision(outcome, mission.name, mission.generation, [], errors,
                             [describe(a) for a in actions])
+
+    def _start_windows(self, mission: MissionProfile) -> None:
+        mode = self.windows.mode
+        if mode not in {s.name for s in mission.schedules}:
+            mode = None
+        self._stop_stray_timekeeper()
+        self.windows.start(mission, mode)
+        pidfile = self.config.run_dir / "timekeeper.pid"
+        if self.windows.pid is not None:
+            self.config.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            pidfile.write_text(str(self.windows.pid))
+        else:
+            pidfile.unlink(missing_ok=True)
+
+    def _stop_stray_timekeeper(self) -> None:
+        """A timekeeper left by a previous agent keeps enforcing until we replace it."""
+        pidfile = self.config.run_dir / "timekeeper.pid"
+        try:
+            pid = int(pidfile.read_text())
+        except (OSError, ValueError):
+            return
+        if pid != self.windows.pid and "agent.timing.timekeeper" in procs.cmdline(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        pidfile.unlink(missing_ok=True)
+
+    async def switch_mode(self, mode: str) -> str:
+        """Switch the window schedule at the next major-frame boundary."""
+        async with self._lock:
+            if self.mission is None:
+                raise AgentError("no mission is flying")
+            self.windows.switch(self.mission, mode)
+            self.events.emit("mode.requested", f"schedule/{mode}",
+                             "switch at the next major-frame boundary")
+            return mode
 
     def preview(self, mission: MissionProfile) -> tuple[list[Violation], list[Action]]:
         """What ``submit`` would do, without doing it."""
@@ -246,6 +306,11 @@ class Engine:
     async def _execute(self, actions: list[Action]) -> list[str]:
         """Run actions phase by phase; stops inside a phase run concurrently."""
         errors: list[str] = []
+        rt_after = rt_reserve_us(self.desired)
+        rt_now = max(rt_after, rt_reserve_us(self._applied_rt))
+        if self.features.rt_group_sched:
+            # Grow the prefix's RT reserve before partitions claim it, shrink it after.
+            self.backend.reserve_rt(rt_now)
         phases: dict[int, list[Action]] = {}
         for a in actions:
             phases.setdefault(a.phase, []).append(a)
@@ -258,8 +323,26 @@ class Engine:
                     self.events.emit("action.failed", f"partition/{a.partition}", str(r), "error")
                 elif isinstance(r, BaseException):
                     raise r
+        if self.features.rt_group_sched:
+            self.backend.reserve_rt(rt_after)
+        self._applied_rt = dict(self.desired)
+        self._isolate_os()
         self.errors = errors
         return errors
+
+    def _isolate_os(self) -> None:
+        """Keep the OS off exclusive dedicated cores (if the config asks for it)."""
+        exclusive = any(d.limits.exclusive for d in self.desired.values())
+        if not (exclusive and self.config.isolate_os):
+            if self._os_isolated:
+                self.backend.release_os()
+                self._os_isolated = False
+            return
+        moved = self.backend.isolate_os(frozenset(self.board.reserved.cores))
+        if not self._os_isolated:
+            self.events.emit("os.isolated", "agent", f"{moved} OS process(es) confined to "
+                             f"cores {sorted(self.board.reserved.cores)}")
+        self._os_isolated = True
 
     async def _do(self, action: Action) -> None:
         match action:
@@ -288,7 +371,9 @@ class Engine:
 
     def _start(self, partition: str, spec: Any) -> None:
         self.backend.create_workload(partition, spec.name)
-        runner = WorkloadRunner(partition, spec, self.backend, self.config.log_dir, self.events)
+        want = self.desired.get(partition)
+        runner = WorkloadRunner(partition, spec, self.backend, self.config.log_dir, self.events,
+                                want.sched if want else None)
         self.runners.setdefault(partition, {})[spec.name] = runner
         runner.start()
 
@@ -306,8 +391,13 @@ class Engine:
             if not teardown:
                 for r in self.all_runners():
                     r.detach()
+                self.windows.detach()
                 return
+            self.windows.stop()
+            (self.config.run_dir / "timekeeper.pid").unlink(missing_ok=True)
+            self.desired = {}
             await self._execute(plan({}, self._observed()))
+            self.backend.release_os()
             self.backend.remove_base()
             self.events.emit("agent.teardown", "agent", "all partitions removed")
 
@@ -367,6 +457,7 @@ class Engine:
                 "name": self.mission.name, "generation": self.mission.generation,
                 "origin": self.origin},
             "ready_after_s": self.ready_after_s,
+            "windows": self.windows.status(),
             "partitions": parts,
             "errors": self.errors,
             "events": [e.to_dict() for e in self.events.recent(20)],

@@ -91,7 +91,7 @@ def main(seconds: float) -> None:
     cfg = tmp / "agent.yaml"
     cfg.write_text(yaml.safe_dump({
         "state_dir": str(tmp / "state"), "run_dir": str(tmp / "run"),
-        "log_dir": str(tmp / "logs"), "cgroup_prefix": prefix,
+        "log_dir": str(tmp / "logs"), "cgroup_prefix": prefix, "isolate_os": False,
         "profile_dirs": [str(tmp / "profiles")]}))
     n = N_PARTITIONS * PER_PARTITION
     cmd = [sys.executable, "-m", "agent.cli", "--log-level", "warning", "run", "--config",

@@ -33,8 +33,27 @@ needs_root_v1 = pytest.mark.skipif(not _has_v1(), reason="needs root and cgroup 
                                    "machine kind); v2 runs for real in the QEMU tests")
 
 
+def release_system(prefix: str) -> None:
+    """Give OS processes an agent confined (isolate_os) back to the root: never kill them."""
+    for c in CONTROLLERS:
+        system = CGROUP_ROOT / c / prefix / "system"
+        if not system.exists():
+            continue
+        for _ in range(5):
+            pids = system.joinpath("cgroup.procs").read_text().split()
+            if not pids:
+                break
+            for pid in pids:
+                with contextlib.suppress(OSError), open(CGROUP_ROOT / c / "cgroup.procs",
+                                                        "w") as f:
+                    f.write(pid)
+        with contextlib.suppress(OSError):
+            system.rmdir()
+
+
 def purge_prefix(prefix: str) -> None:
     """Kill every process under the prefix and remove its groups, deepest first."""
+    release_system(prefix)
     for _ in range(50):
         pids: set[int] = set()
         for c in CONTROLLERS:
@@ -103,5 +122,6 @@ def agent_config(tmp_path: Path, prefix: str) -> Iterator[AgentConfig]:
     logs = Path(f"/tmp/{prefix}-logs")
     yield AgentConfig(node_name="test", state_dir=tmp_path / "state", run_dir=tmp_path / "run",
                       log_dir=logs, cgroup_prefix=prefix, agent_cgroup=False,
-                      accounting_period_ms=200, profile_dirs=[tmp_path / "profiles"])
+                      accounting_period_ms=200, profile_dirs=[tmp_path / "profiles"],
+                      isolate_os=False)
     shutil.rmtree(logs, ignore_errors=True)

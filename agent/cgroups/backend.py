@@ -133,6 +133,10 @@ class CgroupBackend(Protocol):
         """Freeze or thaw a partition (or one workload) and wait until done."""
         ...
 
+    def window_files(self, partition: str) -> dict[str, str | None]:
+        """For the timekeeper: the freeze file, its two values, and the usage counter."""
+        ...
+
     def cpu_sample(self, partition: str) -> CpuSample:
         """Cumulative CPU counters of a partition."""
         ...

@@ -288,6 +288,12 @@ class V1Backend:
                 raise CgroupError(str(state), f"did not reach {want} in {FREEZE_TIMEOUT_S} s")
             time.sleep(0.0005)
 
+    def window_files(self, partition: str) -> dict[str, str | None]:
+        pdir = partition_dir(partition)
+        return {"freeze": str(self._dir("freezer", pdir) / "freezer.state"),
+                "frozen": "FROZEN", "thawed": "THAWED",
+                "usage": str(self._dir("cpuacct", pdir) / "cpuacct.usage"), "usage_key": None}
+
     def cpu_sample(self, partition: str) -> CpuSample:
         pdir = partition_dir(partition)
         usage = int(self.fs.read(self._dir("cpuacct", pdir) / "cpuacct.usage"))

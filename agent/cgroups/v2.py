@@ -210,6 +210,11 @@ class V2Backend:
                                   f"did not reach frozen={want} in {FREEZE_TIMEOUT_S} s")
             time.sleep(0.0005)
 
+    def window_files(self, partition: str) -> dict[str, str | None]:
+        d = self._dir(partition_dir(partition))
+        return {"freeze": str(d / "cgroup.freeze"), "frozen": "1", "thawed": "0",
+                "usage": str(d / "cpu.stat"), "usage_key": "usage_usec"}
+
     def cpu_sample(self, partition: str) -> CpuSample:
         stat = parse_keyed(self.fs.read(self._dir(partition_dir(partition)) / "cpu.stat"))
         return CpuSample(

@@ -42,6 +42,9 @@ class AgentConfig(Frozen):
     """cgroup backend; ``auto`` probes the mounts."""
     agent_cgroup: bool = True
     """Move the agent itself into its reserved cgroup (on the OS cores) at start."""
+    isolate_os: bool = True
+    """Move the OS's own processes onto the reserved cores while a partition holds
+    dedicated cores exclusively (kernel threads stay where they are)."""
     accounting_period_ms: int = Field(default=1_000, ge=100)
     """How often CPU usage is sampled per partition, milliseconds."""
     stop_workloads_on_exit: bool = False

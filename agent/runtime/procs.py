@@ -71,3 +71,11 @@ def age_s(pid: int) -> float | None:
     with open("/proc/uptime", "rb") as f:
         uptime = float(f.read().split()[0])
     return max(0.0, uptime - ticks / os.sysconf("SC_CLK_TCK"))
+
+
+def cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""

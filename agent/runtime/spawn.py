@@ -16,6 +16,17 @@ from dataclasses import dataclass
 
 from agent.errors import WorkloadError
 from agent.runtime.identity import DEFAULT_PATH, Identity
+from agent.timing.sched import SchedPolicy
+from agent.timing.syscalls import deadline_attr, sched_setattr_self
+
+# What the kernel's refusals mean for a scheduling policy, in a person's words.
+_SCHED_HINTS = {
+    "fifo": {1: "the partition's RT runtime is 0 or RT scheduling is not allowed here"},
+    "deadline": {16: "kernel admission control refused the reservation (total DEADLINE "
+                     "bandwidth exceeded)",
+                 1: "the task's cpus must span its root domain, or the caller lacks "
+                    "CAP_SYS_NICE"},
+}
 
 
 @dataclass(frozen=True)
@@ -27,13 +38,21 @@ class SpawnRequest:
     env: Mapping[str, str]
     join_fds: Sequence[int]
     log_fd: int
+    sched: SchedPolicy | None = None
+    """Real-time policy set after joining the cgroup (RT budgets apply there)."""
 
 
-def _child(req: SpawnRequest, env: dict[str, str], err_w: int) -> None:
+def _child(req: SpawnRequest, env: dict[str, str], err_w: int, dl_attr: bytes | None) -> None:
     step = "join cgroup"
     try:
         for fd in req.join_fds:
             os.write(fd, b"0")
+        if req.sched is not None:
+            step = f"set {req.sched.describe()}"
+            if dl_attr is not None:
+                sched_setattr_self(dl_attr)
+            else:
+                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(req.sched.priority))
         step = "setsid"
         # Own session: a terminal's Ctrl-C aimed at the agent must not hit the mission.
         os.setsid()
@@ -65,12 +84,16 @@ def _child(req: SpawnRequest, env: dict[str, str], err_w: int) -> None:
 def spawn(req: SpawnRequest) -> int:
     """Fork and exec; returns the PID once exec succeeded, else raises WorkloadError."""
     env = {"PATH": DEFAULT_PATH, "HOME": req.identity.home, **req.env}
+    dl_attr = None
+    if req.sched is not None and req.sched.kind == "deadline":
+        dl_attr = deadline_attr(req.sched.runtime_ns, req.sched.deadline_ns,
+                                req.sched.period_ns)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     try:
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child
             os.close(err_r)
-            _child(req, env, err_w)
+            _child(req, env, err_w, dl_attr)
         os.close(err_w)
         err_w = -1
         chunks = []

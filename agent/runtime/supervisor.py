@@ -22,11 +22,13 @@ from agent.cgroups import CgroupBackend
 from agent.errors import AgentError
 from agent.events import EventLog
 from agent.models import Workload
+from agent.planning import workload_hash
 from agent.runtime import procs
 from agent.runtime.identity import resolve_command, resolve_identity
 from agent.runtime.logs import log_path, open_log
 from agent.runtime.spawn import SpawnRequest, spawn
 from agent.runtime.stopping import terminate_group
+from agent.timing.sched import SchedPolicy
 
 log = logging.getLogger("sortie.runtime")
 
@@ -80,9 +82,10 @@ def should_restart(spec: Workload, exit_: ExitInfo) -> bool:
 
 class WorkloadRunner:
     def __init__(self, partition: str, spec: Workload, backend: CgroupBackend,
-                 log_dir: Path, events: EventLog) -> None:
+                 log_dir: Path, events: EventLog, sched: SchedPolicy | None = None) -> None:
         self.partition = partition
         self.spec = spec
+        self.sched = sched
         self.backend = backend
         self.log_file = log_path(log_dir, partition, spec.name)
         self.events = events
@@ -108,7 +111,7 @@ class WorkloadRunner:
 
     @property
     def spec_hash(self) -> str:
-        return self.spec.spec_hash()
+        return workload_hash(self.spec, self.sched)
 
     # -- start / adopt -----------------------------------------------------------
     def env(self) -> dict[str, str]:
@@ -139,7 +142,7 @@ class WorkloadRunner:
         log_fd = open_log(self.log_file)
         try:
             pid = spawn(SpawnRequest(argv, ident, self.spec.working_dir, self.env(),
-                                     fds, log_fd))
+                                     fds, log_fd, self.sched))
         finally:
             for fd in [*fds, log_fd]:
                 os.close(fd)

@@ -1,0 +1,1 @@
+"""Budget modes beyond CFS: scheduling policies and the major-frame window timeline."""

@@ -1,0 +1,35 @@
+"""Scheduling policy a workload starts with, derived from its partition's budget. Pure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from agent.models import Budget
+
+
+@dataclass(frozen=True)
+class SchedPolicy:
+    kind: Literal["fifo", "deadline"]
+    priority: int = 0
+    """SCHED_FIFO priority (1..99)."""
+    runtime_ns: int = 0
+    deadline_ns: int = 0
+    period_ns: int = 0
+
+    def describe(self) -> str:
+        if self.kind == "fifo":
+            return f"SCHED_FIFO priority {self.priority}"
+        return (f"SCHED_DEADLINE runtime {self.runtime_ns // 1000} us, deadline "
+                f"{self.deadline_ns // 1000} us, period {self.period_ns // 1000} us")
+
+
+def policy_for(budget: Budget) -> SchedPolicy | None:
+    """None for CFS: workloads keep SCHED_OTHER."""
+    if budget.mode == "rt" and budget.rt is not None:
+        return SchedPolicy("fifo", priority=budget.rt.priority)
+    if budget.mode == "deadline" and budget.deadline is not None:
+        d = budget.deadline
+        return SchedPolicy("deadline", runtime_ns=d.runtime_us * 1000,
+                           deadline_ns=d.deadline_us * 1000, period_ns=d.period_us * 1000)
+    return None

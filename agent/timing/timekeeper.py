@@ -1,0 +1,144 @@
+"""The timekeeper: a small real-time process that enforces time windows.
+
+It runs apart from the agent so that window edges do not wait for the agent's event
+loop: SCHED_FIFO on the OS cores, absolute deadlines from CLOCK_MONOTONIC, one write to a
+freezer file per edge. It reports every edge (scheduled and actual time, the partition's
+CPU counter) as a JSON line on stdout, takes schedule switches on stdin, switches at a
+major-frame boundary, and keeps enforcing the current schedule if the agent goes away.
+
+Protocol, stdin (one JSON object per line): the first line is the setup
+``{"partitions": {name: {"freeze": path, "frozen": "FROZEN", "thawed": "THAWED",
+"usage": path, "usage_key": null|"usage_usec"}}, "windowed": [...], "schedule": {...},
+"epoch_ns": int, "cpus": [..], "priority": int}``; later lines are
+``{"op": "switch", "schedule": {...}}`` or ``{"op": "stop"}``.
+stdout: ``{"k": "thaw"|"freeze", "p": name, "s": sched_ns, "a": actual_ns, "u": usage_ns,
+"f": frame}`` and ``{"k": "mode", "name": ..., "a": ns, "f": frame}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import sys
+import time
+from typing import Any
+
+from agent.models import Schedule
+from agent.timing.windows import edges, running_at
+
+
+def _write(path: str, value: str) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
+
+
+def _usage_ns(part: dict[str, Any]) -> int:
+    with open(part["usage"], "rb") as f:
+        data = f.read()
+    key = part.get("usage_key")
+    if key is None:
+        return int(data)
+    for line in data.decode().splitlines():
+        k, _, v = line.partition(" ")
+        if k == key:
+            return int(v) * 1000
+    return 0
+
+
+def _set(part: dict[str, Any], thawed: bool) -> None:
+    _write(part["freeze"], part["thawed"] if thawed else part["frozen"])
+
+
+def _emit(obj: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(obj, separators=(",", ":")) + "\n")
+    sys.stdout.flush()
+
+
+def _realtime(cpus: list[int], priority: int) -> str:
+    try:
+        os.sched_setaffinity(0, cpus)
+    except OSError as exc:
+        return f"affinity {cpus}: {exc.strerror}"
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+    except OSError as exc:
+        return f"SCHED_FIFO {priority}: {exc.strerror}"
+    return ""
+
+
+def run(stdin_fd: int = 0) -> int:
+    setup = json.loads(sys.stdin.readline())
+    parts: dict[str, dict[str, Any]] = setup["partitions"]
+    windowed = frozenset(setup["windowed"])
+    schedule = Schedule.model_validate(setup["schedule"])
+    pending: Schedule | None = None
+    epoch = int(setup["epoch_ns"])
+    problem = _realtime(setup.get("cpus", [0]), int(setup.get("priority", 80)))
+    _emit({"k": "start", "rt": problem or "ok", "a": time.monotonic_ns()})
+    frame_ns = schedule.major_frame_us * 1000
+    now = time.monotonic_ns()
+    frame = max(0, (now - epoch) // frame_ns)
+    # Enter the current frame in the right state before following its edges.
+    inside = running_at(schedule, windowed, (now - epoch - frame * frame_ns) // 1000)
+    for p in windowed:
+        _set(parts[p], p in inside)
+    stdin_open = True
+    skip_before = now  # edges already past at start-up: the state above covers them
+    while True:
+        frame_start = epoch + frame * frame_ns
+        for e in edges(schedule, windowed):
+            due = frame_start + e.offset_us * 1000
+            # Sleep on stdin so commands arrive at once, but never past the edge.
+            while True:
+                left = due - time.monotonic_ns()
+                if left <= 0:
+                    break
+                if stdin_open:
+                    ready, _, _ = select.select([stdin_fd], [], [], left / 1e9)
+                else:
+                    time.sleep(left / 1e9)
+                    ready = []
+                if ready:
+                    line = sys.stdin.readline()
+                    if not line:
+                        stdin_open = False  # the agent is gone: keep the mission flying
+                        continue
+                    cmd = json.loads(line)
+                    if cmd.get("op") == "stop":
+                        return 0
+                    if cmd.get("op") == "switch":
+                        pending = Schedule.model_validate(cmd["schedule"])
+            if due < skip_before:
+                continue
+            part = parts[e.partition]
+            if e.kind == "thaw":
+                usage = _usage_ns(part)
+                _set(part, True)
+                actual = time.monotonic_ns()
+            else:
+                _set(part, False)
+                actual = time.monotonic_ns()
+                usage = _usage_ns(part)
+            _emit({"k": e.kind, "p": e.partition, "s": due, "a": actual, "u": usage,
+                   "f": frame})
+        frame += 1
+        if pending is not None:
+            schedule, pending = pending, None
+            # Switch at the boundary: align the new frame length to this instant.
+            epoch = epoch + frame * frame_ns
+            frame_ns = schedule.major_frame_us * 1000
+            frame = 0
+            inside = running_at(schedule, windowed, 0)
+            for p in windowed:
+                if p not in inside:
+                    _set(parts[p], False)
+            _emit({"k": "mode", "name": schedule.name, "a": time.monotonic_ns(), "f": 0,
+                   "epoch": epoch})
+
+
+if __name__ == "__main__":
+    sys.exit(run())
