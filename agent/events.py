@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -30,12 +31,19 @@ class Event:
 class EventLog:
     def __init__(self, capacity: int = 256) -> None:
         self._ring: deque[Event] = deque(maxlen=capacity)
+        self._subscribers: list[Callable[[Event], None]] = []
+
+    def subscribe(self, fn: Callable[[Event], None]) -> None:
+        """Call ``fn`` with every event emitted from now on (health monitor, telemetry)."""
+        self._subscribers.append(fn)
 
     def emit(self, kind: str, subject: str, message: str, severity: Severity = "info") -> Event:
         ev = Event(time.time(), kind, subject, message, severity)
         self._ring.append(ev)
         level = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
         log.log(level[severity], "%s %s: %s", kind, subject, message)
+        for fn in self._subscribers:
+            fn(ev)
         return ev
 
     def recent(self, limit: int = 50) -> list[Event]:

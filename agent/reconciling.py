@@ -21,6 +21,7 @@ from agent.cgroups import CgroupBackend, CpuSample, PartitionLimits
 from agent.errors import AgentError, StoreError, Violation
 from agent.events import EventLog
 from agent.models import AgentConfig, HardwareProfile, MissionProfile
+from agent.monitoring import HealthMonitor
 from agent.observing import FoundPartition, FoundWorkload, observe
 from agent.planning import (
     Action,
@@ -39,6 +40,7 @@ from agent.planning import (
     workload_hash,
 )
 from agent.preflight import host_violations
+from agent.reporting import ReportSocket
 from agent.runtime import procs
 from agent.runtime.logs import rotate_if_large
 from agent.runtime.stopping import terminate_group
@@ -132,6 +134,8 @@ class Engine:
         self._applied_rt: dict[str, DesiredPartition] = {}
         self._os_isolated = False
         self.windows = WindowEnforcer(backend, self.events, sorted(board.reserved.cores))
+        self.monitor = HealthMonitor(self)
+        self.reports: ReportSocket | None = None
         self.started_at = time.time()
         self.ready_after_s: float | None = None
 
@@ -141,6 +145,7 @@ class Engine:
         self.backend.ensure_base(frozenset(self.board.reserved.cores))
         self._mems = self.backend.board_mems()
         self.features = self.backend.features()
+        self._open_reports()
         found = observe(self.backend)
         stored = self.store.load()
         if stored is not None:
@@ -188,7 +193,7 @@ class Engine:
                         or fw.spec_hash != workload_hash(spec, want.sched):
                     continue
                 runner = WorkloadRunner(p, spec, self.backend, self.config.log_dir, self.events,
-                                        want.sched)
+                                        want.sched, self._report_path())
                 runner.adopt(fw.main_pid)
                 self.runners.setdefault(p, {})[w] = runner
                 del found[w]
@@ -220,6 +225,7 @@ class Engine:
             actions = plan(desired, self._observed(scope), scope)
             # Windows pause while partitions change: frozen tasks cannot be stopped.
             self.windows.stop()
+            self.monitor.rearm(scope)
             self.mission, self.origin, self.desired = mission, origin, desired
             errors = await self._execute(actions)
             self._start_windows(mission)
@@ -233,6 +239,25 @@ class Engine:
                              "error" if errors else "info")
             return Decision(outcome, mission.name, mission.generation, [], errors,
                             [describe(a) for a in actions])
+
+    def _open_reports(self) -> None:
+        path = self.config.report_socket
+        if path is None or self.reports is not None:
+            return
+        try:
+            self.reports = ReportSocket(path, self.backend.prefix, self.monitor.on_job)
+        except OSError as exc:
+            self.events.emit("reports.unavailable", str(path), exc.strerror or str(exc),
+                             "warning")
+            return
+        asyncio.get_running_loop().add_reader(self.reports.sock.fileno(), self.reports.drain)
+
+    def _close_reports(self) -> None:
+        if self.reports is not None:
+            with contextlib.suppress(ValueError, OSError):
+                asyncio.get_running_loop().remove_reader(self.reports.sock.fileno())
+            self.reports.close()
+            self.reports = None
 
     def _start_windows(self, mission: MissionProfile) -> None:
         mode = self.windows.mode
@@ -287,6 +312,9 @@ class Engine:
                              "error")
 
     # -- observe / execute -------------------------------------------------------
+    def _report_path(self) -> str | None:
+        return str(self.config.report_socket) if self.reports is not None else None
+
     def all_runners(self) -> list[WorkloadRunner]:
         return [r for ws in self.runners.values() for r in ws.values()]
 
@@ -373,7 +401,7 @@ class Engine:
         self.backend.create_workload(partition, spec.name)
         want = self.desired.get(partition)
         runner = WorkloadRunner(partition, spec, self.backend, self.config.log_dir, self.events,
-                                want.sched if want else None)
+                                want.sched if want else None, self._report_path())
         self.runners.setdefault(partition, {})[spec.name] = runner
         runner.start()
 
@@ -388,6 +416,8 @@ class Engine:
     async def shutdown(self, teardown: bool) -> None:
         """Leave workloads running (default), or stop them and remove every cgroup."""
         async with self._lock:
+            await self.monitor.settle()
+            self._close_reports()
             if not teardown:
                 for r in self.all_runners():
                     r.detach()
@@ -419,6 +449,14 @@ class Engine:
                 lim = want.limits
                 self.usage[p] = usage_between(prev[1], cur, now - prev[0],
                                               lim.quota_us / lim.period_us)
+                self.monitor.on_usage(p, self.usage[p])
+            try:
+                self.monitor.on_counters(p, self.backend.counters(p))
+            except AgentError as exc:
+                log.warning("cannot read counters of %s: %s", p, exc)
+            win = self.windows.stats.get(p)
+            if win is not None:
+                self.monitor.on_windows(p, win.outside_ns)
         for r in self.all_runners():
             rotate_if_large(r.log_file, self.config.log_max_bytes)
 
@@ -447,6 +485,7 @@ class Engine:
                 "memory_bytes": lim.memory_bytes if lim else None,
                 "pids_max": lim.pids_max if lim else None,
                 "usage": use.to_dict() if use else None,
+                "health": self.monitor.status(name),
                 "workloads": [r.status() for _, r in sorted(self.runners.get(name, {}).items())]
                 + [{"name": w, "state": "orphan"} for w in sorted(self.orphans.get(name, {}))],
             })

@@ -92,7 +92,8 @@ async def main(n: int) -> None:
     prefix = f"sortie-bench-{uuid.uuid4().hex[:6]}"
     tmp = Path(tempfile.mkdtemp(prefix="sortie-bench-"))
     cfg = AgentConfig(state_dir=tmp / "state", run_dir=tmp / "run", log_dir=tmp / "logs",
-                      cgroup_prefix=prefix, agent_cgroup=False, isolate_os=False)
+                      cgroup_prefix=prefix, agent_cgroup=False, isolate_os=False,
+                      report_socket=tmp / "report.sock")
     tmp.chmod(0o755)
     engine = Engine(cfg, BOARD, V1Backend(CGROUP_ROOT, prefix), StateStore(cfg.state_dir))
     try:

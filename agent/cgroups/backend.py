@@ -137,6 +137,10 @@ class CgroupBackend(Protocol):
         """For the timekeeper: the freeze file, its two values, and the usage counter."""
         ...
 
+    def counters(self, partition: str) -> dict[str, int]:
+        """Cumulative error counters: ``oom_kill`` and ``pids_max`` (fork refusals)."""
+        ...
+
     def cpu_sample(self, partition: str) -> CpuSample:
         """Cumulative CPU counters of a partition."""
         ...

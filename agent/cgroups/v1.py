@@ -288,6 +288,13 @@ class V1Backend:
                 raise CgroupError(str(state), f"did not reach {want} in {FREEZE_TIMEOUT_S} s")
             time.sleep(0.0005)
 
+    def counters(self, partition: str) -> dict[str, int]:
+        pdir = partition_dir(partition)
+        oom = parse_keyed(self.fs.read(self._dir("memory", pdir) / "memory.oom_control"))
+        events = self._dir("pids", pdir) / "pids.events"
+        pids = parse_keyed(self.fs.read(events)) if self.fs.exists(events) else {}
+        return {"oom_kill": oom.get("oom_kill", 0), "pids_max": pids.get("max", 0)}
+
     def window_files(self, partition: str) -> dict[str, str | None]:
         pdir = partition_dir(partition)
         return {"freeze": str(self._dir("freezer", pdir) / "freezer.state"),

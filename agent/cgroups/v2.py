@@ -210,6 +210,15 @@ class V2Backend:
                                   f"did not reach frozen={want} in {FREEZE_TIMEOUT_S} s")
             time.sleep(0.0005)
 
+    def counters(self, partition: str) -> dict[str, int]:
+        d = self._dir(partition_dir(partition))
+        mem = d / "memory.events"
+        pids = d / "pids.events"
+        return {"oom_kill": parse_keyed(self.fs.read(mem)).get("oom_kill", 0)
+                if self.fs.exists(mem) else 0,
+                "pids_max": parse_keyed(self.fs.read(pids)).get("max", 0)
+                if self.fs.exists(pids) else 0}
+
     def window_files(self, partition: str) -> dict[str, str | None]:
         d = self._dir(partition_dir(partition))
         return {"freeze": str(d / "cgroup.freeze"), "frozen": "1", "thawed": "0",

@@ -10,6 +10,7 @@ import os
 ENV_WORKLOAD = "SORTIE_WORKLOAD"
 ENV_SPEC = "SORTIE_SPEC"
 ENV_PARTITION = "SORTIE_PARTITION"
+ENV_REPORT = "SORTIE_REPORT_SOCKET"
 
 
 def start_ticks(pid: int) -> int | None:

@@ -82,10 +82,12 @@ def should_restart(spec: Workload, exit_: ExitInfo) -> bool:
 
 class WorkloadRunner:
     def __init__(self, partition: str, spec: Workload, backend: CgroupBackend,
-                 log_dir: Path, events: EventLog, sched: SchedPolicy | None = None) -> None:
+                 log_dir: Path, events: EventLog, sched: SchedPolicy | None = None,
+                 report_socket: str | None = None) -> None:
         self.partition = partition
         self.spec = spec
         self.sched = sched
+        self.report_socket = report_socket
         self.backend = backend
         self.log_file = log_path(log_dir, partition, spec.name)
         self.events = events
@@ -115,10 +117,12 @@ class WorkloadRunner:
 
     # -- start / adopt -----------------------------------------------------------
     def env(self) -> dict[str, str]:
-        return {**self.spec.env,
-                procs.ENV_PARTITION: self.partition,
+        tags = {procs.ENV_PARTITION: self.partition,
                 procs.ENV_WORKLOAD: f"{self.partition}/{self.spec.name}",
                 procs.ENV_SPEC: self.spec_hash}
+        if self.report_socket:
+            tags[procs.ENV_REPORT] = self.report_socket
+        return {**self.spec.env, **tags}
 
     def start(self) -> None:
         """Spawn now. Failures become a backoff, never an exception to the caller."""

@@ -1,0 +1,156 @@
+"""Health monitor: detects errors (from events, accounting and job reports), looks up
+the partition's table, and carries out the action. Every action is an event with its
+cause."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from agent.accounting import Usage
+from agent.errors import AgentError
+from agent.events import Event, Severity
+from agent.health import JobStats, SaturationDetector, action_for
+from agent.models.mission import HealthErrorKind
+
+if TYPE_CHECKING:
+    from agent.reconciling import Engine
+
+log = logging.getLogger("sortie.health")
+
+# The same error on the same partition acts at most this often (crashes excepted: the
+# restart policy paces those).
+REARM_S = 10.0
+# CPU used outside a partition's windows in one accounting period that counts as overrun.
+OVERRUN_NS = 2_000_000
+
+
+class HealthMonitor:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.saturation: dict[str, SaturationDetector] = {}
+        self.jobs: dict[tuple[str, str], JobStats] = {}
+        self.counters: dict[str, dict[str, int]] = {}
+        self.outside_ns: dict[str, int] = {}
+        self.stopped: set[str] = set()
+        """Partitions the monitor stopped; a new mission generation re-arms them."""
+        self._last: dict[tuple[str, str], float] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        engine.events.subscribe(self._on_event)
+
+    # -- detection -----------------------------------------------------------------
+    def _on_event(self, ev: Event) -> None:
+        parts = ev.subject.split("/")
+        if parts[0] != "workload" or len(parts) != 3:
+            return
+        if ev.kind == "workload.exited" and ev.severity != "info":
+            self.report("crash", parts[1], parts[2], ev.message)
+        elif ev.kind == "workload.crash-loop":
+            self.report("crash-loop", parts[1], parts[2], ev.message)
+
+    def on_usage(self, partition: str, use: Usage) -> None:
+        det = self.saturation.setdefault(
+            partition, SaturationDetector(sustain=self.engine.config.saturation_periods))
+        if det.feed(use):
+            self.report("budget-saturation", partition, None,
+                        f"used {use.share * 100:.1f} % of a core against a budget of "
+                        f"{use.budget_share * 100:.1f} %, throttled in "
+                        f"{use.throttled_periods}/{use.periods} periods, for "
+                        f"{det.sustain} accounting periods")
+
+    def on_counters(self, partition: str, now: dict[str, int]) -> None:
+        before = self.counters.get(partition)
+        self.counters[partition] = now
+        if before is None:
+            return
+        if now["oom_kill"] > before["oom_kill"]:
+            self.report("oom", partition, None,
+                        f"{now['oom_kill'] - before['oom_kill']} process(es) OOM-killed")
+        if now["pids_max"] > before["pids_max"]:
+            self.report("pids-exhausted", partition, None,
+                        f"{now['pids_max'] - before['pids_max']} fork(s) refused at pids_max")
+
+    def on_windows(self, partition: str, outside_ns: int) -> None:
+        before = self.outside_ns.get(partition, outside_ns)
+        self.outside_ns[partition] = outside_ns
+        if outside_ns - before > OVERRUN_NS:
+            self.report("window-overrun", partition, None,
+                        f"{(outside_ns - before) / 1e6:.1f} ms of CPU outside its windows")
+
+    def on_job(self, partition: str, workload: str, response_us: int, deadline_us: int) -> None:
+        stats = self.jobs.setdefault((partition, workload), JobStats())
+        if stats.record(response_us, deadline_us):
+            self.report("deadline-miss", partition, workload,
+                        f"job took {response_us} us against a {deadline_us} us deadline")
+
+    # -- action ----------------------------------------------------------------------
+    def report(self, kind: HealthErrorKind, partition: str, workload: str | None,
+               cause: str) -> None:
+        spec = self.engine.mission.partition(partition) if self.engine.mission else None
+        if spec is None:
+            return
+        action = action_for(spec, kind)
+        if action == "ignore":
+            return
+        now = time.monotonic()
+        key = (partition, kind)
+        if kind != "crash" and now - self._last.get(key, -REARM_S) < REARM_S:
+            return
+        self._last[key] = now
+        subject = f"workload/{partition}/{workload}" if workload else f"partition/{partition}"
+        severity: Severity = ("error" if spec.criticality in ("A", "B") or action != "log"
+                              else "warning")
+        self.engine.events.emit(f"health.{kind}", subject, f"{cause} -> {action}", severity)
+        runners = self.engine.runners.get(partition, {})
+        if action == "restart-workload" and kind != "crash" and workload in runners:
+            runners[workload].restart_now(f"health monitor: {kind}")
+        elif action == "restart-partition":
+            for r in runners.values():
+                r.restart_now(f"health monitor: {kind}")
+        elif action == "stop-partition" and partition not in self.stopped:
+            self.stopped.add(partition)
+            self._spawn(self._stop_partition(partition, kind), f"stop {partition}")
+        elif action.startswith("switch-mode:"):
+            self._spawn(self.engine.switch_mode(action.split(":", 1)[1]), action)
+
+    async def _stop_partition(self, partition: str, kind: str) -> None:
+        for r in list(self.engine.runners.get(partition, {}).values()):
+            await r.stop()
+        self.engine.events.emit("partition.stopped", f"partition/{partition}",
+                                f"stopped by the health monitor ({kind}); a new mission "
+                                "generation starts it again", "warning")
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and isinstance(task.exception(), AgentError | OSError):
+            self.engine.events.emit("health.action-failed", task.get_name(),
+                                    str(task.exception()), "error")
+        elif not task.cancelled() and task.exception() is not None:
+            log.error("health action %s failed", task.get_name(), exc_info=task.exception())
+
+    def rearm(self, partitions: set[str]) -> None:
+        """A new mission generation changed these partitions: forget old verdicts."""
+        for p in partitions:
+            self.stopped.discard(p)
+            self.saturation.pop(p, None)
+
+    async def settle(self) -> None:
+        """Wait for actions under way (shutdown, tests)."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def status(self, partition: str) -> dict[str, Any]:
+        det = self.saturation.get(partition)
+        return {
+            "saturated": bool(det and det.flagged),
+            "stopped": partition in self.stopped,
+            "counters": self.counters.get(partition, {}),
+            "jobs": {w: vars(s) for (p, w), s in self.jobs.items() if p == partition},
+        }
