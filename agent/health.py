@@ -44,13 +44,15 @@ def action_for(part: Partition, kind: HealthErrorKind) -> str:
 
 @dataclass
 class SaturationDetector:
-    """Sustained saturation: the partition used (nearly) its whole CFS budget and was
-    throttled in most periods, for ``sustain`` accounting periods in a row. This is
+    """Sustained saturation: the partition used its whole CFS budget and was throttled
+    in nearly every period, for ``sustain`` accounting periods in a row. This is
     the signature of a runaway loop or a miner; a busy but bursty job does not show it."""
 
     sustain: int = 5
-    share_of_budget: float = 0.95
-    throttled_fraction: float = 0.5
+    # Throttled in (nearly) every period means the whole quota was used every period;
+    # the share test is loose because a sample never aligns with the CFS periods.
+    share_of_budget: float = 0.75
+    throttled_fraction: float = 0.8
     _recent: deque[bool] = field(default_factory=deque)
     flagged: bool = False
 

@@ -351,8 +351,13 @@ class Engine:
                     self.events.emit("action.failed", f"partition/{a.partition}", str(r), "error")
                 elif isinstance(r, BaseException):
                     raise r
-        if self.features.rt_group_sched:
-            self.backend.reserve_rt(rt_after)
+        if self.features.rt_group_sched and rt_after != rt_now:
+            try:
+                self.backend.reserve_rt(rt_after)
+            except AgentError as exc:
+                # A removed group keeps its RT share until the kernel frees it; the
+                # next apply shrinks the reserve again.
+                log.info("RT reserve stays at %d us for now: %s", rt_now, exc)
         self._applied_rt = dict(self.desired)
         self._isolate_os()
         self.errors = errors
@@ -375,6 +380,10 @@ class Engine:
     async def _do(self, action: Action) -> None:
         match action:
             case EnsurePartition(partition=p, limits=want):
+                if p not in self.limits:
+                    # A new group's error counters start at zero: count from there, so
+                    # an OOM before the first accounting tick is not missed.
+                    self.monitor.counters[p] = {"oom_kill": 0, "pids_max": 0}
                 got = self.backend.apply_partition(p, want)
                 self.limits[p] = got
                 if got != want:

@@ -289,11 +289,18 @@ class V1Backend:
             time.sleep(0.0005)
 
     def counters(self, partition: str) -> dict[str, int]:
+        # v1 counts an OOM kill in the victim's own group only: add up the leaves.
         pdir = partition_dir(partition)
-        oom = parse_keyed(self.fs.read(self._dir("memory", pdir) / "memory.oom_control"))
-        events = self._dir("pids", pdir) / "pids.events"
-        pids = parse_keyed(self.fs.read(events)) if self.fs.exists(events) else {}
-        return {"oom_kill": oom.get("oom_kill", 0), "pids_max": pids.get("max", 0)}
+        groups = [pdir] + [f"{pdir}/{workload_dir(w)}" for w in self.workloads(partition)]
+        total = {"oom_kill": 0, "pids_max": 0}
+        for g in groups:
+            oom = self._dir("memory", g) / "memory.oom_control"
+            if self.fs.exists(oom):
+                total["oom_kill"] += parse_keyed(self.fs.read(oom)).get("oom_kill", 0)
+            events = self._dir("pids", g) / "pids.events"
+            if self.fs.exists(events):
+                total["pids_max"] += parse_keyed(self.fs.read(events)).get("max", 0)
+        return total
 
     def window_files(self, partition: str) -> dict[str, str | None]:
         pdir = partition_dir(partition)

@@ -73,8 +73,11 @@ def _child(req: SpawnRequest, env: dict[str, str], err_w: int, dl_attr: bytes | 
             signal.signal(sig, signal.SIG_DFL)
         step = f"exec {req.argv[0]}"
         os.execve(req.argv[0], list(req.argv), env)
-    except BaseException as exc:
+    except BaseException as exc:  # everything must reach the parent
         msg = f"{step}: {exc.strerror if isinstance(exc, OSError) else exc}"
+        if isinstance(exc, OSError) and req.sched is not None and step.startswith("set "):
+            hint = _SCHED_HINTS[req.sched.kind].get(exc.errno or 0)
+            msg += f" [errno {exc.errno}]" + (f" - {hint}" if hint else "")
         try:
             os.write(err_w, msg.encode(errors="replace")[:1024])
         finally:
