@@ -195,11 +195,27 @@ def render_status(s: dict[str, Any]) -> str:
         mem = f"{p['memory_bytes'] >> 20} MiB" if p.get("memory_bytes") else "-"
         lines.append(f"{p['name']:<18}{p.get('criticality') or '-':<4}{cpus:<8}"
                      f"{_pct(budget):>8}{_pct(use.get('share')):>8}{thr:>11}  {mem}")
+        health = p.get("health") or {}
+        flags = [f for f, on in (("SATURATED", health.get("saturated")),
+                                 ("STOPPED by health monitor", health.get("stopped"))) if on]
+        if flags:
+            lines.append(f"  ! {', '.join(flags)}")
         for w in p["workloads"]:
             extra = " adopted" if w.get("adopted") else ""
             restarts = f" restarts {w['restarts']}" if w.get("restarts") else ""
             lines.append(f"  - {w['name']:<16}{w['state']:<11}pid {w.get('pid') or '-'}"
                          f"{extra}{restarts}")
+    win = s.get("windows") or {}
+    if win.get("partitions"):
+        lines += ["", f"windows: mode {win['mode']}, "
+                      f"{'enforcing' if win['enforcing'] else 'NOT enforcing'}, "
+                      f"timekeeper real-time: {win.get('realtime')}",
+                  f"  {'PARTITION':<16}{'WINDOWS':>8}{'JITTER p50':>12}{'p99':>9}{'max':>9}"
+                  f"{'CPU OUTSIDE':>13}"]
+        for name, w in sorted(win["partitions"].items()):
+            j = w["start_jitter_us"]
+            lines.append(f"  {name:<16}{w['windows']:>8}{j['p50']:>10.0f}us{j['p99']:>7.0f}us"
+                         f"{j['max']:>7.0f}us{w['cpu_outside_s'] * 1000:>10.2f} ms")
     if s.get("errors"):
         lines += ["", "errors:"] + [f"  {e}" for e in s["errors"]]
     return "\n".join(lines)

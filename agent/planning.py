@@ -152,6 +152,7 @@ def plan(desired: Mapping[str, DesiredPartition],
             shrinks = want.limits.cpus <= have.limits.cpus
             actions.append(EnsurePartition(name, want.limits, phase=2 if shrinks else 3))
         have_wl = have.workloads if have else {}
+        limits_change = have is not None and have.limits != want.limits
         for w in sorted(have_wl.keys() - want.workloads.keys()):
             actions.append(StopWorkload(name, w, remove_group=True))
         for w, spec in sorted(want.workloads.items()):
@@ -159,7 +160,13 @@ def plan(desired: Mapping[str, DesiredPartition],
             if running is None or running.spec_hash is None:
                 actions.append(StartWorkload(name, spec))
             elif running.spec_hash != workload_hash(spec, want.sched):
-                actions.append(RestartWorkload(name, spec))
+                if limits_change:
+                    # Out before the limits move: e.g. RT runtime cannot drop to 0 while
+                    # the old SCHED_FIFO process still runs in the group.
+                    actions += [StopWorkload(name, w, remove_group=False),
+                                StartWorkload(name, spec)]
+                else:
+                    actions.append(RestartWorkload(name, spec))
     # Stable sort: phases in order, partitions alphabetical inside a phase.
     return sorted(actions, key=lambda a: a.phase)
 

@@ -131,7 +131,8 @@ class Engine:
         self._lock = asyncio.Lock()
         self._mems = ""
         self.features = KernelFeatures()
-        self._applied_rt: dict[str, DesiredPartition] = {}
+        self._rt_reserved = 0
+        """RT runtime per second the prefix holds now (grown before, shrunk after)."""
         self._os_isolated = False
         self.windows = WindowEnforcer(backend, self.events, sorted(board.reserved.cores))
         self.monitor = HealthMonitor(self)
@@ -335,10 +336,10 @@ class Engine:
         """Run actions phase by phase; stops inside a phase run concurrently."""
         errors: list[str] = []
         rt_after = rt_reserve_us(self.desired)
-        rt_now = max(rt_after, rt_reserve_us(self._applied_rt))
-        if self.features.rt_group_sched:
+        if self.features.rt_group_sched and rt_after > self._rt_reserved:
             # Grow the prefix's RT reserve before partitions claim it, shrink it after.
-            self.backend.reserve_rt(rt_now)
+            self.backend.reserve_rt(rt_after)
+            self._rt_reserved = rt_after
         phases: dict[int, list[Action]] = {}
         for a in actions:
             phases.setdefault(a.phase, []).append(a)
@@ -351,14 +352,14 @@ class Engine:
                     self.events.emit("action.failed", f"partition/{a.partition}", str(r), "error")
                 elif isinstance(r, BaseException):
                     raise r
-        if self.features.rt_group_sched and rt_after != rt_now:
+        if self.features.rt_group_sched and rt_after < self._rt_reserved:
             try:
                 self.backend.reserve_rt(rt_after)
+                self._rt_reserved = rt_after
             except AgentError as exc:
                 # A removed group keeps its RT share until the kernel frees it; the
                 # next apply shrinks the reserve again.
-                log.info("RT reserve stays at %d us for now: %s", rt_now, exc)
-        self._applied_rt = dict(self.desired)
+                log.info("RT reserve stays at %d us for now: %s", self._rt_reserved, exc)
         self._isolate_os()
         self.errors = errors
         return errors
