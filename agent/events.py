@@ -29,8 +29,10 @@ class Event:
 
 
 class EventLog:
-    def __init__(self, capacity: int = 256) -> None:
+    def __init__(self, capacity: int = 256,
+                 clock: Callable[[], float] = time.time) -> None:
         self._ring: deque[Event] = deque(maxlen=capacity)
+        self._clock = clock
         self._subscribers: list[Callable[[Event], None]] = []
 
     def subscribe(self, fn: Callable[[Event], None]) -> None:
@@ -38,7 +40,7 @@ class EventLog:
         self._subscribers.append(fn)
 
     def emit(self, kind: str, subject: str, message: str, severity: Severity = "info") -> Event:
-        ev = Event(time.time(), kind, subject, message, severity)
+        ev = Event(self._clock(), kind, subject, message, severity)
         self._ring.append(ev)
         level = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
         log.log(level[severity], "%s %s: %s", kind, subject, message)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import TYPE_CHECKING, Any
 
 from agent.accounting import Usage
@@ -94,7 +93,7 @@ class HealthMonitor:
         action = action_for(spec, kind)
         if action == "ignore":
             return
-        now = time.monotonic()
+        now = self.engine.platform.monotonic()
         key = (partition, kind)
         if kind != "crash" and now - self._last.get(key, -REARM_S) < REARM_S:
             return

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from agent.cgroups import CgroupBackend, PartitionLimits
+from agent.platform import ProcessTable, RealProcesses
 from agent.runtime import procs
 
 
@@ -28,18 +29,21 @@ class FoundPartition:
     workloads: dict[str, FoundWorkload] = field(default_factory=dict)
 
 
-def find_main(partition: str, workload: str, pids: list[int]) -> tuple[int | None, str | None]:
+def find_main(partition: str, workload: str, pids: list[int],
+              table: ProcessTable) -> tuple[int | None, str | None]:
     """The agent-started process of a group: tagged, and its parent outside the group."""
     tag = f"{partition}/{workload}"
     members = set(pids)
-    for pid in sorted(pids, key=lambda p: procs.start_ticks(p) or 0):
-        env = procs.environ(pid)
-        if env.get(procs.ENV_WORKLOAD) == tag and procs.parent_pid(pid) not in members:
+    for pid in sorted(pids, key=lambda p: table.start_ticks(p) or 0):
+        env = table.environ(pid)
+        if env.get(procs.ENV_WORKLOAD) == tag and table.parent_pid(pid) not in members:
             return pid, env.get(procs.ENV_SPEC)
     return None, None
 
 
-def observe(backend: CgroupBackend) -> dict[str, FoundPartition]:
+def observe(backend: CgroupBackend,
+            table: ProcessTable | None = None) -> dict[str, FoundPartition]:
+    table = table or RealProcesses()
     out: dict[str, FoundPartition] = {}
     for p in backend.partitions():
         try:
@@ -48,8 +52,8 @@ def observe(backend: CgroupBackend) -> dict[str, FoundPartition]:
             limits = None
         found: dict[str, FoundWorkload] = {}
         for w in backend.workloads(p):
-            pids = [pid for pid in backend.procs(p, w) if procs.is_alive(pid)]
-            main, spec = find_main(p, w, pids)
+            pids = [pid for pid in backend.procs(p, w) if table.is_alive(pid)]
+            main, spec = find_main(p, w, pids, table)
             found[w] = FoundWorkload(tuple(pids), main, spec)
         out[p] = FoundPartition(limits, found)
     return out

@@ -11,7 +11,6 @@ import contextlib
 import logging
 import os
 import signal
-import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -39,14 +38,12 @@ from agent.planning import (
     plan,
     workload_hash,
 )
+from agent.platform import Platform, Runner
 from agent.preflight import host_violations
 from agent.reporting import ReportSocket
-from agent.runtime import procs
 from agent.runtime.logs import rotate_if_large
 from agent.runtime.stopping import terminate_group
-from agent.runtime.supervisor import WorkloadRunner
 from agent.store import StateStore, StoredMission
-from agent.timing.enforcer import WindowEnforcer
 
 log = logging.getLogger("sortie.reconcile")
 
@@ -110,19 +107,20 @@ class Engine:
 
     def __init__(self, config: AgentConfig, board: HardwareProfile, backend: CgroupBackend,
                  store: StateStore, events: EventLog | None = None,
-                 host_checks: bool = True) -> None:
+                 host_checks: bool = True, platform: Platform | None = None) -> None:
+        self.platform = platform or Platform()
         self.config = config
         self.board = board
         self.backend = backend
         self.store = store
-        self.events = events or EventLog()
+        self.events = events or EventLog(clock=self.platform.wall)
         self.host_checks = host_checks
         self.mission: MissionProfile | None = None
         self.origin: dict[str, Any] = {}
         self.desired: dict[str, DesiredPartition] = {}
         self.limits: dict[str, PartitionLimits] = {}
         # Indexed by partition, so one change touches only its partitions' entries.
-        self.runners: dict[str, dict[str, WorkloadRunner]] = {}
+        self.runners: dict[str, dict[str, Runner]] = {}
         self.orphans: dict[str, dict[str, FoundWorkload]] = {}
         """Workload groups found at start that no runner manages (yet)."""
         self.usage: dict[str, Usage] = {}
@@ -134,10 +132,11 @@ class Engine:
         self._rt_reserved = 0
         """RT runtime per second the prefix holds now (grown before, shrunk after)."""
         self._os_isolated = False
-        self.windows = WindowEnforcer(backend, self.events, sorted(board.reserved.cores))
+        self.windows = self.platform.make_windows(backend, self.events,
+                                                  sorted(board.reserved.cores))
         self.monitor = HealthMonitor(self)
         self.reports: ReportSocket | None = None
-        self.started_at = time.time()
+        self.started_at = self.platform.wall()
         self.ready_after_s: float | None = None
 
     # -- start-up ----------------------------------------------------------------
@@ -147,7 +146,7 @@ class Engine:
         self._mems = self.backend.board_mems()
         self.features = self.backend.features()
         self._open_reports()
-        found = observe(self.backend)
+        found = observe(self.backend, self.platform.processes)
         stored = self.store.load()
         if stored is not None:
             self.events.emit("state.loaded", f"mission/{stored.mission.name}",
@@ -193,8 +192,9 @@ class Engine:
                 if want is None or spec is None or fw.main_pid is None \
                         or fw.spec_hash != workload_hash(spec, want.sched):
                     continue
-                runner = WorkloadRunner(p, spec, self.backend, self.config.log_dir, self.events,
-                                        want.sched, self._report_path())
+                runner = self.platform.make_runner(p, spec, self.backend, self.config.log_dir,
+                                                   self.events, want.sched,
+                                                   self._report_path())
                 runner.adopt(fw.main_pid)
                 self.runners.setdefault(p, {})[w] = runner
                 del found[w]
@@ -280,7 +280,8 @@ class Engine:
             pid = int(pidfile.read_text())
         except (OSError, ValueError):
             return
-        if pid != self.windows.pid and "agent.timing.timekeeper" in procs.cmdline(pid):
+        if pid != self.windows.pid and \
+                "agent.timing.timekeeper" in self.platform.processes.cmdline(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
         pidfile.unlink(missing_ok=True)
@@ -304,7 +305,7 @@ class Engine:
         return [], plan(desired, self._observed())
 
     def _persist(self, stored: StoredMission) -> None:
-        origin = {**stored.origin, "admitted_at": time.time()}
+        origin = {**stored.origin, "admitted_at": self.platform.wall()}
         try:
             self.store.save(StoredMission(stored.mission, origin))
         except StoreError as exc:
@@ -316,7 +317,7 @@ class Engine:
     def _report_path(self) -> str | None:
         return str(self.config.report_socket) if self.reports is not None else None
 
-    def all_runners(self) -> list[WorkloadRunner]:
+    def all_runners(self) -> list[Runner]:
         return [r for ws in self.runners.values() for r in ws.values()]
 
     def _observed(self, scope: set[str] | None = None) -> dict[str, ObservedPartition]:
@@ -410,8 +411,9 @@ class Engine:
     def _start(self, partition: str, spec: Any) -> None:
         self.backend.create_workload(partition, spec.name)
         want = self.desired.get(partition)
-        runner = WorkloadRunner(partition, spec, self.backend, self.config.log_dir, self.events,
-                                want.sched if want else None, self._report_path())
+        runner = self.platform.make_runner(partition, spec, self.backend, self.config.log_dir,
+                                           self.events, want.sched if want else None,
+                                           self._report_path())
         self.runners.setdefault(partition, {})[spec.name] = runner
         runner.start()
 
@@ -444,7 +446,7 @@ class Engine:
     # -- accounting --------------------------------------------------------------
     def sample(self) -> None:
         """Turn cgroup counters into per-partition usage since the last sample."""
-        now = time.monotonic()
+        now = self.platform.monotonic()
         for p, want in self.desired.items():
             if p not in self.limits:
                 continue

@@ -1,0 +1,100 @@
+"""The engine's seams to the world beyond cgroups: clocks, processes, the timekeeper.
+
+``Platform()`` is the real machine. The simulator hands the engine its own, so the same
+engine code runs against a simulated board on a virtual clock.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from agent.runtime import procs
+
+if TYPE_CHECKING:
+    from agent.cgroups import CgroupBackend
+    from agent.events import EventLog
+    from agent.models import MissionProfile, Workload
+    from agent.timing.enforcer import WindowStats
+
+
+class Runner(Protocol):
+    """One workload under supervision (a real process, or a simulated task)."""
+
+    partition: str
+    spec: Workload
+    pid: int | None
+    adopted: bool
+    restarts: int
+    log_file: Path
+
+    @property
+    def spec_hash(self) -> str: ...
+    def start(self) -> None: ...
+    def adopt(self, pid: int) -> None: ...
+    async def stop(self) -> None: ...
+    def detach(self) -> None: ...
+    def restart_now(self, reason: str) -> None: ...
+    def status(self) -> dict[str, Any]: ...
+
+
+class Windows(Protocol):
+    """Enforces the mission's time windows and reports what happened."""
+
+    mode: str | None
+    stats: dict[str, WindowStats]
+
+    @property
+    def pid(self) -> int | None: ...
+    def start(self, mission: MissionProfile, mode: str | None) -> None: ...
+    def switch(self, mission: MissionProfile, mode: str) -> None: ...
+    def stop(self) -> None: ...
+    def detach(self) -> None: ...
+    def status(self) -> dict[str, Any]: ...
+
+
+class ProcessTable(Protocol):
+    def start_ticks(self, pid: int) -> int | None: ...
+    def parent_pid(self, pid: int) -> int | None: ...
+    def environ(self, pid: int) -> dict[str, str]: ...
+    def is_alive(self, pid: int) -> bool: ...
+    def cmdline(self, pid: int) -> str: ...
+
+
+class RealProcesses:
+    """/proc."""
+
+    start_ticks = staticmethod(procs.start_ticks)
+    parent_pid = staticmethod(procs.parent_pid)
+    environ = staticmethod(procs.environ)
+    is_alive = staticmethod(procs.is_alive)
+    cmdline = staticmethod(procs.cmdline)
+
+
+RunnerFactory = Callable[..., Runner]
+"""(partition, spec, backend, log_dir, events, sched, report_socket) -> Runner"""
+WindowsFactory = Callable[["CgroupBackend", "EventLog", list[int]], Windows]
+
+
+def _real_runner(*args: Any) -> Runner:
+    from agent.runtime.supervisor import WorkloadRunner
+    return WorkloadRunner(*args)
+
+
+def _real_windows(backend: CgroupBackend, events: EventLog, cpus: list[int]) -> Windows:
+    from agent.timing.enforcer import WindowEnforcer
+    return WindowEnforcer(backend, events, cpus)
+
+
+@dataclass
+class Platform:
+    monotonic: Callable[[], float] = time.monotonic
+    """Clock for intervals (accounting, re-arming)."""
+    wall: Callable[[], float] = time.time
+    """Clock for timestamps people read (events, state)."""
+    processes: ProcessTable = field(default_factory=RealProcesses)
+    make_runner: RunnerFactory = _real_runner
+    make_windows: WindowsFactory = _real_windows
