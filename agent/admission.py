@@ -6,7 +6,7 @@ A rejected mission changes nothing; the caller keeps flying what it had.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from agent.errors import Violation
@@ -54,8 +54,12 @@ def partition_cores(part: Partition, pool: frozenset[int]) -> frozenset[int]:
 
 
 def admit(mission: MissionProfile, board: HardwareProfile,
-          kernel: KernelFeatures | None = None) -> list[Violation]:
-    """All reasons ``mission`` does not fit ``board``; empty means admitted."""
+          kernel: KernelFeatures | None = None,
+          derate: Mapping[int, float] | None = None) -> list[Violation]:
+    """All reasons ``mission`` does not fit ``board``; empty means admitted.
+
+    ``derate`` scales cores that currently deliver less than nominal (thermal
+    throttling): budgets are nominal-speed CPU time, so a core at 60 % holds 60 %."""
     kernel = kernel or KernelFeatures()
     return [
         *_names(mission),
@@ -63,7 +67,7 @@ def admit(mission: MissionProfile, board: HardwareProfile,
         *_kernel_limits(mission, kernel),
         *_modes(mission, board, kernel),
         *_placement(mission, board),
-        *_capacity(mission, board),
+        *_capacity(mission, board, derate or {}),
         *_windows(mission, board),
     ]
 
@@ -192,16 +196,20 @@ def _placement(m: MissionProfile, board: HardwareProfile) -> Iterator[Violation]
                 owner[c] = p.name
 
 
-def _capacity(m: MissionProfile, board: HardwareProfile) -> Iterator[Violation]:
+def _capacity(m: MissionProfile, board: HardwareProfile,
+              derate: Mapping[int, float]) -> Iterator[Violation]:
+    def cap_of(c: int) -> float:
+        return board.core_capacity(c) * derate.get(c, 1.0)
+
     pool = shared_pool(m, board)
-    pool_capacity = sum(board.core_capacity(c) for c in pool)
+    pool_capacity = sum(cap_of(c) for c in pool)
     shared: list[tuple[str, float]] = []
     for i, p in enumerate(m.partitions):
         n = len(partition_cores(p, pool) & board.core_ids) or 1
         util = p.budget.utilisation(n)
         if p.cpu.dedicated_cores:
             cores = set(p.cpu.dedicated_cores) & board.core_ids
-            cap = sum(board.core_capacity(c) for c in cores)
+            cap = sum(cap_of(c) for c in cores)
             where = f"its dedicated cores {sorted(cores)}"
         else:
             shared.append((p.name, util))

@@ -89,6 +89,16 @@ def _real_windows(backend: CgroupBackend, events: EventLog, cpus: list[int]) -> 
     return WindowEnforcer(backend, events, cpus)
 
 
+def online_capacity() -> dict[int, float]:
+    """Capacity factor per online core from sysfs (1.0: hotplug only, no thermal data)."""
+    from agent.cgroups.fs import parse_cpu_list
+    try:
+        with open("/sys/devices/system/cpu/online") as f:
+            return dict.fromkeys(parse_cpu_list(f.read()), 1.0)
+    except OSError:
+        return {}
+
+
 @dataclass
 class Platform:
     monotonic: Callable[[], float] = time.monotonic
@@ -98,3 +108,5 @@ class Platform:
     processes: ProcessTable = field(default_factory=RealProcesses)
     make_runner: RunnerFactory = _real_runner
     make_windows: WindowsFactory = _real_windows
+    capacity: Callable[[], dict[int, float]] = online_capacity
+    """Per-core capacity now: 0 offline, < 1 throttled, cores not listed are offline."""

@@ -17,6 +17,7 @@ from typing import Any, Literal
 from agent.accounting import Usage, usage_between
 from agent.admission import KernelFeatures, admit
 from agent.cgroups import CgroupBackend, CpuSample, PartitionLimits
+from agent.degraded import fit
 from agent.errors import AgentError, StoreError, Violation
 from agent.events import EventLog
 from agent.models import AgentConfig, HardwareProfile, MissionProfile
@@ -129,6 +130,9 @@ class Engine:
         self._lock = asyncio.Lock()
         self._mems = ""
         self.features = KernelFeatures()
+        self.capacity: dict[int, float] = {c: 1.0 for c in board.core_ids}
+        self.shed: list[str] = []
+        """Partitions shed because the board lost capacity (degraded mode)."""
         self._rt_reserved = 0
         """RT runtime per second the prefix holds now (grown before, shrunk after)."""
         self._os_isolated = False
@@ -165,11 +169,13 @@ class Engine:
             self._remember(found, {})
             return
         async with self._lock:
-            desired = desired_state(base.mission, self.board, self._mems)
+            self.capacity = self._read_capacity()
+            flying = self._fit(base.mission)
+            desired = desired_state(flying, self.board, self._mems)
             self._remember(found, desired)
             self.mission, self.origin, self.desired = base.mission, base.origin, desired
             await self._execute(plan(desired, self._observed()))
-            self._start_windows(base.mission)
+            self._start_windows(flying)
             if stored is None:
                 self._persist(base)
 
@@ -220,7 +226,8 @@ class Engine:
                 return Decision("rejected", mission.name, mission.generation, violations)
             if mission == self.mission:
                 return Decision("unchanged", mission.name, mission.generation)
-            desired = desired_state(mission, self.board, self._mems)
+            flying = self._fit(mission)
+            desired = desired_state(flying, self.board, self._mems)
             scope = changed_partitions(self.desired, desired)
             self._adopt_matching(desired)
             actions = plan(desired, self._observed(scope), scope)
@@ -229,7 +236,7 @@ class Engine:
             self.monitor.rearm(scope)
             self.mission, self.origin, self.desired = mission, origin, desired
             errors = await self._execute(actions)
-            self._start_windows(mission)
+            self._start_windows(flying)
             # Saved once applied: "last known good" is what ran, and the fsync stays off
             # the path from change to running workload.
             self._persist(StoredMission(mission, origin))
@@ -240,6 +247,53 @@ class Engine:
                              "error" if errors else "info")
             return Decision(outcome, mission.name, mission.generation, [], errors,
                             [describe(a) for a in actions])
+
+    # -- capacity and degraded modes -----------------------------------------------
+    def _read_capacity(self) -> dict[int, float]:
+        now = self.platform.capacity()
+        return {c: now.get(c, 0.0) for c in self.board.core_ids} if now else self.capacity
+
+    def _fit(self, mission: MissionProfile) -> MissionProfile:
+        """The part of ``mission`` that fits the board's capacity now; events on change."""
+        kept, shed, why = fit(mission, self.board, self.capacity, self.features)
+        lost = [c for c, f in sorted(self.capacity.items()) if f == 0]
+        slow = {c: f for c, f in sorted(self.capacity.items()) if 0 < f < 1}
+        cause = (f"cores offline {lost}" if lost else "") + \
+            (f"{'; ' if lost else ''}cores derated {slow}" if slow else "")
+        for p in shed:
+            if p not in self.shed:
+                crit = next(x.criticality for x in mission.partitions if x.name == p)
+                self.events.emit("degraded.shed", f"partition/{p}",
+                                 f"DAL {crit} shed: {cause or 'capacity lost'}; "
+                                 f"{why[0] if why else ''}", "warning")
+        for p in self.shed:
+            if p not in shed and mission.partition(p) is not None:
+                self.events.emit("degraded.restored", f"partition/{p}",
+                                 "capacity returned; partition restored")
+        self.shed = shed
+        return kept
+
+    async def check_capacity(self) -> None:
+        """Re-fit the mission when the board's capacity changed (hotplug, throttling)."""
+        now = self._read_capacity()
+        if now == self.capacity:
+            return
+        async with self._lock:
+            self.events.emit("board.capacity", "board", f"capacity per core now {now}",
+                             "warning" if any(f < 1 for f in now.values()) else "info")
+            self.capacity = now
+            if self.mission is None:
+                return
+            flying = self._fit(self.mission)
+            desired = desired_state(flying, self.board, self._mems)
+            scope = changed_partitions(self.desired, desired)
+            if not scope:
+                return
+            actions = plan(desired, self._observed(scope), scope)
+            self.windows.stop()
+            self.desired = desired
+            await self._execute(actions)
+            self._start_windows(flying)
 
     def _open_reports(self) -> None:
         path = self.config.report_socket
@@ -476,6 +530,7 @@ class Engine:
         period = self.config.accounting_period_ms / 1000.0
         while True:
             self.sample()
+            await self.check_capacity()
             await asyncio.sleep(period)
 
     # -- status ------------------------------------------------------------------
@@ -509,6 +564,7 @@ class Engine:
                 "origin": self.origin},
             "ready_after_s": self.ready_after_s,
             "windows": self.windows.status(),
+            "degraded": {"capacity": self.capacity, "shed": self.shed},
             "partitions": parts,
             "errors": self.errors,
             "events": [e.to_dict() for e in self.events.recent(20)],

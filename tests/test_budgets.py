@@ -164,7 +164,8 @@ async def test_runaway_is_flagged_and_contained(agent_config: AgentConfig,
                                                 board: HardwareProfile) -> None:
     e = engine(agent_config, board, saturation_periods=3)
     await e.start()
-    miner = dict(partition("miner", crit="E", quota=10_000, workloads=[spin()]),
+    # 10 ms periods: each 250 ms sample spans many, so the throttled fraction is stable.
+    miner = dict(partition("miner", crit="E", quota=1_000, period=10_000, workloads=[spin()]),
                  health={"budget-saturation": "stop-partition"})
     await e.submit(mission(partition("fc", cores=[1], crit="A"), miner), {})
     for _ in range(12):
