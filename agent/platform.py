@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from agent.runtime import procs
+from agent.runtime.ops import ProcessOps, RealOps
 
 if TYPE_CHECKING:
     from agent.cgroups import CgroupBackend
@@ -74,14 +75,7 @@ class RealProcesses:
     cmdline = staticmethod(procs.cmdline)
 
 
-RunnerFactory = Callable[..., Runner]
-"""(partition, spec, backend, log_dir, events, sched, report_socket) -> Runner"""
 WindowsFactory = Callable[["CgroupBackend", "EventLog", list[int]], Windows]
-
-
-def _real_runner(*args: Any) -> Runner:
-    from agent.runtime.supervisor import WorkloadRunner
-    return WorkloadRunner(*args)
 
 
 def _real_windows(backend: CgroupBackend, events: EventLog, cpus: list[int]) -> Windows:
@@ -106,7 +100,8 @@ class Platform:
     wall: Callable[[], float] = time.time
     """Clock for timestamps people read (events, state)."""
     processes: ProcessTable = field(default_factory=RealProcesses)
-    make_runner: RunnerFactory = _real_runner
+    ops: ProcessOps = field(default_factory=RealOps)
+    """How workloads' processes are launched, watched, reaped and signalled."""
     make_windows: WindowsFactory = _real_windows
     capacity: Callable[[], dict[int, float]] = online_capacity
     """Per-core capacity now: 0 offline, < 1 throttled, cores not listed are offline."""

@@ -20,7 +20,7 @@ from agent.cgroups import CgroupBackend, CpuSample, PartitionLimits
 from agent.degraded import fit
 from agent.errors import AgentError, StoreError, Violation
 from agent.events import EventLog
-from agent.models import AgentConfig, HardwareProfile, MissionProfile
+from agent.models import AgentConfig, HardwareProfile, MissionProfile, Workload
 from agent.monitoring import HealthMonitor
 from agent.observing import FoundPartition, FoundWorkload, observe
 from agent.planning import (
@@ -44,7 +44,9 @@ from agent.preflight import host_violations
 from agent.reporting import ReportSocket
 from agent.runtime.logs import rotate_if_large
 from agent.runtime.stopping import terminate_group
+from agent.runtime.supervisor import WorkloadRunner
 from agent.store import StateStore, StoredMission
+from agent.timing.sched import SchedPolicy
 
 log = logging.getLogger("sortie.reconcile")
 
@@ -198,9 +200,7 @@ class Engine:
                 if want is None or spec is None or fw.main_pid is None \
                         or fw.spec_hash != workload_hash(spec, want.sched):
                     continue
-                runner = self.platform.make_runner(p, spec, self.backend, self.config.log_dir,
-                                                   self.events, want.sched,
-                                                   self._report_path())
+                runner = self._runner(p, spec, want.sched)
                 runner.adopt(fw.main_pid)
                 self.runners.setdefault(p, {})[w] = runner
                 del found[w]
@@ -368,6 +368,10 @@ class Engine:
                              "error")
 
     # -- observe / execute -------------------------------------------------------
+    def _runner(self, partition: str, spec: Workload, sched: SchedPolicy | None) -> Runner:
+        return WorkloadRunner(partition, spec, self.backend, self.config.log_dir, self.events,
+                              sched, self._report_path(), self.platform.ops)
+
     def _report_path(self) -> str | None:
         return str(self.config.report_socket) if self.reports is not None else None
 
@@ -465,9 +469,7 @@ class Engine:
     def _start(self, partition: str, spec: Any) -> None:
         self.backend.create_workload(partition, spec.name)
         want = self.desired.get(partition)
-        runner = self.platform.make_runner(partition, spec, self.backend, self.config.log_dir,
-                                           self.events, want.sched if want else None,
-                                           self._report_path())
+        runner = self._runner(partition, spec, want.sched if want else None)
         self.runners.setdefault(partition, {})[spec.name] = runner
         runner.start()
 
@@ -477,7 +479,8 @@ class Engine:
             await runner.stop()
             return
         if _pop(self.orphans, partition, workload) is not None:
-            await terminate_group(self.backend, partition, workload, ORPHAN_GRACE_S)
+            await terminate_group(self.backend, partition, workload, ORPHAN_GRACE_S,
+                                  self.platform.ops.kill)
 
     async def shutdown(self, teardown: bool) -> None:
         """Leave workloads running (default), or stop them and remove every cgroup."""

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import signal
+from collections.abc import Callable
 
 from agent.cgroups import CgroupBackend
 from agent.errors import AgentError, WorkloadError
@@ -17,12 +18,19 @@ POLL_S = 0.005
 KILL_WAIT_S = 2.0
 
 
+Kill = Callable[[int, signal.Signals], None]
+
+
+def _os_kill(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
 def signal_group(backend: CgroupBackend, partition: str, workload: str,
-                 sig: signal.Signals) -> int:
+                 sig: signal.Signals, kill: Kill = _os_kill) -> int:
     pids = backend.procs(partition, workload)
     for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
+        kill(pid, sig)
     return len(pids)
 
 
@@ -38,9 +46,9 @@ async def wait_empty(backend: CgroupBackend, partition: str, workload: str,
 
 
 async def terminate_group(backend: CgroupBackend, partition: str, workload: str,
-                          grace_s: float) -> bool:
+                          grace_s: float, kill: Kill = _os_kill) -> bool:
     """Empty the group. True when SIGKILL was needed. Raises if anything survives it."""
-    if not signal_group(backend, partition, workload, signal.SIGTERM):
+    if not signal_group(backend, partition, workload, signal.SIGTERM, kill):
         return False
     if await wait_empty(backend, partition, workload, grace_s):
         return False
@@ -52,7 +60,7 @@ async def terminate_group(backend: CgroupBackend, partition: str, workload: str,
     except AgentError as exc:
         log.warning("freeze before kill failed: %s", exc)
     try:
-        signal_group(backend, partition, workload, signal.SIGKILL)
+        signal_group(backend, partition, workload, signal.SIGKILL, kill)
     finally:
         if frozen:
             with contextlib.suppress(AgentError):

@@ -8,9 +8,7 @@ so an injected or fast-forwarded loop clock drives them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
 import signal
 from collections import deque
 from dataclasses import dataclass
@@ -24,9 +22,8 @@ from agent.events import EventLog
 from agent.models import Workload
 from agent.planning import workload_hash
 from agent.runtime import procs
-from agent.runtime.identity import resolve_command, resolve_identity
-from agent.runtime.logs import log_path, open_log
-from agent.runtime.spawn import SpawnRequest, spawn
+from agent.runtime.logs import log_path
+from agent.runtime.ops import Launch, ProcessOps, RealOps
 from agent.runtime.stopping import terminate_group
 from agent.timing.sched import SchedPolicy
 
@@ -83,7 +80,8 @@ def should_restart(spec: Workload, exit_: ExitInfo) -> bool:
 class WorkloadRunner:
     def __init__(self, partition: str, spec: Workload, backend: CgroupBackend,
                  log_dir: Path, events: EventLog, sched: SchedPolicy | None = None,
-                 report_socket: str | None = None) -> None:
+                 report_socket: str | None = None, ops: ProcessOps | None = None) -> None:
+        self.ops: ProcessOps = ops or RealOps()
         self.partition = partition
         self.spec = spec
         self.sched = sched
@@ -99,7 +97,8 @@ class WorkloadRunner:
         self.last_exit: ExitInfo | None = None
         self.last_error: str | None = None
         self._child = False  # our child: we reap it and learn its exit status
-        self._pidfd: int | None = None
+        self._watch_handle: object | None = None
+        self._watching = False
         self._started_at = 0.0
         self._failures = 0
         self._restart_times: deque[float] = deque()
@@ -136,20 +135,15 @@ class WorkloadRunner:
             return
         self.events.emit("workload.started", self.subject, f"pid {self.pid}")
 
+    def launch_request(self, command: list[str], env: dict[str, str],
+                       sched: SchedPolicy | None) -> Launch:
+        s = self.spec
+        return Launch(self.partition, s.name, command, s.user, s.group, s.working_dir, env,
+                      self.log_file, sched)
+
     def _spawn(self) -> None:
-        try:
-            ident = resolve_identity(self.spec.user, self.spec.group)
-            argv = [resolve_command(self.spec.command[0]), *self.spec.command[1:]]
-        except LookupError as exc:
-            raise AgentError(str(exc)) from exc
-        fds = self.backend.open_join_fds(self.partition, self.spec.name)
-        log_fd = open_log(self.log_file)
-        try:
-            pid = spawn(SpawnRequest(argv, ident, self.spec.working_dir, self.env(),
-                                     fds, log_fd, self.sched))
-        finally:
-            for fd in [*fds, log_fd]:
-                os.close(fd)
+        pid = self.ops.launch(self.backend,
+                              self.launch_request(self.spec.command, self.env(), self.sched))
         self.pid, self.adopted, self._child = pid, False, True
         self._watch(pid)
 
@@ -162,32 +156,28 @@ class WorkloadRunner:
     def _watch(self, pid: int) -> None:
         self.state = RunnerState.RUNNING
         self._started_at = self.loop.time()
-        try:
-            self._pidfd = os.pidfd_open(pid)
-        except ProcessLookupError:
-            self._pidfd = None
+        self._watching = True
+        self._watch_handle = self.ops.watch(pid, self._on_exit)
+        if self._watch_handle is None:
             self.loop.call_soon(self._on_exit)
             return
-        self.loop.add_reader(self._pidfd, self._on_exit)
         if self._health:
             self._health.schedule()
 
     # -- exit handling -----------------------------------------------------------
     def _unwatch(self) -> None:
-        if self._pidfd is not None:
-            self.loop.remove_reader(self._pidfd)
-            os.close(self._pidfd)
-            self._pidfd = None
+        if self._watch_handle is not None:
+            self.ops.unwatch(self._watch_handle)
+            self._watch_handle = None
+        self._watching = False
 
     def _reap(self) -> ExitInfo:
         now = self.loop.time()
         if self._child and self.pid is not None:
             self._child = False
-            try:
-                _, status = os.waitpid(self.pid, 0)
-            except ChildProcessError:
+            rc = self.ops.reap(self.pid)
+            if rc is None:
                 return ExitInfo(code=None, signal=None, at=now)
-            rc = os.waitstatus_to_exitcode(status)
             return ExitInfo(code=None if rc < 0 else rc, signal=-rc if rc < 0 else None, at=now)
         return ExitInfo(code=None, signal=None, at=now)
 
@@ -199,6 +189,8 @@ class WorkloadRunner:
         self._unwatch()
 
     def _on_exit(self) -> None:
+        if not self._watching:
+            return  # already handled (a stop raced the exit notification)
         self._unwatch()
         if self._health:
             self._health.cancel()
@@ -261,10 +253,11 @@ class WorkloadRunner:
         if self._task is not None and self._task is not asyncio.current_task():
             self._task.cancel()
         grace = self.spec.stop_grace_ms / 1000.0
-        if await terminate_group(self.backend, self.partition, self.spec.name, grace):
+        if await terminate_group(self.backend, self.partition, self.spec.name, grace,
+                                 self.ops.kill):
             self.events.emit("workload.killed", self.subject,
                              f"still running {grace:g} s after SIGTERM; sent SIGKILL", "warning")
-        if self._pidfd is not None:
+        if self._watching:
             self._on_exit()
         self.state = RunnerState.STOPPED
         self.pid = None
@@ -315,7 +308,7 @@ class _HealthProbe:
         self.last_result: str | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._pid: int | None = None
-        self._pidfd: int | None = None
+        self._handle: object | None = None
         self._deadline: asyncio.TimerHandle | None = None
 
     def schedule(self) -> None:
@@ -328,43 +321,34 @@ class _HealthProbe:
                 t.cancel()
         self._timer = self._deadline = None
         if self._pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self._pid, signal.SIGKILL)
+            self.runner.ops.kill(self._pid, signal.SIGKILL)
             self._finish(None, record=False)
 
     def _run(self) -> None:
         r = self.runner
         self._timer = None
         try:
-            ident = resolve_identity(r.spec.user, r.spec.group)
-            argv = [resolve_command(self.check.command[0]), *self.check.command[1:]]
-            fds = r.backend.open_join_fds(r.partition, r.spec.name)
-            log_fd = open_log(r.log_file)
-            try:
-                env = {**r.spec.env, procs.ENV_PARTITION: r.partition}
-                self._pid = spawn(SpawnRequest(argv, ident, r.spec.working_dir, env,
-                                               fds, log_fd))
-            finally:
-                for fd in [*fds, log_fd]:
-                    os.close(fd)
-        except (AgentError, LookupError) as exc:
+            env = {**r.spec.env, procs.ENV_PARTITION: r.partition}
+            self._pid = r.ops.launch(r.backend, r.launch_request(
+                self.check.command, env, None))
+        except AgentError as exc:
             self._record(False, f"check could not start: {exc}")
             return
-        self._pidfd = os.pidfd_open(self._pid)
-        r.loop.add_reader(self._pidfd, self._on_done)
+        self._handle = r.ops.watch(self._pid, self._on_done)
+        if self._handle is None:
+            r.loop.call_soon(self._on_done)
         self._deadline = r.loop.call_later(self.check.timeout_ms / 1000, self._on_timeout)
 
     def _finish(self, result: tuple[bool, str] | None, record: bool = True) -> None:
-        if self._pidfd is not None:
-            self.runner.loop.remove_reader(self._pidfd)
-            os.close(self._pidfd)
-            self._pidfd = None
+        if self._handle is not None:
+            self.runner.ops.unwatch(self._handle)
+            self._handle = None
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
         rc = None
         if self._pid is not None:
-            rc = os.waitstatus_to_exitcode(os.waitpid(self._pid, 0)[1])
+            rc = self.runner.ops.reap(self._pid)
             self._pid = None
         if result is None and rc is not None:
             result = (rc == 0, "ok" if rc == 0 else f"exit code {rc}")
@@ -372,13 +356,13 @@ class _HealthProbe:
             self._record(*result)
 
     def _on_done(self) -> None:
-        self._finish(None)
+        if self._pid is not None:
+            self._finish(None)
 
     def _on_timeout(self) -> None:
         self._deadline = None
         if self._pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self._pid, signal.SIGKILL)
+            self.runner.ops.kill(self._pid, signal.SIGKILL)
         self._finish((False, f"timed out after {self.check.timeout_ms} ms"))
 
     def _record(self, ok: bool, detail: str) -> None:

@@ -1,0 +1,98 @@
+"""How a runner touches processes: launch into a cgroup, watch for exit, reap, signal.
+
+``RealOps`` forks real processes and watches them through pidfds. The simulator passes
+its own ops, so the same supervision code (restart policy, backoff, crash loops, health
+checks, stop) drives simulated tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from agent.cgroups import CgroupBackend
+from agent.errors import AgentError
+from agent.runtime.identity import resolve_command, resolve_identity
+from agent.runtime.logs import open_log
+from agent.runtime.spawn import SpawnRequest, spawn
+from agent.timing.sched import SchedPolicy
+
+
+@dataclass(frozen=True)
+class Launch:
+    partition: str
+    workload: str
+    command: Sequence[str]
+    user: str | int
+    group: str | int | None
+    working_dir: str
+    env: Mapping[str, str]
+    log_file: Path
+    sched: SchedPolicy | None = None
+
+
+class ProcessOps(Protocol):
+    def launch(self, backend: CgroupBackend, req: Launch) -> int:
+        """Start a process inside the workload's group; AgentError with the reason."""
+        ...
+
+    def watch(self, pid: int, on_exit: Callable[[], None]) -> object | None:
+        """Call ``on_exit`` once the process ends; None when it is already gone."""
+        ...
+
+    def unwatch(self, handle: object) -> None: ...
+
+    def reap(self, pid: int) -> int | None:
+        """Exit status of our own child (negative: signal), None when unknown."""
+        ...
+
+    def kill(self, pid: int, sig: signal.Signals) -> None:
+        """Send a signal; a process that is already gone is not an error."""
+        ...
+
+
+class RealOps:
+    def launch(self, backend: CgroupBackend, req: Launch) -> int:
+        try:
+            ident = resolve_identity(req.user, req.group)
+            argv = [resolve_command(req.command[0]), *req.command[1:]]
+        except LookupError as exc:
+            raise AgentError(str(exc)) from exc
+        fds = backend.open_join_fds(req.partition, req.workload)
+        log_fd = open_log(req.log_file)
+        try:
+            return spawn(SpawnRequest(argv, ident, req.working_dir, req.env, fds, log_fd,
+                                      req.sched))
+        finally:
+            for fd in [*fds, log_fd]:
+                os.close(fd)
+
+    def watch(self, pid: int, on_exit: Callable[[], None]) -> object | None:
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return None
+        asyncio.get_running_loop().add_reader(fd, on_exit)
+        return fd
+
+    def unwatch(self, handle: object) -> None:
+        assert isinstance(handle, int)
+        asyncio.get_running_loop().remove_reader(handle)
+        os.close(handle)
+
+    def reap(self, pid: int) -> int | None:
+        try:
+            _, status = os.waitpid(pid, 0)
+        except ChildProcessError:
+            return None
+        return os.waitstatus_to_exitcode(status)
+
+    def kill(self, pid: int, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
