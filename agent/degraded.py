@@ -17,15 +17,19 @@ from agent.models import HardwareProfile, MissionProfile
 ORDER = {"E": 0, "D": 1, "C": 2, "B": 3, "A": 4}
 
 
-def degraded_board(board: HardwareProfile, capacity: Mapping[int, float]) -> HardwareProfile:
-    """The board as it is now: offline cores (capacity 0) removed."""
+def degraded_board(board: HardwareProfile, capacity: Mapping[int, float],
+                   memory_mib: int | None = None) -> HardwareProfile:
+    """The board as it is now: offline cores (capacity 0) removed, memory as measured."""
     online = [c for c in board.cores if capacity.get(c.id, 1.0) > 0]
     if not online:
         online = board.cores[:1]  # nothing fits anyway; keep the model valid
     ids = {c.id for c in online}
     reserved = [c for c in board.reserved.cores if c in ids] or [online[0].id]
+    memory = board.memory_mib if memory_mib is None else max(
+        memory_mib, board.reserved.memory_mib + 1)
     return board.model_copy(update={
-        "cores": online, "reserved": board.reserved.model_copy(update={"cores": reserved})})
+        "cores": online, "memory_mib": memory,
+        "reserved": board.reserved.model_copy(update={"cores": reserved})})
 
 
 def without(mission: MissionProfile, shed: set[str]) -> MissionProfile:
@@ -40,10 +44,10 @@ def without(mission: MissionProfile, shed: set[str]) -> MissionProfile:
 
 
 def fit(mission: MissionProfile, board: HardwareProfile, capacity: Mapping[int, float],
-        kernel: KernelFeatures | None = None) -> tuple[MissionProfile, list[str],
-                                                       list[Violation]]:
+        kernel: KernelFeatures | None = None,
+        memory_mib: int | None = None) -> tuple[MissionProfile, list[str], list[Violation]]:
     """(mission that fits, partitions shed in order, why the full mission did not fit)."""
-    now = degraded_board(board, capacity)
+    now = degraded_board(board, capacity, memory_mib)
     derate = {c: f for c, f in capacity.items() if 0 < f < 1}
     why = admit(mission, now, kernel, derate)
     if not why:

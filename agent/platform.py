@@ -105,3 +105,5 @@ class Platform:
     make_windows: WindowsFactory = _real_windows
     capacity: Callable[[], dict[int, float]] = online_capacity
     """Per-core capacity now: 0 offline, < 1 throttled, cores not listed are offline."""
+    memory_mib: Callable[[], int | None] = lambda: None
+    """Memory the board offers now, MiB; None: as the hardware profile says."""

@@ -133,6 +133,7 @@ class Engine:
         self._mems = ""
         self.features = KernelFeatures()
         self.capacity: dict[int, float] = {c: 1.0 for c in board.core_ids}
+        self.memory_mib: int | None = None
         self.shed: list[str] = []
         """Partitions shed because the board lost capacity (degraded mode)."""
         self._rt_reserved = 0
@@ -155,8 +156,12 @@ class Engine:
         found = observe(self.backend, self.platform.processes)
         stored = self.store.load()
         if stored is not None:
-            self.events.emit("state.loaded", f"mission/{stored.mission.name}",
-                             f"last-known-good generation {stored.mission.generation}")
+            self.events.emit("state.recovered" if stored.recovered else "state.loaded",
+                             f"mission/{stored.mission.name}",
+                             f"last-known-good generation {stored.mission.generation}"
+                             + (" from the previous copy: the current one was corrupt"
+                                if stored.recovered else ""),
+                             "warning" if stored.recovered else "info")
         base = stored or initial
         if base is None:
             self._remember(found, {})
@@ -255,11 +260,13 @@ class Engine:
 
     def _fit(self, mission: MissionProfile) -> MissionProfile:
         """The part of ``mission`` that fits the board's capacity now; events on change."""
-        kept, shed, why = fit(mission, self.board, self.capacity, self.features)
+        kept, shed, why = fit(mission, self.board, self.capacity, self.features,
+                              self.memory_mib)
         lost = [c for c, f in sorted(self.capacity.items()) if f == 0]
+        mem = f"memory {self.memory_mib} MiB" if self.memory_mib is not None else ""
         slow = {c: f for c, f in sorted(self.capacity.items()) if 0 < f < 1}
-        cause = (f"cores offline {lost}" if lost else "") + \
-            (f"{'; ' if lost else ''}cores derated {slow}" if slow else "")
+        cause = "; ".join(x for x in (f"cores offline {lost}" if lost else "",
+                                      f"cores derated {slow}" if slow else "", mem) if x)
         for p in shed:
             if p not in self.shed:
                 crit = next(x.criticality for x in mission.partitions if x.name == p)
@@ -274,14 +281,17 @@ class Engine:
         return kept
 
     async def check_capacity(self) -> None:
-        """Re-fit the mission when the board's capacity changed (hotplug, throttling)."""
-        now = self._read_capacity()
-        if now == self.capacity:
+        """Re-fit the mission when the board's capacity changed (hotplug, throttling,
+        memory pressure)."""
+        now, mem = self._read_capacity(), self.platform.memory_mib()
+        if now == self.capacity and mem == self.memory_mib:
             return
         async with self._lock:
-            self.events.emit("board.capacity", "board", f"capacity per core now {now}",
-                             "warning" if any(f < 1 for f in now.values()) else "info")
-            self.capacity = now
+            self.events.emit("board.capacity", "board", f"capacity per core now {now}"
+                             + (f", memory {mem} MiB" if mem is not None else ""),
+                             "warning" if any(f < 1 for f in now.values()) or mem is not None
+                             else "info")
+            self.capacity, self.memory_mib = now, mem
             if self.mission is None:
                 return
             flying = self._fit(self.mission)
@@ -567,7 +577,8 @@ class Engine:
                 "origin": self.origin},
             "ready_after_s": self.ready_after_s,
             "windows": self.windows.status(),
-            "degraded": {"capacity": self.capacity, "shed": self.shed},
+            "degraded": {"capacity": self.capacity, "memory_mib": self.memory_mib,
+                         "shed": self.shed},
             "partitions": parts,
             "errors": self.errors,
             "events": [e.to_dict() for e in self.events.recent(20)],

@@ -82,6 +82,8 @@ class StoredMission:
     mission: MissionProfile
     origin: dict[str, Any]
     """Where it came from: source kind, location, key id, when it was admitted."""
+    recovered: bool = False
+    """Loaded from the previous copy because the current one was corrupt or missing."""
 
 
 class StateStore:
@@ -109,7 +111,8 @@ class StateStore:
 
     def load(self) -> StoredMission | None:
         """The newest trustworthy copy, or None. Corruption is logged, never returned."""
-        for candidate in (self.path, self.path.with_name(self.path.name + ".prev")):
+        prev = self.path.with_name(self.path.name + ".prev")
+        for candidate in (self.path, prev):
             try:
                 data = candidate.read_bytes()
             except FileNotFoundError:
@@ -126,5 +129,6 @@ class StateStore:
                           candidate, exc)
                 continue
             origin = payload.get("origin")
-            return StoredMission(mission, origin if isinstance(origin, dict) else {})
+            return StoredMission(mission, origin if isinstance(origin, dict) else {},
+                                 recovered=candidate == prev)
         return None

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from agent.cgroups.fs import parse_cpu_list
 from agent.errors import CgroupError
@@ -37,6 +38,10 @@ class _Group:
     files: dict[str, str]
     children: dict[str, _Group] = field(default_factory=dict)
     controllers: list[str] = field(default_factory=list)
+    parent: _Group | None = None
+    path: str = ""
+    sim: Any = None
+    """State a CPU model keeps per group (see simulator.cpu)."""
 
 
 def _err(path: Path, msg: str, code: int, value: str | None = None) -> CgroupError:
@@ -55,7 +60,7 @@ class FakeCgroup2Fs:
             files.update(_CONTROLLER_FILES.get(c, {}))
         files["cpuset.cpus.effective"] = cpus + "\n"
         files["cpuset.mems.effective"] = mems + "\n"
-        self.top = _Group(files, controllers=list(controllers))
+        self.top = _Group(files, controllers=list(controllers), path="")
         self.writes: list[tuple[str, str]] = []
         """Every accepted write, in order (tests check ordering rules with it)."""
 
@@ -91,7 +96,10 @@ class FakeCgroup2Fs:
         files["cgroup.controllers"] = " ".join(enabled) + "\n"
         for c in enabled:
             files.update(_CONTROLLER_FILES.get(c, {}))
-        parent.children[path.name] = _Group(files, controllers=enabled)
+        child = _Group(files, controllers=enabled, parent=parent,
+                       path=f"{parent.path}/{path.name}")
+        parent.children[path.name] = child
+        self.on_mkdir(child)
 
     def rmdir(self, path: Path) -> None:
         parent = self._group(path.parent)
@@ -101,6 +109,7 @@ class FakeCgroup2Fs:
         if g.children or g.files["cgroup.procs"].split():
             raise _err(path, "cannot remove: Device or resource busy", errno.EBUSY)
         del parent.children[path.name]
+        self.on_rmdir(g)
 
     def read(self, path: Path) -> str:
         g, name = self._file(path)
@@ -127,6 +136,16 @@ class FakeCgroup2Fs:
         else:
             g.files[name] = v + "\n"
         self.writes.append((str(path.relative_to(self.root)), v))
+
+    # -- hooks for a CPU model ------------------------------------------------------
+    def on_mkdir(self, group: _Group) -> None:
+        """Called for every new group."""
+
+    def on_rmdir(self, group: _Group) -> None:
+        """Called when a group goes away."""
+
+    def group(self, path: Path) -> _Group | None:
+        return self._group(path)
 
     # -- kernel rules per file ----------------------------------------------------
     def _w_cgroup_subtree_control(self, path: Path, g: _Group, v: str) -> None:

@@ -1,0 +1,38 @@
+"""An asyncio event loop on virtual time: whenever nothing is ready, time jumps to the
+next timer instead of waiting for it. The agent's timers (restart backoff, accounting,
+health checks, windows) all run on loop time, so a simulated hour takes seconds and two
+runs with the same inputs take identical paths."""
+
+from __future__ import annotations
+
+import asyncio
+import selectors
+from typing import Any
+
+
+class _JumpingSelector:
+    def __init__(self, inner: selectors.BaseSelector, loop: VirtualTimeLoop) -> None:
+        self._inner = inner
+        self._loop = loop
+
+    def select(self, timeout: float | None = None) -> list[Any]:
+        events = self._inner.select(0)
+        if not events and timeout is not None and timeout > 0:
+            self._loop.advance(timeout)
+        return events
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class VirtualTimeLoop(asyncio.SelectorEventLoop):
+    def __init__(self, start_s: float = 0.0) -> None:
+        super().__init__()
+        self._virtual_now = start_s
+        self._selector = _JumpingSelector(self._selector, self)  # type: ignore[assignment]
+
+    def time(self) -> float:
+        return self._virtual_now
+
+    def advance(self, seconds: float) -> None:
+        self._virtual_now += seconds

@@ -1,0 +1,333 @@
+"""The simulated board: cores, a kernel-like cgroup v2 tree and a CPU model that fills
+``cpu.stat`` the way the kernel does for CFS bandwidth (quota, period, burst, throttling),
+cpusets, freezing and SCHED_DEADLINE reservations.
+
+The model advances in fixed slices (1 ms by default). In each slice, every core offers
+``slice x speed x capacity`` of work; runnable tasks (alive, not frozen, not throttled)
+are served SCHED_DEADLINE first (earliest deadline), then CFS in order of least CPU
+received (fair over time), each on the allowed core with the most time left, at most
+one core at a time. CPU time is charged to the task's group and every ancestor; a group
+that spends its quota is throttled until its period ends.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.cgroups.fs import parse_cpu_list
+from agent.models import HardwareProfile
+from simulator.cgroupfs import FakeCgroup2Fs, _err, _Group
+from simulator.workloads import Demand
+
+PID_BASE = 10_000_000  # above any real pid_max: a stray kill() can never hit a real process
+
+
+@dataclass
+class GroupState:
+    """Per-cgroup model state (on ``_Group.sim``)."""
+
+    quota_us: float | None = None
+    period_us: float = 100_000.0
+    burst_us: float = 0.0
+    cpus: frozenset[int] | None = None
+    frozen: bool = False
+    memory_max_mib: float | None = None
+    # CFS bandwidth
+    period_end: float = 0.0
+    runtime_left: float = 0.0
+    throttled_since: float | None = None
+    active: bool = False
+    throttled_this: bool = False
+    used_this: float = 0.0
+    # counters (cpu.stat, memory.events, pids.events)
+    usage_us: float = 0.0
+    nr_periods: int = 0
+    nr_throttled: int = 0
+    throttled_us: float = 0.0
+    nr_bursts: int = 0
+    burst_used_us: float = 0.0
+    oom_kill: int = 0
+    pids: set[int] = field(default_factory=set)
+
+
+@dataclass
+class Task:
+    pid: int
+    group: _Group
+    demand: Demand
+    env: dict[str, str]
+    started_us: float
+    deadline: tuple[float, float, float] | None = None
+    """SCHED_DEADLINE (runtime, deadline, period) in us."""
+    dl_left: float = 0.0
+    dl_period_end: float = 0.0
+    alive: bool = True
+    exit_status: int | None = None
+    """waitstatus_to_exitcode style: >= 0 exit code, < 0 signal."""
+
+
+class SimCgroupFs(FakeCgroup2Fs):
+    """cgroup2 tree whose dynamic files come from the CPU model."""
+
+    def __init__(self, root: Path, board: SimBoard) -> None:
+        self.board = board
+        cpus = ",".join(str(c.id) for c in board.hw.cores)
+        super().__init__(root, cpus=cpus)
+        self.top.sim = GroupState()
+
+    def on_mkdir(self, group: _Group) -> None:
+        group.sim = GroupState(period_end=self.board.now_us + 100_000)
+
+    def read(self, path: Path) -> str:
+        g = self._group(path.parent)
+        st: GroupState | None = g.sim if g is not None else None
+        if st is not None:
+            name = path.name
+            if name == "cpu.stat":
+                return (f"usage_usec {int(st.usage_us)}\nuser_usec {int(st.usage_us)}\n"
+                        f"system_usec 0\nnr_periods {st.nr_periods}\n"
+                        f"nr_throttled {st.nr_throttled}\nthrottled_usec "
+                        f"{int(st.throttled_us)}\nnr_bursts {st.nr_bursts}\n"
+                        f"burst_usec {int(st.burst_used_us)}\n")
+            if name == "memory.events":
+                return f"low 0\nhigh 0\nmax 0\noom 0\noom_kill {st.oom_kill}\n"
+            if name == "pids.events":
+                return "max 0\n"
+            if name == "cgroup.procs":
+                return "".join(f"{p}\n" for p in sorted(self.board.pids_in(g)))
+        return super().read(path)
+
+    def write(self, path: Path, value: str) -> None:
+        super().write(path, value)
+        g = self._group(path.parent)
+        if g is None or g.sim is None:
+            return
+        st: GroupState = g.sim
+        v = value.strip()
+        if path.name == "cpu.max":
+            quota, period = g.files["cpu.max"].split()
+            st.quota_us = None if quota == "max" else float(quota)
+            st.period_us = float(period)
+            st.runtime_left = st.quota_us or 0.0
+            st.period_end = self.board.now_us + st.period_us
+        elif path.name == "cpu.max.burst":
+            st.burst_us = float(v)
+        elif path.name == "cpuset.cpus":
+            st.cpus = parse_cpu_list(v) if v else None
+        elif path.name == "cgroup.freeze":
+            st.frozen = v == "1"
+        elif path.name == "memory.max":
+            st.memory_max_mib = None if v == "max" else int(v) / (1 << 20)
+        elif path.name == "cgroup.procs":
+            self.board.move(int(v), g)
+
+    def _w_cgroup_procs(self, path: Path, g: _Group, v: str) -> None:
+        if not v.isdigit() or int(v) not in self.board.tasks:
+            raise _err(path, "kernel refused write: No such process", 3, v)
+
+
+def _partition_of(g: _Group) -> str | None:
+    parts = g.path.strip("/").split("/")
+    return parts[1][2:] if len(parts) >= 2 and parts[1].startswith("p-") else None
+
+
+class SimBoard:
+    """Cores (with speed and a capacity factor over time) and the tasks running on them."""
+
+    def __init__(self, hw: HardwareProfile, root: Path, seed: int = 0,
+                 slice_us: float = 1000.0) -> None:
+        self.hw = hw
+        self.now_us = 0.0
+        self.slice_us = slice_us
+        self.rng = random.Random(seed)  # noqa: S311 - a simulation, seeded on purpose
+        self.speed = {c.id: c.relative_speed for c in hw.cores}
+        self.capacity = {c.id: 1.0 for c in hw.cores}
+        """Per-core factor: 0 offline, 0.6 thermally throttled, 1 nominal."""
+        self.memory_mib = hw.memory_mib
+        self.tasks: dict[int, Task] = {}
+        self._next_pid = PID_BASE
+        self.on_exit: Callable[[Task], None] = lambda t: None
+        self.fs = SimCgroupFs(root, self)
+        self.busy_us = {c.id: 0.0 for c in hw.cores}
+        """CPU time handed out per core (for the timeline picture)."""
+        self.last_on_core: dict[int, str | None] = {}
+        """Partition that last ran on each core."""
+
+    # -- tasks ---------------------------------------------------------------------
+    def pids_in(self, g: _Group) -> set[int]:
+        st: GroupState = g.sim
+        return set(st.pids)
+
+    def spawn(self, demand: Demand, env: dict[str, str]) -> Task:
+        self._next_pid += 1
+        t = Task(self._next_pid, self.fs.top, demand, env, self.now_us)
+        self.tasks[t.pid] = t
+        self.fs.top.sim.pids.add(t.pid)
+        return t
+
+    def move(self, pid: int, g: _Group) -> None:
+        t = self.tasks[pid]
+        t.group.sim.pids.discard(pid)
+        t.group = g
+        g.sim.pids.add(pid)
+
+    def exit(self, t: Task, status: int) -> None:
+        if not t.alive:
+            return
+        t.alive, t.exit_status = False, status
+        t.group.sim.pids.discard(t.pid)
+        self.on_exit(t)
+
+    def reap(self, pid: int) -> int | None:
+        t = self.tasks.pop(pid, None)
+        return None if t is None else t.exit_status
+
+    # -- the CPU model -------------------------------------------------------------
+    @staticmethod
+    def chain(g: _Group) -> list[_Group]:
+        out = []
+        node: _Group | None = g
+        while node is not None:
+            out.append(node)
+            node = node.parent
+        return out
+
+    def _cpus(self, chain: list[_Group]) -> set[int]:
+        cpus = set(self.speed)
+        for g in chain:
+            st: GroupState = g.sim
+            if st.cpus is not None:
+                cpus &= st.cpus
+        return {c for c in cpus if self.capacity.get(c, 0) > 0}
+
+    def step(self) -> None:
+        """Advance the model by one slice."""
+        now, dt = self.now_us, self.slice_us
+        end = now + dt
+        bw = {id(g): g for t in self.tasks.values() if t.alive for g in self.chain(t.group)
+              if g.sim.quota_us is not None}
+        for g in bw.values():
+            self._rollover(g.sim, now)
+        runnable: list[tuple[Task, list[_Group]]] = []
+        for t in list(self.tasks.values()):
+            if not t.alive:
+                continue
+            d = t.demand
+            if d.crash_due(now):
+                self.exit(t, 1)
+                continue
+            chain = self.chain(t.group)
+            mem_limit = min((g.sim.memory_max_mib for g in chain
+                             if g.sim.memory_max_mib is not None), default=None)
+            if mem_limit is not None and d.memory_at(now) > mem_limit:
+                for g in chain:
+                    g.sim.oom_kill += 1
+                self.exit(t, -9)
+                continue
+            if any(g.sim.frozen for g in chain):
+                continue
+            d.advance(now, dt)
+            if d.work_us <= 0:
+                continue
+            for g in chain:
+                if g.sim.quota_us is not None:
+                    g.sim.active = True
+            if any(g.sim.quota_us is not None and g.sim.runtime_left <= 0 for g in chain):
+                continue
+            runnable.append((t, chain))
+        free = {c: dt for c in self.speed if self.capacity.get(c, 0) > 0}
+        given: dict[int, dict[str | None, float]] = {c: {} for c in free}
+        # SCHED_DEADLINE first, earliest period end first, each on its emptiest core.
+        dl = sorted((x for x in runnable if x[0].deadline is not None),
+                    key=lambda x: x[0].dl_period_end)
+        for t, chain in dl:
+            assert t.deadline is not None
+            if end > t.dl_period_end:
+                t.dl_left, t.dl_period_end = t.deadline[0], now + t.deadline[2]
+            cpus = [c for c in self._cpus(chain) if free.get(c, 0) > 1e-9]
+            if cpus:
+                core = max(cpus, key=lambda c: (free[c], -c))
+                tau = min(free[core], t.dl_left, self._cap(t, chain, core, dt))
+                t.dl_left -= tau
+                self._run(t, chain, core, tau, now, dt - free[core] + tau, given)
+                free[core] -= tau
+        # CFS: spread tasks over their allowed cores, then share each core fairly
+        # (processor sharing inside the slice, as CFS time-slices far below 1 ms).
+        placed: dict[int, list[tuple[Task, list[_Group]]]] = {c: [] for c in free}
+        cfs = sorted((x for x in runnable if x[0].deadline is None),
+                     key=lambda x: (len(self._cpus(x[1])), x[0].pid))
+        for t, chain in cfs:
+            cpus = [c for c in self._cpus(chain) if free.get(c, 0) > 1e-9]
+            if cpus:
+                core = min(cpus, key=lambda c: (len(placed[c]), -free[c], c))
+                placed[core].append((t, chain))
+        for core, items in placed.items():
+            left, pending = free[core], list(items)
+            while pending and left > 1e-9:
+                share = left / len(pending)
+                capped = [(t, ch) for t, ch in pending if self._cap(t, ch, core, dt) <= share]
+                if not capped:
+                    for t, ch in pending:
+                        self._run(t, ch, core, share, now, dt, given)
+                    left = 0.0
+                    break
+                for t, ch in capped:
+                    tau = self._cap(t, ch, core, dt)
+                    self._run(t, ch, core, tau, now, dt, given)
+                    left -= tau
+                    pending.remove((t, ch))
+            free[core] = left
+        for c, by in given.items():
+            if by:
+                self.last_on_core[c] = max(by, key=lambda k: by[k])
+        self.now_us = end
+
+    def _cap(self, t: Task, chain: list[_Group], core: int, dt: float) -> float:
+        """Most CPU time ``t`` can use on ``core`` in this slice."""
+        rate = self.speed[core] * self.capacity[core]
+        cap = min(dt, t.demand.work_us / rate)
+        for g in chain:
+            if g.sim.quota_us is not None:
+                cap = min(cap, max(0.0, g.sim.runtime_left))
+        return cap
+
+    def _run(self, t: Task, chain: list[_Group], core: int, tau: float, now: float,
+             done_at: float, given: dict[int, dict[str | None, float]]) -> None:
+        if tau <= 0:
+            return
+        rate = self.speed[core] * self.capacity[core]
+        self.busy_us[core] += tau
+        p = _partition_of(t.group)
+        given[core][p] = given[core].get(p, 0.0) + tau
+        t.demand.consumed(tau * rate, now + done_at)
+        for g in chain:
+            st: GroupState = g.sim
+            st.usage_us += tau
+            if st.quota_us is not None:
+                st.used_this += tau
+                st.runtime_left -= tau
+                if st.runtime_left <= 1e-9 and st.throttled_since is None:
+                    st.throttled_since = now + done_at
+                    st.throttled_this = True
+
+    def _rollover(self, st: GroupState, now: float) -> None:
+        while now >= st.period_end:
+            if st.active:
+                st.nr_periods += 1
+            if st.throttled_this:
+                st.nr_throttled += 1
+            if st.throttled_since is not None:
+                st.throttled_us += max(0.0, st.period_end - st.throttled_since)
+                st.throttled_since = None
+            quota = st.quota_us or 0.0
+            if st.used_this > quota:
+                st.nr_bursts += 1
+                st.burst_used_us += st.used_this - quota
+            # Unused runtime carries over, up to quota + burst (kernel: __refill_cfs_bandwidth).
+            st.runtime_left = min(max(0.0, st.runtime_left) + quota, quota + st.burst_us)
+            st.period_end += st.period_us
+            st.active = st.throttled_this = False
+            st.used_this = 0.0

@@ -1,0 +1,248 @@
+"""Run the real agent engine against a simulated board and report what happened."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.cgroups.v2 import V2Backend
+from agent.events import Event, EventLog
+from agent.models import AgentConfig, HardwareProfile, MissionProfile
+from agent.platform import Platform
+from agent.reconciling import Engine
+from agent.store import StateStore, StoredMission
+from simulator.clock import VirtualTimeLoop
+from simulator.cpu import SimBoard
+from simulator.platform import SimOps, SimProcesses, SimWindows
+from simulator.scenario import Fault, Scenario
+
+ROOT = Path("/sim/cgroup")
+PREFIX = "sortie"
+WALL_EPOCH = 1_800_000_000.0  # a fixed wall clock: the same seed gives the same trace
+
+
+@dataclass
+class SimResult:
+    scenario: str
+    board: str
+    duration_s: float
+    wall_s: float
+    trace: list[tuple[float, str, str, str]]
+    """(simulated time, event kind, subject, message) for every event, in order."""
+    partitions: dict[str, dict[str, Any]]
+    usage: dict[str, list[tuple[float, float, float]]]
+    """Per partition: (time, share, budget share) at each accounting period."""
+    cores: dict[int, list[list[Any]]]
+    """Per core: [start_s, end_s, partition] spans of who ran."""
+    marks: list[tuple[float, str]] = field(default_factory=list)
+    """Faults, mode switches and sheds, for the timeline picture."""
+
+    @property
+    def speedup(self) -> float:
+        return self.duration_s / self.wall_s if self.wall_s > 0 else float("inf")
+
+
+class _Sim:
+    def __init__(self, sc: Scenario, mission: MissionProfile, hw: HardwareProfile,
+                 workdir: Path) -> None:
+        self.sc, self.mission, self.hw = sc, mission, hw
+        self.board = SimBoard(hw, ROOT, seed=sc.seed, slice_us=sc.slice_ms * 1000)
+        self.backend = V2Backend(ROOT, PREFIX, self.board.fs)
+        self.config = AgentConfig(
+            node_name="sim", state_dir=workdir / "state", run_dir=workdir / "run",
+            log_dir=workdir / "logs", cgroup_root=ROOT, cgroup_prefix=PREFIX,
+            cgroup_version="v2", agent_cgroup=False, isolate_os=False, report_socket=None,
+            accounting_period_ms=sc.accounting_period_ms)
+        self.jump = 0.0
+        self.memory: int | None = None
+        self.trace: list[tuple[float, str, str, str]] = []
+        self.marks: list[tuple[float, str]] = []
+        self.usage: dict[str, list[tuple[float, float, float]]] = {}
+        self.cores: dict[int, list[list[Any]]] = {c.id: [] for c in hw.cores}
+        self.ops = SimOps(self.board, dict(sc.workloads))
+        self.events = EventLog(capacity=512, clock=self.wall)
+        self.events.subscribe(self._on_event)
+        self.engine = self._engine()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def wall(self) -> float:
+        return WALL_EPOCH + asyncio.get_running_loop().time() + self.jump
+
+    def _engine(self) -> Engine:
+        loop_time = lambda: asyncio.get_running_loop().time()  # noqa: E731
+        platform = Platform(monotonic=loop_time, wall=self.wall,
+                            processes=SimProcesses(self.board), ops=self.ops,
+                            make_windows=SimWindows, capacity=lambda: dict(self.board.capacity),
+                            memory_mib=lambda: self.memory)
+        engine = Engine(self.config, self.hw, self.backend, StateStore(self.config.state_dir),
+                        self.events, host_checks=False, platform=platform)
+        self.ops.job_sink = engine.monitor.on_job
+        return engine
+
+    def _on_event(self, ev: Event) -> None:
+        t = asyncio.get_running_loop().time()
+        self.trace.append((round(t, 6), ev.kind, ev.subject, ev.message))
+        if ev.kind.startswith(("degraded.", "mode.switched", "health.", "sim.")):
+            self.marks.append((t, f"{ev.kind} {ev.subject.split('/')[-1]}"))
+
+    # -- driving -------------------------------------------------------------------
+    async def cpu(self) -> None:
+        loop = asyncio.get_running_loop()
+        slice_s = self.board.slice_us / 1e6
+        while True:
+            self.board.now_us = loop.time() * 1e6
+            before = dict(self.board.busy_us)
+            self.board.step()
+            self._record(loop.time(), before)
+            await asyncio.sleep(slice_s)
+
+    def _record(self, t: float, before: dict[int, float]) -> None:
+        end = t + self.board.slice_us / 1e6
+        for c, used in self.board.busy_us.items():
+            who = self.board.last_on_core.get(c) if used > before[c] else None
+            spans = self.cores[c]
+            if spans and spans[-1][2] == who and abs(spans[-1][1] - t) < 1e-9:
+                spans[-1][1] = end
+            else:
+                spans.append([t, end, who])
+
+    async def accounting(self) -> None:
+        loop = asyncio.get_running_loop()
+        period = self.config.accounting_period_ms / 1000
+        while True:
+            await asyncio.sleep(period)
+            self.engine.sample()
+            await self.engine.check_capacity()
+            for p, u in self.engine.usage.items():
+                self.usage.setdefault(p, []).append((loop.time(), u.share, u.budget_share))
+
+    async def fault(self, f: Fault) -> None:
+        self.events.emit(f"sim.{f.kind}", "board", f.model_dump_json(exclude_defaults=True),
+                         "warning")
+        b = self.board
+        match f.kind:
+            case "core-offline":
+                for c in f.cores:
+                    b.capacity[c] = 0.0
+            case "core-online":
+                for c in f.cores:
+                    b.capacity[c] = 1.0
+            case "thermal":
+                for c in f.cores:
+                    b.capacity[c] = f.factor
+            case "memory-pressure":
+                self.memory = None if f.mib == 0 else self.hw.memory_mib - f.mib
+            case "clock-jump":
+                self.jump += f.seconds
+            case "agent-restart":
+                await self.restart_agent()
+            case "power-loss":
+                self.tear_state()
+                await self.restart_agent()
+            case "workload-crash" | "workload-hang" | "workload-runaway":
+                assert f.workload is not None
+                p, w = f.workload.split("/")
+                runner = self.engine.runners.get(p, {}).get(w)
+                task = b.tasks.get(runner.pid) if runner and runner.pid else None
+                if task is None:
+                    return
+                if f.kind == "workload-crash":
+                    b.exit(task, f.exit_code)
+                elif f.kind == "workload-hang":
+                    task.demand.hang()
+                else:
+                    task.demand.run_away()
+
+    def tear_state(self) -> None:
+        """Power lost while the state file was being written: a torn temp file is left,
+        and the block holding the current copy did not survive either."""
+        store = self.engine.store
+        data = store.path.read_bytes() if store.path.exists() else b"{}"
+        store.path.with_name(f".{store.path.name}.tmp").write_bytes(data[: len(data) // 3])
+        if store.path.exists():
+            store.path.write_bytes(data[: len(data) // 2])
+
+    async def restart_agent(self) -> None:
+        """The agent dies (SIGKILL) and comes back: workloads keep running meanwhile."""
+        for t in self._tasks:
+            if t.get_name() == "accounting":
+                t.cancel()
+        await self.engine.shutdown(teardown=False)
+        self.engine = self._engine()
+        await self.engine.start(StoredMission(self.mission, {"source": "scenario"}))
+        self._tasks.append(asyncio.get_running_loop().create_task(self.accounting(),
+                                                                  name="accounting"))
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        await self.engine.start(StoredMission(self.mission, {"source": "scenario"}))
+        self._tasks += [loop.create_task(self.cpu(), name="cpu"),
+                        loop.create_task(self.accounting(), name="accounting")]
+        done = asyncio.Event()
+        for f in sorted(self.sc.faults, key=lambda f: f.at_s):
+            loop.call_at(f.at_s, lambda f=f: self._tasks.append(
+                loop.create_task(self.fault(f), name=f"fault {f.kind}")))
+        loop.call_at(self.sc.duration_s, done.set)
+        await done.wait()
+        self.result_partitions = self.summary()
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+            if not t.cancelled() and t.exception() is not None:
+                raise t.exception()  # type: ignore[misc]
+        await self.engine.monitor.settle()
+
+    def summary(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for p in self.mission.partitions:
+            g = self.board.fs.group(ROOT / PREFIX / f"p-{p.name}")
+            st = g.sim if g is not None else None
+            jobs = self.engine.monitor.jobs
+            misses = sum(s.misses for (pp, _), s in jobs.items() if pp == p.name)
+            n_jobs = sum(s.jobs for (pp, _), s in jobs.items() if pp == p.name)
+            actions = [e[1] for e in self.trace if e[1].startswith("health.")
+                       and e[2].split("/")[1] == p.name]
+            out[p.name] = {
+                "criticality": p.criticality,
+                "budget": p.budget.utilisation(),
+                "used": (st.usage_us / 1e6 / self.sc.duration_s) if st else 0.0,
+                "throttled_periods": st.nr_throttled if st else 0,
+                "periods": st.nr_periods if st else 0,
+                "jobs": n_jobs, "deadline_misses": misses,
+                "health_actions": len(actions),
+                "shed": p.name in self.engine.shed,
+            }
+        return out
+
+
+def run(sc: Scenario, mission: MissionProfile, hw: HardwareProfile) -> SimResult:
+    workdir = Path(tempfile.mkdtemp(prefix="sortie-sim-"))
+    loop = VirtualTimeLoop()
+    started = time.perf_counter()
+    try:
+        asyncio.set_event_loop(loop)
+
+        async def main() -> _Sim:
+            sim = _Sim(sc, mission, hw, workdir)
+            try:
+                await sim.run()
+            finally:
+                await sim.engine.shutdown(teardown=True)
+            return sim
+
+        sim = loop.run_until_complete(main())
+        wall = time.perf_counter() - started
+        return SimResult(sc.name, hw.name, sc.duration_s, wall, sim.trace,
+                         sim.result_partitions, sim.usage, sim.cores, sim.marks)
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+        shutil.rmtree(workdir, ignore_errors=True)

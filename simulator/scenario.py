@@ -1,0 +1,90 @@
+"""Scenario files (``simulator/scenarios/*.yaml``): a mission, demand patterns for its
+workloads, and faults at given times."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from agent.errors import ProfileError, Violation
+from agent.models import HardwareProfile, MissionProfile, load_file
+from agent.models._base import Frozen
+from simulator.workloads import PatternSpec
+
+FaultKind = Literal["core-offline", "core-online", "thermal", "memory-pressure",
+                    "clock-jump", "agent-restart", "power-loss", "workload-crash",
+                    "workload-hang", "workload-runaway"]
+
+
+class Fault(Frozen):
+    """Something that happens to the board, the agent or a workload at ``at_s``."""
+
+    at_s: float = Field(ge=0)
+    """Simulated time of the fault, seconds from the start."""
+    kind: FaultKind
+    """What happens (see docs/simulator.md)."""
+    cores: list[int] = Field(default_factory=list)
+    """core-offline / core-online / thermal: the cores concerned."""
+    factor: float = Field(default=0.6, gt=0, le=1)
+    """thermal: the cores' capacity factor from now on (1.0 ends throttling)."""
+    mib: int = Field(default=0, ge=0)
+    """memory-pressure: memory the board loses (0 gives it back)."""
+    seconds: float = 0.0
+    """clock-jump: how far the wall clock jumps (the monotonic clock does not)."""
+    workload: str | None = None
+    """workload-*: ``partition/workload``."""
+    exit_code: int = Field(default=1, ge=0, le=255)
+    """workload-crash: the exit code."""
+
+
+class Scenario(Frozen):
+    name: str
+    """Scenario name."""
+    description: str = ""
+    """What it shows."""
+    mission: Path
+    """Mission profile, relative to the scenario file."""
+    duration_s: float = Field(gt=0, le=86_400)
+    """Simulated duration, seconds."""
+    seed: int = 0
+    """Random seed: the same seed gives the same trace."""
+    slice_ms: float = Field(default=1.0, gt=0, le=10)
+    """CPU model slice."""
+    accounting_period_ms: int = Field(default=1000, ge=100)
+    """The agent's accounting period."""
+    workloads: dict[str, PatternSpec] = Field(default_factory=dict)
+    """Demand of each workload, keyed ``partition/workload``; others stay idle."""
+    faults: list[Fault] = Field(default_factory=list)
+    """Faults, in any order."""
+
+
+def load(path: Path, board: HardwareProfile) -> tuple[Scenario, MissionProfile]:
+    """Load and cross-check a scenario against its mission and the board."""
+    sc = load_file(Scenario, path)
+    mission_path = sc.mission if sc.mission.is_absolute() else path.parent / sc.mission
+    mission = load_file(MissionProfile, mission_path)
+    keys = {f"{p.name}/{w.name}" for p in mission.partitions for w in p.workloads}
+    found: list[Violation] = []
+    for k in sc.workloads:
+        if k not in keys:
+            found.append(Violation(f"workloads.{k}", f"no workload {k!r} in the mission "
+                                                    f"(known: {sorted(keys)})"))
+    for i, f in enumerate(sc.faults):
+        if f.at_s > sc.duration_s:
+            found.append(Violation(f"faults[{i}].at_s", f"{f.at_s} s is after the end "
+                                                       f"({sc.duration_s} s)"))
+        if f.kind in ("core-offline", "core-online", "thermal"):
+            if not f.cores:
+                found.append(Violation(f"faults[{i}].cores", f"required for {f.kind}"))
+            bad = sorted(set(f.cores) - board.core_ids)
+            if bad:
+                found.append(Violation(f"faults[{i}].cores",
+                                       f"cores {bad} do not exist on {board.name}"))
+        if f.kind.startswith("workload-") and f.workload not in keys:
+            found.append(Violation(f"faults[{i}].workload",
+                                   f"{f.workload!r} is not a workload of the mission"))
+    if found:
+        raise ProfileError(str(path), found)
+    return sc, mission
