@@ -230,6 +230,61 @@ def cmd_mode(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_sim(args: argparse.Namespace) -> int:
+    try:
+        from simulator import scenario as scenarios
+        from simulator.run import run as run_sim
+    except ImportError as exc:  # an image without the simulator
+        raise AgentError(f"the simulator is not installed here ({exc})") from exc
+    board = load_file(HardwareProfile, args.hw)
+    sc, mission = scenarios.load(args.scenario, board)
+    violations = admit(mission, board)
+    if violations:
+        _print_violations(f"{sc.mission}: does not fit {board.name}:", violations)
+        return EXIT_REFUSED
+    result = run_sim(sc, mission, board)
+    out = args.out / f"{sc.name}-{board.name}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    trace = out.with_suffix(".trace.json")
+    trace.write_text(json.dumps({"partitions": result.partitions, "trace": result.trace},
+                                indent=1))
+    if args.output:
+        _emit({"scenario": sc.name, "board": board.name, "partitions": result.partitions,
+               "speedup": result.speedup, "trace": str(trace)}, args.output)
+    else:
+        print(render_sim(result))
+    try:
+        from simulator.picture import draw
+        png = draw(result, out.with_suffix(".png"))
+        print(f"\ntimeline picture: {png}\ntrace: {trace}", file=sys.stderr)
+    except ImportError:
+        print(f"\ntrace: {trace} (install matplotlib for the timeline picture)",
+              file=sys.stderr)
+    return EXIT_OK
+
+
+def render_sim(r: Any) -> str:
+    lines = [f"{r.scenario} on {r.board}: {r.duration_s:g} s simulated in {r.wall_s:.2f} s "
+             f"({r.speedup:.0f}x real time)", "",
+             f"{'PARTITION':<18}{'DAL':<4}{'BUDGET':>8}{'USED':>8}{'THROTTLED':>14}"
+             f"{'JOBS':>7}{'MISSES':>8}{'HEALTH':>8}  SHED"]
+    for name, p in r.partitions.items():
+        thr = f"{p['throttled_periods']}/{p['periods']}"
+        lines.append(f"{name:<18}{p['criticality']:<4}{_pct(p['budget']):>8}"
+                     f"{_pct(p['used']):>8}{thr:>14}{p['jobs']:>7}{p['deadline_misses']:>8}"
+                     f"{p['health_actions']:>8}  {'yes' if p['shed'] else ''}")
+    notable = [e for e in r.trace if e[1].startswith(("sim.", "degraded.", "mode.",
+                                                       "state.", "workload.adopted"))
+               or (e[1].startswith("health.") and e[1] != "health.deadline-miss")]
+    if notable:
+        lines += ["", "faults and what the agent did:"]
+        lines += [f"  {t:8.3f} s  {kind:<26} {subject}: {msg[:90]}"
+                  for t, kind, subject, msg in notable[:40]]
+        if len(notable) > 40:
+            lines.append(f"  ... {len(notable) - 40} more in the trace")
+    return "\n".join(lines)
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     models: dict[str, type[Any]] = {"mission": MissionProfile, "hardware": HardwareProfile,
                                     "config": AgentConfig}
@@ -307,6 +362,14 @@ def build_parser() -> argparse.ArgumentParser:
     common(mo)
     mo.add_argument("name", help="schedule name from the running mission")
     mo.set_defaults(func=cmd_mode)
+
+    si = sub.add_parser("sim", help="run the agent against a simulated board (no root)")
+    si.add_argument("scenario", type=Path, help="scenario file (simulator/scenarios/)")
+    si.add_argument("--hw", type=Path, required=True, help="hardware profile to simulate")
+    si.add_argument("--out", type=Path, default=Path("sim-out"),
+                    help="directory for the timeline picture and the trace")
+    output(si)
+    si.set_defaults(func=cmd_sim)
 
     sc = sub.add_parser("schema", help="JSON Schema of the documents Sortie reads")
     sc.add_argument("which", nargs="?", choices=["mission", "hardware", "config"])

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import selectors
-from typing import Any
+from typing import Any, cast
 
 
 class _JumpingSelector:
@@ -29,7 +29,8 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
     def __init__(self, start_s: float = 0.0) -> None:
         super().__init__()
         self._virtual_now = start_s
-        self._selector = _JumpingSelector(self._selector, self)  # type: ignore[assignment]
+        inner: selectors.BaseSelector = self._selector  # type: ignore[has-type]
+        self._selector = cast(selectors.BaseSelector, _JumpingSelector(inner, self))
 
     def time(self) -> float:
         return self._virtual_now

@@ -96,7 +96,7 @@ class SimCgroupFs(FakeCgroup2Fs):
                 return f"low 0\nhigh 0\nmax 0\noom 0\noom_kill {st.oom_kill}\n"
             if name == "pids.events":
                 return "max 0\n"
-            if name == "cgroup.procs":
+            if name == "cgroup.procs" and g is not None:
                 return "".join(f"{p}\n" for p in sorted(self.board.pids_in(g)))
         return super().read(path)
 

@@ -159,6 +159,10 @@ class _Sim:
                 else:
                     task.demand.run_away()
 
+    def _start_fault(self, f: Fault) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self.fault(f), name=f"fault {f.kind}"))
+
     def tear_state(self) -> None:
         """Power lost while the state file was being written: a torn temp file is left,
         and the block holding the current copy did not survive either."""
@@ -186,8 +190,7 @@ class _Sim:
                         loop.create_task(self.accounting(), name="accounting")]
         done = asyncio.Event()
         for f in sorted(self.sc.faults, key=lambda f: f.at_s):
-            loop.call_at(f.at_s, lambda f=f: self._tasks.append(
-                loop.create_task(self.fault(f), name=f"fault {f.kind}")))
+            loop.call_at(f.at_s, self._start_fault, f)
         loop.call_at(self.sc.duration_s, done.set)
         await done.wait()
         self.result_partitions = self.summary()
