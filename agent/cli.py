@@ -275,7 +275,8 @@ def render_sim(r: Any) -> str:
                      f"{p['health_actions']:>8}  {'yes' if p['shed'] else ''}")
     notable = [e for e in r.trace if e[1].startswith(("sim.", "degraded.", "mode.",
                                                        "state.", "workload.adopted"))
-               or (e[1].startswith("health.") and e[1] != "health.deadline-miss")]
+               or (e[1].startswith("health.") and (e[1] != "health.deadline-miss"
+                                                   or "hung" in e[3]))]
     if notable:
         lines += ["", "faults and what the agent did:"]
         lines += [f"  {t:8.3f} s  {kind:<26} {subject}: {msg[:90]}"

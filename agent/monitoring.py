@@ -24,6 +24,9 @@ log = logging.getLogger("sortie.health")
 REARM_S = 10.0
 # CPU used outside a partition's windows in one accounting period that counts as overrun.
 OVERRUN_NS = 2_000_000
+# A job-reporting workload silent this long (and this many usual gaps) has hung.
+SILENCE_MIN_S = 1.0
+SILENCE_FACTOR = 20.0
 
 
 class HealthMonitor:
@@ -36,6 +39,8 @@ class HealthMonitor:
         self.stopped: set[str] = set()
         """Partitions the monitor stopped; a new mission generation re-arms them."""
         self._last: dict[tuple[str, str], float] = {}
+        self._last_report: dict[tuple[str, str], float] = {}
+        self._report_gap: dict[tuple[str, str], float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         engine.events.subscribe(self._on_event)
 
@@ -80,9 +85,30 @@ class HealthMonitor:
 
     def on_job(self, partition: str, workload: str, response_us: int, deadline_us: int) -> None:
         stats = self.jobs.setdefault((partition, workload), JobStats())
+        now = self.engine.platform.monotonic()
+        last = self._last_report.get((partition, workload))
+        if last is not None:
+            gap = now - last
+            prev = self._report_gap.get((partition, workload), gap)
+            self._report_gap[(partition, workload)] = 0.9 * prev + 0.1 * gap
+        self._last_report[(partition, workload)] = now
         if stats.record(response_us, deadline_us):
             self.report("deadline-miss", partition, workload,
                         f"job took {response_us} us against a {deadline_us} us deadline")
+
+    def check_silence(self) -> None:
+        """A workload that reported jobs and went quiet has missed its deadlines (hung)."""
+        now = self.engine.platform.monotonic()
+        for key, last in list(self._last_report.items()):
+            gap = self._report_gap.get(key)
+            if gap is None or key[0] not in self.engine.runners:
+                continue
+            silence = now - last
+            if silence > max(SILENCE_MIN_S, SILENCE_FACTOR * gap):
+                self.report("deadline-miss", key[0], key[1],
+                            f"no job reported for {silence:.1f} s (usually every "
+                            f"{gap * 1000:.0f} ms): hung?")
+                self._last_report[key] = now  # one verdict per silence, re-armed by time
 
     # -- action ----------------------------------------------------------------------
     def report(self, kind: HealthErrorKind, partition: str, workload: str | None,

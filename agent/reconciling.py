@@ -155,6 +155,10 @@ class Engine:
         self._open_reports()
         found = observe(self.backend, self.platform.processes)
         stored = self.store.load()
+        if stored is None and self.store.path.exists():
+            self.events.emit("state.corrupt", str(self.store.path),
+                             "no trustworthy state copy; flying the configured mission",
+                             "error")
         if stored is not None:
             self.events.emit("state.recovered" if stored.recovered else "state.loaded",
                              f"mission/{stored.mission.name}",
@@ -536,6 +540,7 @@ class Engine:
             win = self.windows.stats.get(p)
             if win is not None:
                 self.monitor.on_windows(p, win.outside_ns)
+        self.monitor.check_silence()
         for r in self.all_runners():
             rotate_if_large(r.log_file, self.config.log_max_bytes)
 

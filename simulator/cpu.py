@@ -67,6 +67,14 @@ class Task:
     alive: bool = True
     exit_status: int | None = None
     """waitstatus_to_exitcode style: >= 0 exit code, < 0 signal."""
+    # Derived from the tree; recomputed when the board's topology version changes.
+    seen: int = -1
+    chain: list[_Group] = field(default_factory=list)
+    cpus: list[int] = field(default_factory=list)
+    limited: list[GroupState] = field(default_factory=list)
+    mem_limit: float | None = None
+    frozen: bool = False
+    partition: str | None = None
 
 
 class SimCgroupFs(FakeCgroup2Fs):
@@ -107,6 +115,7 @@ class SimCgroupFs(FakeCgroup2Fs):
             return
         st: GroupState = g.sim
         v = value.strip()
+        self.board.touch()
         if path.name == "cpu.max":
             quota, period = g.files["cpu.max"].split()
             st.quota_us = None if quota == "max" else float(quota)
@@ -155,6 +164,18 @@ class SimBoard:
         """CPU time handed out per core (for the timeline picture)."""
         self.last_on_core: dict[int, str | None] = {}
         """Partition that last ran on each core."""
+        self.version = 0
+        self.on_change: Callable[[], None] = lambda: None
+        """Called when something may make a task runnable (the driver wakes up)."""
+
+    def touch(self) -> None:
+        """The tree, a limit, a freeze or the capacity changed."""
+        self.version += 1
+        self.on_change()
+
+    def set_capacity(self, core: int, factor: float) -> None:
+        self.capacity[core] = factor
+        self.touch()
 
     # -- tasks ---------------------------------------------------------------------
     def pids_in(self, g: _Group) -> set[int]:
@@ -166,6 +187,7 @@ class SimBoard:
         t = Task(self._next_pid, self.fs.top, demand, env, self.now_us)
         self.tasks[t.pid] = t
         self.fs.top.sim.pids.add(t.pid)
+        self.touch()
         return t
 
     def move(self, pid: int, g: _Group) -> None:
@@ -173,6 +195,7 @@ class SimBoard:
         t.group.sim.pids.discard(pid)
         t.group = g
         g.sim.pids.add(pid)
+        self.touch()
 
     def exit(self, t: Task, status: int) -> None:
         if not t.alive:
@@ -180,6 +203,7 @@ class SimBoard:
         t.alive, t.exit_status = False, status
         t.group.sim.pids.discard(t.pid)
         self.on_exit(t)
+        self.touch()
 
     def reap(self, pid: int) -> int | None:
         t = self.tasks.pop(pid, None)
@@ -203,41 +227,57 @@ class SimBoard:
                 cpus &= st.cpus
         return {c for c in cpus if self.capacity.get(c, 0) > 0}
 
-    def step(self) -> None:
-        """Advance the model by one slice."""
+    def _refresh(self, t: Task) -> None:
+        chain = self.chain(t.group)
+        t.chain = chain
+        t.cpus = sorted(self._cpus(chain))
+        t.limited = [g.sim for g in chain if g.sim.quota_us is not None]
+        t.mem_limit = min((g.sim.memory_max_mib for g in chain
+                           if g.sim.memory_max_mib is not None), default=None)
+        t.frozen = any(g.sim.frozen for g in chain)
+        t.partition = _partition_of(t.group)
+        t.seen = self.version
+
+    def step(self) -> float:
+        """Advance the model by one slice; returns when it next needs to run (us)."""
         now, dt = self.now_us, self.slice_us
         end = now + dt
-        bw = {id(g): g for t in self.tasks.values() if t.alive for g in self.chain(t.group)
-              if g.sim.quota_us is not None}
-        for g in bw.values():
-            self._rollover(g.sim, now)
+        rolled: set[int] = set()
         runnable: list[tuple[Task, list[_Group]]] = []
+        wake = float("inf")
         for t in list(self.tasks.values()):
             if not t.alive:
                 continue
+            if t.seen != self.version:
+                self._refresh(t)
+            for st in t.limited:
+                if id(st) not in rolled:
+                    rolled.add(id(st))
+                    self._rollover(st, now)
             d = t.demand
             if d.crash_due(now):
                 self.exit(t, 1)
                 continue
-            chain = self.chain(t.group)
-            mem_limit = min((g.sim.memory_max_mib for g in chain
-                             if g.sim.memory_max_mib is not None), default=None)
-            if mem_limit is not None and d.memory_at(now) > mem_limit:
-                for g in chain:
+            if t.mem_limit is not None and d.memory_at(now) > t.mem_limit:
+                for g in t.chain:
                     g.sim.oom_kill += 1
                 self.exit(t, -9)
                 continue
-            if any(g.sim.frozen for g in chain):
+            if t.frozen:
                 continue
             d.advance(now, dt)
             if d.work_us <= 0:
+                wake = min(wake, d.next_event_us(now, t.mem_limit))
                 continue
-            for g in chain:
-                if g.sim.quota_us is not None:
-                    g.sim.active = True
-            if any(g.sim.quota_us is not None and g.sim.runtime_left <= 0 for g in chain):
+            for st in t.limited:
+                st.active = True
+            blocked = [st.period_end for st in t.limited if st.runtime_left <= 0]
+            if blocked:
+                wake = min(wake, max(blocked))
                 continue
-            runnable.append((t, chain))
+            runnable.append((t, t.chain))
+        if runnable:
+            wake = end
         free = {c: dt for c in self.speed if self.capacity.get(c, 0) > 0}
         given: dict[int, dict[str | None, float]] = {c: {} for c in free}
         # SCHED_DEADLINE first, earliest period end first, each on its emptiest core.
@@ -247,7 +287,7 @@ class SimBoard:
             assert t.deadline is not None
             if end > t.dl_period_end:
                 t.dl_left, t.dl_period_end = t.deadline[0], now + t.deadline[2]
-            cpus = [c for c in self._cpus(chain) if free.get(c, 0) > 1e-9]
+            cpus = [c for c in t.cpus if free.get(c, 0) > 1e-9]
             if cpus:
                 core = max(cpus, key=lambda c: (free[c], -c))
                 tau = min(free[core], t.dl_left, self._cap(t, chain, core, dt))
@@ -258,9 +298,9 @@ class SimBoard:
         # (processor sharing inside the slice, as CFS time-slices far below 1 ms).
         placed: dict[int, list[tuple[Task, list[_Group]]]] = {c: [] for c in free}
         cfs = sorted((x for x in runnable if x[0].deadline is None),
-                     key=lambda x: (len(self._cpus(x[1])), x[0].pid))
+                     key=lambda x: (len(x[0].cpus), x[0].pid))
         for t, chain in cfs:
-            cpus = [c for c in self._cpus(chain) if free.get(c, 0) > 1e-9]
+            cpus = [c for c in t.cpus if free.get(c, 0) > 1e-9]
             if cpus:
                 core = min(cpus, key=lambda c: (len(placed[c]), -free[c], c))
                 placed[core].append((t, chain))
@@ -284,14 +324,14 @@ class SimBoard:
             if by:
                 self.last_on_core[c] = max(by, key=lambda k: by[k])
         self.now_us = end
+        return wake
 
     def _cap(self, t: Task, chain: list[_Group], core: int, dt: float) -> float:
         """Most CPU time ``t`` can use on ``core`` in this slice."""
         rate = self.speed[core] * self.capacity[core]
         cap = min(dt, t.demand.work_us / rate)
-        for g in chain:
-            if g.sim.quota_us is not None:
-                cap = min(cap, max(0.0, g.sim.runtime_left))
+        for st in t.limited:
+            cap = min(cap, max(0.0, st.runtime_left))
         return cap
 
     def _run(self, t: Task, chain: list[_Group], core: int, tau: float, now: float,
@@ -300,7 +340,7 @@ class SimBoard:
             return
         rate = self.speed[core] * self.capacity[core]
         self.busy_us[core] += tau
-        p = _partition_of(t.group)
+        p = t.partition
         given[core][p] = given[core].get(p, 0.0) + tau
         t.demand.consumed(tau * rate, now + done_at)
         for g in chain:

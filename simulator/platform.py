@@ -69,11 +69,10 @@ class SimOps:
         key = f"{req.partition}/{req.workload}"
         main = req.env.get(procs.ENV_WORKLOAD) == key
         spec = self.patterns.get(key, PatternSpec()) if main else PatternSpec()
-        sink = self.job_sink
-
         def report(response_us: int, deadline_us: int) -> None:
-            if sink is not None:
-                sink(req.partition, req.workload, response_us, deadline_us)
+            # Looked up at each job: a restarted agent receives the reports.
+            if self.job_sink is not None:
+                self.job_sink(req.partition, req.workload, response_us, deadline_us)
 
         demand = Demand(spec, self.board.rng, self.board.now_us, report if main else None)
         task = self.board.spawn(demand, dict(req.env))

@@ -60,6 +60,7 @@ class _Sim:
             cgroup_version="v2", agent_cgroup=False, isolate_os=False, report_socket=None,
             accounting_period_ms=sc.accounting_period_ms)
         self.jump = 0.0
+        self.jobs: dict[str, list[int]] = {}
         self.memory: int | None = None
         self.trace: list[tuple[float, str, str, str]] = []
         self.marks: list[tuple[float, str]] = []
@@ -70,6 +71,7 @@ class _Sim:
         self.events.subscribe(self._on_event)
         self.engine = self._engine()
         self._tasks: list[asyncio.Task[None]] = []
+        self._handle: asyncio.TimerHandle | None = None
 
     def wall(self) -> float:
         return WALL_EPOCH + asyncio.get_running_loop().time() + self.jump
@@ -82,8 +84,15 @@ class _Sim:
                             memory_mib=lambda: self.memory)
         engine = Engine(self.config, self.hw, self.backend, StateStore(self.config.state_dir),
                         self.events, host_checks=False, platform=platform)
-        self.ops.job_sink = engine.monitor.on_job
+        self.ops.job_sink = self._job
         return engine
+
+    def _job(self, partition: str, workload: str, response_us: int, deadline_us: int) -> None:
+        # Counted here too: an agent restart starts its own counters from zero.
+        n = self.jobs.setdefault(partition, [0, 0])
+        n[0] += 1
+        n[1] += response_us > deadline_us
+        self.engine.monitor.on_job(partition, workload, response_us, deadline_us)
 
     def _on_event(self, ev: Event) -> None:
         t = asyncio.get_running_loop().time()
@@ -92,15 +101,34 @@ class _Sim:
             self.marks.append((t, f"{ev.kind} {ev.subject.split('/')[-1]}"))
 
     # -- driving -------------------------------------------------------------------
-    async def cpu(self) -> None:
+    MAX_SKIP_S = 0.5
+
+    def _tick(self) -> None:
+        """One CPU-model slice, then sleep until the model next has something to do
+        (a job release, a period refill) or something changes (a kick)."""
+        loop = asyncio.get_running_loop()
+        self._handle = None
+        now = loop.time()
+        self.board.now_us = now * 1e6
+        before = dict(self.board.busy_us)
+        wake_us = self.board.step()
+        self._record(now, before)
+        slice_s = self.board.slice_us / 1e6
+        nxt = max(now + slice_s, min(wake_us / 1e6, now + self.MAX_SKIP_S))
+        # Stay on the slice grid so runs with the same inputs take the same steps.
+        nxt = round(nxt / slice_s) * slice_s if nxt > now + slice_s else now + slice_s
+        self._handle = loop.call_at(nxt, self._tick)
+
+    def _kick(self) -> None:
+        """A freeze, a limit or the capacity changed: run the next slice at once."""
+        if self._handle is None:
+            return
         loop = asyncio.get_running_loop()
         slice_s = self.board.slice_us / 1e6
-        while True:
-            self.board.now_us = loop.time() * 1e6
-            before = dict(self.board.busy_us)
-            self.board.step()
-            self._record(loop.time(), before)
-            await asyncio.sleep(slice_s)
+        soon = (int(loop.time() / slice_s + 1e-9) + 1) * slice_s
+        if self._handle.when() > soon + 1e-12:
+            self._handle.cancel()
+            self._handle = loop.call_at(soon, self._tick)
 
     def _record(self, t: float, before: dict[int, float]) -> None:
         end = t + self.board.slice_us / 1e6
@@ -129,13 +157,13 @@ class _Sim:
         match f.kind:
             case "core-offline":
                 for c in f.cores:
-                    b.capacity[c] = 0.0
+                    b.set_capacity(c, 0.0)
             case "core-online":
                 for c in f.cores:
-                    b.capacity[c] = 1.0
+                    b.set_capacity(c, 1.0)
             case "thermal":
                 for c in f.cores:
-                    b.capacity[c] = f.factor
+                    b.set_capacity(c, f.factor)
             case "memory-pressure":
                 self.memory = None if f.mib == 0 else self.hw.memory_mib - f.mib
             case "clock-jump":
@@ -158,19 +186,23 @@ class _Sim:
                     task.demand.hang()
                 else:
                     task.demand.run_away()
+                    b.touch()
 
     def _start_fault(self, f: Fault) -> None:
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self.fault(f), name=f"fault {f.kind}"))
 
     def tear_state(self) -> None:
-        """Power lost while the state file was being written: a torn temp file is left,
-        and the block holding the current copy did not survive either."""
+        """Power fails while the agent rewrites its state: the temp file is torn, and
+        the flash block holding the current copy is damaged too (worst case). The
+        previous copy must carry the agent."""
         store = self.engine.store
+        stored = store.load()
+        if stored is not None:
+            store.save(stored)  # the write that power cuts short (a .prev exists now)
         data = store.path.read_bytes() if store.path.exists() else b"{}"
         store.path.with_name(f".{store.path.name}.tmp").write_bytes(data[: len(data) // 3])
-        if store.path.exists():
-            store.path.write_bytes(data[: len(data) // 2])
+        store.path.write_bytes(data[: len(data) // 2])
 
     async def restart_agent(self) -> None:
         """The agent dies (SIGKILL) and comes back: workloads keep running meanwhile."""
@@ -186,14 +218,18 @@ class _Sim:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         await self.engine.start(StoredMission(self.mission, {"source": "scenario"}))
-        self._tasks += [loop.create_task(self.cpu(), name="cpu"),
-                        loop.create_task(self.accounting(), name="accounting")]
+        self._handle = loop.call_at(loop.time(), self._tick)
+        self.board.on_change = self._kick
+        self._tasks += [loop.create_task(self.accounting(), name="accounting")]
         done = asyncio.Event()
         for f in sorted(self.sc.faults, key=lambda f: f.at_s):
             loop.call_at(f.at_s, self._start_fault, f)
         loop.call_at(self.sc.duration_s, done.set)
         await done.wait()
         self.result_partitions = self.summary()
+        self.board.on_change = lambda: None
+        if self._handle is not None:
+            self._handle.cancel()
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -208,9 +244,7 @@ class _Sim:
         for p in self.mission.partitions:
             g = self.board.fs.group(ROOT / PREFIX / f"p-{p.name}")
             st = g.sim if g is not None else None
-            jobs = self.engine.monitor.jobs
-            misses = sum(s.misses for (pp, _), s in jobs.items() if pp == p.name)
-            n_jobs = sum(s.jobs for (pp, _), s in jobs.items() if pp == p.name)
+            n_jobs, misses = self.jobs.get(p.name, [0, 0])
             actions = [e[1] for e in self.trace if e[1].startswith("health.")
                        and e[2].split("/")[1] == p.name]
             out[p.name] = {

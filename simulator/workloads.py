@@ -102,6 +102,24 @@ class Demand:
             if self.report is not None and not self.hung:
                 self.report(int(at_us - release), self.deadline_us())
 
+    def next_event_us(self, now_us: float, mem_limit_mib: float | None) -> float:
+        """When this demand may next want the CPU or die (for skipping idle time)."""
+        s = self.spec
+        times = [float("inf")]
+        if self.work_us > 0:
+            return now_us
+        if s.crash_at_s is not None:
+            times.append(self.started_us + s.crash_at_s * 1e6)
+        if not self.hung:
+            if s.pattern == "periodic":
+                times.append(self._next_release)
+            elif s.pattern == "bursts":
+                times.append(now_us if now_us < self._burst_until else self._next_burst)
+        if mem_limit_mib is not None and s.memory_growth_mib_s > 0:
+            times.append(self.started_us + max(0.0, mem_limit_mib - s.memory_mib)
+                         / s.memory_growth_mib_s * 1e6)
+        return min(times)
+
     def hang(self) -> None:
         self.hung, self.work_us = True, 0.0
 

@@ -1,0 +1,195 @@
+"""The simulator: the real engine on a simulated board, deterministic, faults, degraded
+modes, and the CPU model's budget invariant."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.admission import admit
+from agent.degraded import ORDER, degraded_board, fit
+from agent.errors import ProfileError
+from agent.models import HardwareProfile, MissionProfile, load_file
+from simulator import scenario
+from simulator.cpu import SimBoard
+from simulator.run import run
+from simulator.workloads import Demand, PatternSpec
+from tests.conftest import REPO
+from tests.helpers import mission, partition
+
+SCENARIOS = REPO / "simulator" / "scenarios"
+RPI4 = REPO / "hwprofiles" / "raspberry-pi-4.yaml"
+
+
+def sim(name: str, hw: Path = RPI4):
+    board = load_file(HardwareProfile, hw)
+    sc, m = scenario.load(SCENARIOS / f"{name}.yaml", board)
+    return run(sc, m, board)
+
+
+def kinds(r, prefix: str) -> list[tuple[float, str, str, str]]:
+    return [e for e in r.trace if e[1].startswith(prefix)]
+
+
+def test_same_seed_gives_the_same_trace() -> None:
+    a, b = sim("demo"), sim("demo")
+    assert a.trace == b.trace and a.partitions == b.partitions
+    assert len(a.trace) > 5
+
+
+def test_the_seed_matters(tmp_path: Path) -> None:
+    doc = yaml.safe_load((SCENARIOS / "demo.yaml").read_text())
+    doc["seed"] = 99
+    doc["mission"] = str(REPO / "schedules" / "demo.yaml")
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump(doc))
+    board = load_file(HardwareProfile, RPI4)
+    sc, m = scenario.load(tmp_path / "other.yaml", board)
+    assert run(sc, m, board).partitions["analytics"] != sim("demo").partitions["analytics"]
+
+
+def test_budgets_hold_and_the_miner_is_flagged() -> None:
+    r = sim("demo")
+    p = r.partitions
+    assert p["flight-control"]["deadline_misses"] == 0 and p["flight-control"]["jobs"] == 3000
+    assert abs(p["flight-control"]["used"] - 0.20) < 0.005
+    (flag,) = [e for e in kinds(r, "health.budget-saturation") if "analytics" in e[2]]
+    assert 10 < flag[0] <= 17  # runaway from 10 s, flagged after 5 accounting periods
+    assert r.speedup > 10
+
+
+def test_core_loss_sheds_best_effort_first_and_restores_it() -> None:
+    r = sim("core-loss")
+    (shed,) = kinds(r, "degraded.shed")
+    (back,) = kinds(r, "degraded.restored")
+    assert shed[2] == "partition/analytics" and 10 <= shed[0] <= 11.5
+    assert back[2] == "partition/analytics" and 20 <= back[0] <= 21.5
+    assert r.partitions["flight-control"]["deadline_misses"] == 0
+    assert not any(r.partitions[p]["shed"] for p in r.partitions)  # restored by the end
+
+
+def test_agent_restart_adopts_and_power_loss_recovers_the_previous_state() -> None:
+    r = sim("agent-faults")
+    adopted = kinds(r, "workload.adopted")
+    assert len(adopted) == 6  # all three, after each of the two restarts
+    assert {e[3] for e in adopted[:3]} == {e[3] for e in adopted[3:]}  # same pids
+    (rec,) = kinds(r, "state.recovered")
+    assert rec[0] == 20.0 and "previous copy" in rec[3]
+    jump = kinds(r, "sim.clock-jump")[0]
+    assert jump[0] == 15.0
+    assert r.partitions["flight-control"]["jobs"] == 3000  # nothing was restarted
+
+
+def test_workload_faults_are_seen_by_the_health_monitor() -> None:
+    r = sim("workload-faults")
+    assert any("analytics" in e[2] for e in kinds(r, "health.crash-loop"))
+    assert kinds(r, "partition.stopped")
+    assert any("fusion" in e[2] and "code 3" in e[3] for e in kinds(r, "health.crash"))
+    assert any("slam" in e[2] and "SIGKILL" in e[3] for e in kinds(r, "health.crash"))
+    assert any("hung" in e[3] for e in kinds(r, "health.deadline-miss"))
+
+
+def write(tmp_path: Path, **changes) -> Path:
+    doc = yaml.safe_load((SCENARIOS / "demo.yaml").read_text())
+    doc["mission"] = str(REPO / "schedules" / "demo.yaml")
+    doc.update(changes)
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+@pytest.mark.parametrize("changes,where,reason", [
+    ({"faults": [{"at_s": 1, "kind": "meteor"}]}, "faults[0].kind", "Input should be"),
+    ({"faults": [{"at_s": -1, "kind": "agent-restart"}]}, "faults[0].at_s", "greater than"),
+    ({"colour": "red"}, "colour", "unknown field"),
+    ({"faults": [{"at_s": 1, "kind": "core-offline", "cores": [9]}]}, "faults[0].cores",
+     "do not exist"),
+    ({"faults": [{"at_s": 1, "kind": "workload-hang", "workload": "x/y"}]},
+     "faults[0].workload", "not a workload"),
+    ({"faults": [{"at_s": 99, "kind": "agent-restart"}]}, "faults[0].at_s", "after the end"),
+    ({"workloads": {"nope/none": {"pattern": "runaway"}}}, "workloads.nope/none",
+     "no workload"),
+])
+def test_bad_scenarios_name_the_field(tmp_path: Path, changes, where, reason) -> None:
+    board = load_file(HardwareProfile, RPI4)
+    with pytest.raises(ProfileError) as exc:
+        scenario.load(write(tmp_path, **changes), board)
+    got = {v.path: v.reason for v in exc.value.violations}
+    assert where in got and reason in got[where], got
+
+
+# -- degraded modes: properties ------------------------------------------------------
+BOARD4 = HardwareProfile.model_validate({
+    "name": "b4", "arch": "aarch64", "cores": [{"id": i} for i in range(4)],
+    "memory_mib": 8192, "reserved": {"cores": [0], "cpu_fraction": 0.2, "memory_mib": 512}})
+
+
+@st.composite
+def degraded_cases(draw: st.DrawFn) -> tuple[MissionProfile, dict[int, float]]:
+    parts = []
+    for i in range(draw(st.integers(1, 6))):
+        crit = draw(st.sampled_from("ABCDE"))
+        dedicated = draw(st.booleans()) and i == 0
+        parts.append(partition(f"p{i}", crit=crit, cores=[1] if dedicated else None,
+                               quota=draw(st.integers(5, 60)) * 1000, memory=64))
+    m = mission(*parts)
+    capacity = {c: draw(st.sampled_from([0.0, 0.6, 1.0])) for c in range(4)}
+    return m, capacity
+
+
+@settings(max_examples=300, deadline=None)
+@given(degraded_cases())
+def test_shedding_follows_criticality_and_keeps_what_fits(
+        case: tuple[MissionProfile, dict[int, float]]) -> None:
+    m, capacity = case
+    if admit(m, BOARD4):
+        return  # only missions that fit the healthy board
+    kept, shed, _ = fit(m, BOARD4, capacity)
+    now = degraded_board(BOARD4, capacity)
+    derate = {c: f for c, f in capacity.items() if 0 < f < 1}
+    if kept.partitions:
+        assert admit(kept, now, None, derate) == []
+    crit = {p.name: ORDER[p.criticality] for p in m.partitions}
+    kept_names = {p.name for p in kept.partitions}
+    # never a higher-criticality partition shed while a lower one keeps running
+    for s in shed:
+        assert all(crit[s] <= crit[k] for k in kept_names), (shed, kept_names)
+    # DAL A partitions are never shed while capacity suffices for them
+    a_only = mission(*[p.model_dump() for p in m.partitions if p.criticality == "A"]) \
+        if any(p.criticality == "A" for p in m.partitions) else None
+    if a_only is not None and not admit(a_only, now, None, derate):
+        assert all(m.partition(s).criticality != "A" for s in shed)
+
+
+# -- the CPU model: usage per period stays within the budget -------------------------
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 90), st.sampled_from([10, 50, 100]),
+                          st.sampled_from(["runaway", "bursts", "periodic"])),
+                min_size=1, max_size=4),
+       st.integers(0, 1000))
+def test_usage_per_period_stays_within_the_budget(groups, seed) -> None:
+    board = SimBoard(BOARD4, Path("/sim"), seed=seed)
+    fs = board.fs
+    fs.write(Path("/sim/cgroup.subtree_control"), "+cpu +cpuset +memory +pids")
+    tracked = []
+    for i, (pct, period_ms, pattern) in enumerate(groups):
+        d = Path(f"/sim/g{i}")
+        fs.mkdir(d)
+        quota = max(1000, pct * period_ms * 10)  # the kernel's 1 ms minimum
+        fs.write(d / "cpu.max", f"{quota} {period_ms * 1000}")
+        t = board.spawn(Demand(PatternSpec(pattern=pattern, period_ms=7, work_ms=5),
+                               board.rng, 0.0, None), {})
+        fs.write(d / "cgroup.procs", str(t.pid))
+        tracked.append((fs.group(d).sim, quota / (period_ms * 1000), period_ms * 1000))
+    last = [0.0] * len(tracked)
+    for step in range(1, 2001):
+        board.now_us = (step - 1) * 1000.0
+        board.step()
+        for i, (stt, share, period) in enumerate(tracked):
+            if board.now_us % period == 0:  # a period just ended
+                used = stt.usage_us - last[i]
+                last[i] = stt.usage_us
+                assert used <= share * period + 1e-6, (i, used, share * period)
