@@ -42,7 +42,7 @@ BUDGETS = [0.05, 0.10, 0.20, 0.50, 0.80]
 class Bench:
     """One engine on a private prefix, torn down whatever happens."""
 
-    def __init__(self, **config: Any) -> None:
+    def __init__(self, board: HardwareProfile = BOARD, **config: Any) -> None:
         self.prefix = f"sortie-bench-{uuid.uuid4().hex[:6]}"
         self.tmp = Path(tempfile.mkdtemp(prefix="sortie-bench-"))
         self.tmp.chmod(0o755)
@@ -50,7 +50,7 @@ class Bench:
                           log_dir=self.tmp / "logs", cgroup_prefix=self.prefix,
                           agent_cgroup=False, report_socket=self.tmp / "report.sock",
                           **{"isolate_os": False, **config})
-        self.engine = Engine(cfg, BOARD, V1Backend(CGROUP_ROOT, self.prefix),
+        self.engine = Engine(cfg, board, V1Backend(CGROUP_ROOT, self.prefix),
                              StateStore(cfg.state_dir))
         self.gen = 0
 

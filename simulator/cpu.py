@@ -42,6 +42,9 @@ class GroupState:
     active: bool = False
     throttled_this: bool = False
     used_this: float = 0.0
+    started: bool = False
+    """The bandwidth timer runs (the kernel starts it at the group's first activity)."""
+    active_before: bool = False
     # counters (cpu.stat, memory.events, pids.events)
     usage_us: float = 0.0
     nr_periods: int = 0
@@ -75,6 +78,8 @@ class Task:
     mem_limit: float | None = None
     frozen: bool = False
     partition: str | None = None
+    wake_us: float = 0.0
+    """Nothing can happen to this task before this time unless the tree changes."""
 
 
 class SimCgroupFs(FakeCgroup2Fs):
@@ -164,6 +169,8 @@ class SimBoard:
         """CPU time handed out per core (for the timeline picture)."""
         self.last_on_core: dict[int, str | None] = {}
         """Partition that last ran on each core."""
+        self.ran: dict[int, str | None] = {}
+        """Who ran on each core in the last slice (cores that idled are absent)."""
         self.version = 0
         self.on_change: Callable[[], None] = lambda: None
         """Called when something may make a task runnable (the driver wakes up)."""
@@ -245,8 +252,13 @@ class SimBoard:
         rolled: set[int] = set()
         runnable: list[tuple[Task, list[_Group]]] = []
         wake = float("inf")
-        for t in list(self.tasks.values()):
+        version = self.version
+        for t in self.tasks.values():  # exits only mark tasks; reaping happens later
             if not t.alive:
+                continue
+            if t.seen == version and now < t.wake_us:
+                if t.wake_us < wake:  # asleep, and nothing changed around it
+                    wake = t.wake_us
                 continue
             if t.seen != self.version:
                 self._refresh(t)
@@ -264,17 +276,29 @@ class SimBoard:
                 self.exit(t, -9)
                 continue
             if t.frozen:
+                t.wake_us = float("inf")  # a thaw changes the tree version
                 continue
             d.advance(now, dt)
             if d.work_us <= 0:
-                wake = min(wake, d.next_event_us(now, t.mem_limit))
+                t.wake_us = d.next_event_us(now, t.mem_limit)
+                wake = min(wake, t.wake_us)
                 continue
             for st in t.limited:
+                if not st.started:
+                    # The kernel starts a group's period timer when it first runs: each
+                    # group's periods have their own phase.
+                    st.started, st.period_end = True, now + st.period_us
+                    st.runtime_left = st.quota_us or 0.0
                 st.active = True
-            blocked = [st.period_end for st in t.limited if st.runtime_left <= 0]
+            blocked = [st for st in t.limited if st.runtime_left <= 0]
             if blocked:
-                wake = min(wake, max(blocked))
+                for st in blocked:  # wants CPU with its quota spent: throttled
+                    if st.throttled_since is None:
+                        st.throttled_since, st.throttled_this = now, True
+                t.wake_us = max(st.period_end for st in blocked)
+                wake = min(wake, t.wake_us)
                 continue
+            t.wake_us = now
             runnable.append((t, t.chain))
         if runnable:
             wake = end
@@ -320,9 +344,11 @@ class SimBoard:
                     left -= tau
                     pending.remove((t, ch))
             free[core] = left
+        ran = {}
         for c, by in given.items():
             if by:
-                self.last_on_core[c] = max(by, key=lambda k: by[k])
+                ran[c] = self.last_on_core[c] = max(by, key=lambda k: by[k])
+        self.ran = ran
         self.now_us = end
         return wake
 
@@ -349,14 +375,20 @@ class SimBoard:
             if st.quota_us is not None:
                 st.used_this += tau
                 st.runtime_left -= tau
-                if st.runtime_left <= 1e-9 and st.throttled_since is None:
+                if (st.runtime_left <= 1e-9 and st.throttled_since is None
+                        and t.demand.work_us > 1e-9):
                     st.throttled_since = now + done_at
                     st.throttled_this = True
 
     def _rollover(self, st: GroupState, now: float) -> None:
+        if not st.started:
+            return
         while now >= st.period_end:
-            if st.active:
+            # The kernel's timer stays on for one idle period after activity, and
+            # counts that period too.
+            if st.active or st.active_before:
                 st.nr_periods += 1
+            st.active_before = st.active
             if st.throttled_this:
                 st.nr_throttled += 1
             if st.throttled_since is not None:

@@ -110,9 +110,8 @@ class _Sim:
         self._handle = None
         now = loop.time()
         self.board.now_us = now * 1e6
-        before = dict(self.board.busy_us)
         wake_us = self.board.step()
-        self._record(now, before)
+        self._record(now)
         slice_s = self.board.slice_us / 1e6
         nxt = max(now + slice_s, min(wake_us / 1e6, now + self.MAX_SKIP_S))
         # Stay on the slice grid so runs with the same inputs take the same steps.
@@ -130,10 +129,9 @@ class _Sim:
             self._handle.cancel()
             self._handle = loop.call_at(soon, self._tick)
 
-    def _record(self, t: float, before: dict[int, float]) -> None:
+    def _record(self, t: float) -> None:
         end = t + self.board.slice_us / 1e6
-        for c, used in self.board.busy_us.items():
-            who = self.board.last_on_core.get(c) if used > before[c] else None
+        for c, who in self.board.ran.items():
             spans = self.cores[c]
             if spans and spans[-1][2] == who and abs(spans[-1][1] - t) < 1e-9:
                 spans[-1][1] = end

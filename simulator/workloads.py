@@ -51,14 +51,16 @@ class Demand:
     """Runtime state of one pattern instance."""
 
     def __init__(self, spec: PatternSpec, rng: random.Random, started_us: float,
-                 report: JobSink | None) -> None:
+                 report: JobSink | None, exec_us: float = 0.0) -> None:
         self.spec = spec
         self.rng = rng
         self.started_us = started_us
         self.report = report
         self.work_us = float("inf") if spec.pattern == "runaway" else 0.0
         self.releases: deque[float] = deque()
-        self._next_release = started_us
+        # A process needs a moment between fork and its first instruction (exec).
+        self.ready_us = started_us + exec_us
+        self._next_release = self.ready_us
         self._burst_until = 0.0
         self._next_burst = started_us + rng.expovariate(1 / (spec.idle_ms * 1000))
         self.hung = False
@@ -70,6 +72,12 @@ class Demand:
     def advance(self, now_us: float, dt_us: float) -> None:
         """Release work due by ``now_us`` (the start of the next slice)."""
         s = self.spec
+        if now_us < self.ready_us:
+            if self.work_us == float("inf"):
+                self._pending_inf, self.work_us = True, 0.0
+            return
+        if getattr(self, "_pending_inf", False):
+            self._pending_inf, self.work_us = False, float("inf")
         if self.hung or (s.hang_at_s is not None and now_us >= s.hang_at_s * 1e6):
             self.hung, self.work_us = True, 0.0
             return
@@ -106,10 +114,14 @@ class Demand:
         """When this demand may next want the CPU or die (for skipping idle time)."""
         s = self.spec
         times = [float("inf")]
+        if now_us < self.ready_us:
+            return self.ready_us
         if self.work_us > 0:
             return now_us
         if s.crash_at_s is not None:
             times.append(self.started_us + s.crash_at_s * 1e6)
+        if s.hang_at_s is not None and not self.hung:
+            times.append(s.hang_at_s * 1e6)
         if not self.hung:
             if s.pattern == "periodic":
                 times.append(self._next_release)

@@ -174,7 +174,7 @@ def test_usage_per_period_stays_within_the_budget(groups, seed) -> None:
     board = SimBoard(BOARD4, Path("/sim"), seed=seed)
     fs = board.fs
     fs.write(Path("/sim/cgroup.subtree_control"), "+cpu +cpuset +memory +pids")
-    tracked = []
+    tracked: list = []
     for i, (pct, period_ms, pattern) in enumerate(groups):
         d = Path(f"/sim/g{i}")
         fs.mkdir(d)
@@ -183,13 +183,13 @@ def test_usage_per_period_stays_within_the_budget(groups, seed) -> None:
         t = board.spawn(Demand(PatternSpec(pattern=pattern, period_ms=7, work_ms=5),
                                board.rng, 0.0, None), {})
         fs.write(d / "cgroup.procs", str(t.pid))
-        tracked.append((fs.group(d).sim, quota / (period_ms * 1000), period_ms * 1000))
-    last = [0.0] * len(tracked)
+        tracked.append((fs.group(d).sim, quota))
     for step in range(1, 2001):
         board.now_us = (step - 1) * 1000.0
         board.step()
-        for i, (stt, share, period) in enumerate(tracked):
-            if board.now_us % period == 0:  # a period just ended
-                used = stt.usage_us - last[i]
-                last[i] = stt.usage_us
-                assert used <= share * period + 1e-6, (i, used, share * period)
+        for i, (stt, quota) in enumerate(tracked):
+            # CPU time used inside the group's current period never exceeds its quota
+            # (each group's periods run on their own phase, as in the kernel).
+            assert stt.used_this <= quota + 1e-6, (i, stt.used_this, quota)
+        total = sum(stt.usage_us for stt, _ in tracked)
+        assert total <= board.now_us * len(BOARD4.cores) + 1e-6
