@@ -257,7 +257,7 @@ class SimBoard:
             if not t.alive:
                 continue
             if t.seen == version and now < t.wake_us:
-                if t.wake_us < wake:  # asleep, and nothing changed around it
+                if t.wake_us < wake:  # noqa: PLR1730 - asleep; min() is slower in this loop
                     wake = t.wake_us
                 continue
             if t.seen != self.version:
