@@ -230,6 +230,70 @@ def cmd_mode(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+EXIT_NO_ANSWER = 3
+
+
+def _broker(args: argparse.Namespace) -> Any:
+    from agent.planner import broker_config
+    return broker_config(args.broker, args.username, args.password_file, args.ca_file,
+                         args.cert, args.cert_key, args.topic_root)
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from agent.signing import generate
+    priv, pub = generate(args.out, args.kid)
+    print(f"private key: {priv} (keep it on the planner, 0600)\npublic key:  {pub}\n\n"
+          f"add to the board's agent config:\nmqtt:\n  trusted_keys:\n    {args.kid}: "
+          f"{pub.read_text().strip()}")
+    return EXIT_OK
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from agent.planner import push
+    kid = args.kid or args.key.stem
+    ack = asyncio.run(push(args.profile, args.node, args.key, kid, _broker(args),
+                           args.timeout))
+    if ack is None:
+        print(f"no answer from {args.node} within {args.timeout:g} s", file=sys.stderr)
+        return EXIT_NO_ANSWER
+    if args.output:
+        _emit(ack, args.output)
+    else:
+        ref = ack["ref"]
+        print(f"{args.node}: {ack['outcome']} {ref.get('name')} generation "
+              f"{ref.get('generation')}")
+        for r in ack["reasons"]:
+            print(f"  - {r['path']}: {r['reason']}", file=sys.stderr)
+        for e in ack.get("errors", []):
+            print(f"  ! {e}", file=sys.stderr)
+    return EXIT_OK if ack["outcome"] in ("applied", "duplicate") else EXIT_REFUSED
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from agent.planner import watch
+
+    def show(kind: str, msg: Any) -> None:
+        if args.output == "json":
+            print(json.dumps({"kind": kind, **msg} if isinstance(msg, dict) else msg))
+        elif kind == "telemetry":
+            parts = "  ".join(f"{p} {u['share'] * 100:5.1f}%/{u['budget_share'] * 100:.0f}%"
+                              f" thr {u['throttled_periods']}/{u['periods']}"
+                              for p, u in sorted(msg.get("partitions", {}).items()))
+            print(f"telemetry  {parts}")
+        elif kind == "status":
+            m = msg.get("mission") or {}
+            print(f"status     {'online' if msg.get('online') else 'OFFLINE'} mission "
+                  f"{m.get('name')} generation {m.get('generation')}")
+        elif kind == "events":
+            print(f"event      {msg.get('kind')} {msg.get('subject')}: {msg.get('message')}")
+        else:
+            print(f"{kind:<10} {json.dumps(msg)}")
+        sys.stdout.flush()
+
+    asyncio.run(watch(args.node, _broker(args), show, args.seconds))
+    return EXIT_OK
+
+
 def cmd_sim(args: argparse.Namespace) -> int:
     try:
         from simulator import scenario as scenarios
@@ -363,6 +427,37 @@ def build_parser() -> argparse.ArgumentParser:
     common(mo)
     mo.add_argument("name", help="schedule name from the running mission")
     mo.set_defaults(func=cmd_mode)
+
+    kg = sub.add_parser("keygen", help="make a planner signing key pair (Ed25519)")
+    kg.add_argument("--kid", default="planner", help="key id the board will know it by")
+    kg.add_argument("--out", type=Path, default=Path("."), help="directory for the keys")
+    kg.set_defaults(func=cmd_keygen)
+
+    def broker(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--node", required=True, help="the board's node name")
+        sp.add_argument("--broker", required=True, help="mqtt://host:port or mqtts://...")
+        sp.add_argument("--username")
+        sp.add_argument("--password-file", type=Path)
+        sp.add_argument("--ca-file", type=Path, help="CA that signs the broker certificate")
+        sp.add_argument("--cert", type=Path, help="client certificate")
+        sp.add_argument("--cert-key", type=Path, help="client certificate's key")
+        sp.add_argument("--topic-root", default="sortie/v1")
+
+    pu = sub.add_parser("push", help="sign a profile and push it to a board over MQTT")
+    pu.add_argument("profile", type=Path)
+    pu.add_argument("--key", type=Path, required=True, help="planner private key (keygen)")
+    pu.add_argument("--kid", help="key id (default: the key file's name)")
+    pu.add_argument("--timeout", type=float, default=10.0,
+                    help="seconds to wait for the board's answer (exit 3 without one)")
+    broker(pu)
+    output(pu)
+    pu.set_defaults(func=cmd_push)
+
+    wa = sub.add_parser("watch", help="a board's status, telemetry and events, live")
+    wa.add_argument("--seconds", type=float, help="stop after this long")
+    broker(wa)
+    output(wa)
+    wa.set_defaults(func=cmd_watch)
 
     si = sub.add_parser("sim", help="run the agent against a simulated board (no root)")
     si.add_argument("scenario", type=Path, help="scenario file (simulator/scenarios/)")

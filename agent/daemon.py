@@ -16,12 +16,14 @@ from agent.api.server import serve
 from agent.cgroups import make_backend
 from agent.errors import AgentError
 from agent.events import EventLog
+from agent.ledger import GenerationLedger
 from agent.models import AgentConfig, HardwareProfile, MissionProfile
 from agent.models.loading import validate
 from agent.planning import describe
 from agent.reconciling import Engine
 from agent.runtime import procs
 from agent.sources import files
+from agent.sources.mqtt import MqttLink
 from agent.store import StateStore, StoredMission
 
 log = logging.getLogger("sortie.daemon")
@@ -42,8 +44,17 @@ def socket_path(config: AgentConfig) -> Path:
     return config.run_dir / "sortie.sock"
 
 
-async def _load_files(engine: Engine, opts: RunOptions, wanted: str | None) -> None:
+async def _load_files(engine: Engine, opts: RunOptions, wanted: str | None,
+                      state: dict[str, Any] | None = None) -> None:
     result = files.scan(opts.profile_paths, wanted)
+    if state is not None:
+        state.clear()
+        state.update({"paths": [str(p) for p in opts.profile_paths],
+                      "chosen": None if result.chosen is None else {
+                          "name": result.chosen.mission.name,
+                          "generation": result.chosen.mission.generation,
+                          "path": result.chosen.origin["path"]},
+                      "invalid": [e.source for e in result.errors]})
     for err in result.errors:
         engine.events.emit("profile.invalid", err.source,
                            "; ".join(map(str, err.violations)), "error")
@@ -80,7 +91,14 @@ async def run(config: AgentConfig, board: HardwareProfile, opts: RunOptions) -> 
     await engine.start(StoredMission(initial.mission, initial.origin) if initial else None)
     if config.agent_cgroup:
         backend.move_self()
-    await _load_files(engine, opts, config.mission)
+    scan_state: dict[str, Any] = {}
+    engine.sources["files"] = lambda: scan_state
+    await _load_files(engine, opts, config.mission, scan_state)
+    link = None
+    if config.mqtt is not None:
+        link = MqttLink(config.mqtt, config.node_name, engine,
+                        GenerationLedger(config.state_dir))
+        engine.sources["mqtt"] = link.status
     # From process start (not from this function): what a watchdog or a boot waits for.
     ready_s = procs.age_s(os.getpid()) or 0.0
     engine.ready_after_s = ready_s
@@ -97,7 +115,13 @@ async def run(config: AgentConfig, board: HardwareProfile, opts: RunOptions) -> 
     loop.add_signal_handler(signal.SIGHUP, rescan.set)
 
     async def on_files_changed() -> None:
-        await _load_files(engine, opts, config.mission)
+        await _load_files(engine, opts, config.mission, scan_state)
+
+    async def telemetry() -> None:
+        while True:
+            await asyncio.sleep(config.accounting_period_ms / 1000)
+            if link is not None:
+                link.publish_telemetry()
 
     async def on_hup() -> None:
         while True:
@@ -113,6 +137,9 @@ async def run(config: AgentConfig, board: HardwareProfile, opts: RunOptions) -> 
                 tg.create_task(engine.account_forever(), name="accounting"),
                 tg.create_task(on_hup(), name="sighup"),
             ]
+            if link is not None:
+                tasks += [tg.create_task(link.run_forever(), name="mqtt"),
+                          tg.create_task(telemetry(), name="telemetry")]
             stopper: asyncio.Task[Any] = tg.create_task(stop.wait(), name="stop")
             # A "forever" task that ends is a failure: escalate instead of limping on.
             done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
@@ -126,6 +153,8 @@ async def run(config: AgentConfig, board: HardwareProfile, opts: RunOptions) -> 
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             with contextlib.suppress(ValueError, RuntimeError):
                 loop.remove_signal_handler(sig)
+        if link is not None:
+            await link.close()
         await engine.shutdown(opts.teardown or config.stop_workloads_on_exit)
         events.emit("agent.stopped", "agent",
                     "workloads stopped, cgroups removed" if opts.teardown

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -143,6 +144,8 @@ class Engine:
                                                   sorted(board.reserved.cores))
         self.monitor = HealthMonitor(self)
         self.reports: ReportSocket | None = None
+        self.sources: dict[str, Callable[[], dict[str, Any]]] = {}
+        """Status of each desired-state source (files, mqtt, ...), shown in status."""
         self.started_at = self.platform.wall()
         self.ready_after_s: float | None = None
 
@@ -582,6 +585,7 @@ class Engine:
                 "origin": self.origin},
             "ready_after_s": self.ready_after_s,
             "windows": self.windows.status(),
+            "sources": {name: f() for name, f in self.sources.items()},
             "degraded": {"capacity": self.capacity, "memory_mib": self.memory_mib,
                          "shed": self.shed},
             "partitions": parts,

@@ -15,6 +15,37 @@ def _hostname() -> str:
     return socket.gethostname().split(".")[0].lower() or "board"
 
 
+class MqttConfig(Frozen):
+    """The link to mission planners through an MQTT broker (docs/mqtt.md)."""
+
+    url: str = Field(pattern=r"^mqtts?://[^/:]+(:\d+)?/?$")
+    """``mqtt://host:port`` or ``mqtts://host:port`` (TLS, server certificate verified)."""
+    topic_root: str = Field(default="sortie/v1", pattern=r"^[A-Za-z0-9_/-]+$")
+    """Versioned topic root; this board's tree is ``ROOT/NODE/...``."""
+    username: str | None = None
+    """Broker user name."""
+    password_file: Path | None = None
+    """File holding the broker password (kept out of the config)."""
+    ca_file: Path | None = None
+    """CA bundle that signs the broker's certificate (default: the system's)."""
+    cert_file: Path | None = None
+    """Client certificate, for brokers that require one."""
+    key_file: Path | None = None
+    """Client certificate's private key."""
+    trusted_keys: dict[str, str] = Field(default_factory=dict)
+    """Planner keys: key id -> base64 Ed25519 public key (``sortie keygen`` prints it)."""
+    revoked_keys: list[str] = Field(default_factory=list)
+    """Key ids refused even if listed as trusted."""
+    max_payload_bytes: int = Field(default=256 * 1024, ge=1024)
+    """Larger pushes are refused before anything is parsed."""
+    insecure_lab_mode: bool = False
+    """Accept unsigned profiles. Never on a flying board; logged loudly at every start."""
+    backlog_events: int = Field(default=1000, ge=0)
+    """Events kept while the broker is unreachable, sent when it returns."""
+    keepalive_s: int = Field(default=30, ge=5)
+    """MQTT keepalive: how soon the broker notices the board is gone (last will)."""
+
+
 class AgentConfig(Frozen):
     """Where the agent finds its board, its missions and its state."""
 
@@ -52,6 +83,8 @@ class AgentConfig(Frozen):
     """Accounting periods of full-budget use and throttling that flag a runaway."""
     accounting_period_ms: int = Field(default=1_000, ge=100)
     """How often CPU usage is sampled per partition, milliseconds."""
+    mqtt: MqttConfig | None = None
+    """Planner link over MQTT; ``None``: no MQTT."""
     stop_workloads_on_exit: bool = False
     """Stop every workload and remove the cgroups when the agent exits on a signal.
 
