@@ -143,6 +143,8 @@ async def run(config: AgentConfig, board: HardwareProfile, opts: RunOptions) -> 
             stopper: asyncio.Task[Any] = tg.create_task(stop.wait(), name="stop")
             # A "forever" task that ends is a failure: escalate instead of limping on.
             done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            if link is not None:
+                await link.close()  # the retained status says offline while we can
             for t in tasks:
                 t.cancel()
             for t in done:
@@ -153,8 +155,6 @@ async def run(config: AgentConfig, board: HardwareProfile, opts: RunOptions) -> 
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             with contextlib.suppress(ValueError, RuntimeError):
                 loop.remove_signal_handler(sig)
-        if link is not None:
-            await link.close()
         await engine.shutdown(opts.teardown or config.stop_workloads_on_exit)
         events.emit("agent.stopped", "agent",
                     "workloads stopped, cgroups removed" if opts.teardown

@@ -69,11 +69,17 @@ def _launch(conf: Path, port: int) -> subprocess.Popen[bytes]:
     raise RuntimeError("mosquitto did not start")
 
 
+# Without it, mosquitto's small writes to a client wait for that client's delayed ACK
+# (~40 ms) whenever the client also publishes (Nagle): docs/mqtt.md.
+NODELAY = "set_tcp_nodelay true\n"
+
+
 @contextmanager
-def plain_broker(tmp: Path) -> Iterator[Broker]:
+def plain_broker(tmp: Path, nodelay: bool = True) -> Iterator[Broker]:
     port = free_port()
     conf = tmp / "mosquitto.conf"
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+                    f"{NODELAY if nodelay else ''}"
                     f"{KEEP_USER}")
     b = Broker(f"mqtt://127.0.0.1:{port}", port, _launch(conf, port), conf)
     try:
@@ -133,7 +139,8 @@ def tls_broker(tmp: Path, node: str, users: dict[str, str]) -> Iterator[Broker]:
     conf.write_text(
         f"listener {port} 127.0.0.1\nallow_anonymous false\npersistence false\n"
         f"password_file {pw}\nacl_file {acl}\ncafile {tmp / 'ca.pem'}\n"
-        f"certfile {tmp / 'server.pem'}\nkeyfile {tmp / 'server.key'}\n{KEEP_USER}")
+        f"certfile {tmp / 'server.pem'}\nkeyfile {tmp / 'server.key'}\n{KEEP_USER}"
+        f"{NODELAY}")
     b = Broker(f"mqtts://localhost:{port}", port, _launch(conf, port), conf,
                ca=tmp / "ca.pem", password_file=pw)
     try:

@@ -282,3 +282,88 @@ async def test_tls_passwords_and_acls(tmp_path: Path, agent_config: AgentConfig,
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
             await engine.shutdown(teardown=True)
+
+
+@needs_root_v1
+async def test_telemetry_events_and_watch(rig, tmp_path: Path) -> None:
+    r, broker, keys = rig
+    (tmp_path / "m.yaml").write_bytes(profile(1))
+    assert (await asyncio.to_thread(push_cli, broker, keys, tmp_path / "m.yaml")).returncode == 0
+    watcher = asyncio.create_task(asyncio.to_thread(subprocess.run, [
+        sys.executable, "-m", "agent.cli", "watch", "--node", NODE, "--broker", broker.url,
+        "--seconds", "3"], capture_output=True, text=True, cwd=REPO, timeout=30,
+        check=False))
+    tele = asyncio.create_task(asyncio.to_thread(sub, broker.port,
+                                                 f"sortie/v1/{NODE}/telemetry"))
+    await asyncio.sleep(1.0)
+    r.engine.sample()
+    await asyncio.sleep(0.3)
+    r.engine.sample()
+    r.link.publish_telemetry()
+    r.engine.events.emit("test.hello", "test", "seen by mosquitto_sub")
+    (t,) = await tele
+    assert "p" in t["partitions"] and 0 <= t["partitions"]["p"]["share"] <= 0.21
+    out = (await watcher).stdout
+    assert "status     online mission m generation 1" in out
+    assert "event      test.hello test: seen by mosquitto_sub" in out
+
+
+@needs_root_v1
+async def test_unsigned_profiles_only_in_lab_mode(tmp_path: Path, agent_config: AgentConfig,
+                                                  board: HardwareProfile, caplog) -> None:
+    engine = Engine(agent_config, board, V1Backend(CGROUP_ROOT, agent_config.cgroup_prefix),
+                    StateStore(agent_config.state_dir))
+    await engine.start()
+    try:
+        strict = MqttLink(MqttConfig(url="mqtt://127.0.0.1:1"), NODE, engine,
+                          GenerationLedger(tmp_path / "a"))
+        assert (await strict.handle(profile(1)))["outcome"] == "rejected"
+        lab = MqttLink(MqttConfig(url="mqtt://127.0.0.1:1", insecure_lab_mode=True), NODE,
+                       engine, GenerationLedger(tmp_path / "b"))
+        assert "insecure_lab_mode is ON" in caplog.text
+        ack = await lab.handle(profile(1))
+        assert ack["outcome"] == "applied" and engine.origin["signed"] is False
+    finally:
+        await engine.shutdown(teardown=True)
+
+
+@needs_root_v1
+def test_sortie_run_flies_what_a_planner_pushes(tmp_path: Path, prefix: str) -> None:
+    """The whole path: `sortie run` with an mqtt section, `sortie push`, `sortie status`."""
+    keys = tmp_path / "keys"
+    generate(keys, "planner")
+    logs = Path(f"/tmp/{prefix}-logs")
+    with plain_broker(tmp_path) as broker:
+        cfg = tmp_path / "agent.yaml"
+        cfg.write_text(yaml.safe_dump({
+            "node_name": NODE, "state_dir": str(tmp_path / "state"),
+            "run_dir": str(tmp_path / "run"), "log_dir": str(logs), "cgroup_prefix": prefix,
+            "agent_cgroup": False, "isolate_os": False, "accounting_period_ms": 200,
+            "report_socket": None, "profile_dirs": [str(tmp_path / "none")],
+            "mqtt": {"url": broker.url, "trusted_keys": {
+                "planner": (keys / "planner.pub").read_text().strip()}}}))
+        (tmp_path / "none").mkdir()
+        agent = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--config",
+                                  str(cfg), "--teardown"], cwd=REPO,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            online = sub(broker.port, f"sortie/v1/{NODE}/status", timeout=20)
+            assert online and online[0]["online"]
+            (tmp_path / "m.yaml").write_bytes(profile(3))
+            res = push_cli(broker, keys, tmp_path / "m.yaml")
+            assert res.returncode == 0, res.stderr
+            st = json.loads(subprocess.run(
+                [sys.executable, "-m", "agent.cli", "status", "--config", str(cfg), "-o",
+                 "json"], capture_output=True, text=True, cwd=REPO, check=True).stdout)
+            assert st["mission"]["origin"]["source"] == "mqtt"
+            assert st["mission"]["generation"] == 3
+            assert st["sources"]["mqtt"]["connected"]
+            tele = sub(broker.port, f"sortie/v1/{NODE}/telemetry", timeout=10)
+            assert "p" in tele[0]["partitions"]
+        finally:
+            agent.terminate()
+            agent.wait(timeout=30)
+        offline = sub(broker.port, f"sortie/v1/{NODE}/status", timeout=5)
+        assert offline and offline[0]["online"] is False
+    import shutil
+    shutil.rmtree(logs, ignore_errors=True)
