@@ -238,17 +238,8 @@ class Engine:
                 return Decision("rejected", mission.name, mission.generation, violations)
             if mission == self.mission:
                 return Decision("unchanged", mission.name, mission.generation)
-            flying = self._fit(mission)
-            desired = desired_state(flying, self.board, self._mems)
-            scope = changed_partitions(self.desired, desired)
-            self._adopt_matching(desired)
-            actions = plan(desired, self._observed(scope), scope)
-            # Windows pause while partitions change: frozen tasks cannot be stopped.
-            self.windows.stop()
-            self.monitor.rearm(scope)
-            self.mission, self.origin, self.desired = mission, origin, desired
-            errors = await self._execute(actions)
-            self._start_windows(flying)
+            self.mission, self.origin = mission, origin
+            actions, errors = await self._converge(mission, always=True)
             # Saved once applied: "last known good" is what ran, and the fsync stays off
             # the path from change to running workload.
             self._persist(StoredMission(mission, origin))
@@ -301,16 +292,27 @@ class Engine:
             self.capacity, self.memory_mib = now, mem
             if self.mission is None:
                 return
-            flying = self._fit(self.mission)
-            desired = desired_state(flying, self.board, self._mems)
-            scope = changed_partitions(self.desired, desired)
-            if not scope:
-                return
-            actions = plan(desired, self._observed(scope), scope)
-            self.windows.stop()
-            self.desired = desired
-            await self._execute(actions)
-            self._start_windows(flying)
+            await self._converge(self.mission, always=False)
+
+    async def _converge(self, mission: MissionProfile,
+                        always: bool) -> tuple[list[Action], list[str]]:
+        """Take partitions and workloads to ``mission``, as far as the board allows now,
+        touching only what changed. The caller holds the lock. ``always``: restart the
+        windows even when no partition changed (the schedules may have)."""
+        flying = self._fit(mission)
+        desired = desired_state(flying, self.board, self._mems)
+        scope = changed_partitions(self.desired, desired)
+        if not scope and not always:
+            return [], []
+        self._adopt_matching(desired)
+        actions = plan(desired, self._observed(scope), scope)
+        # Windows pause while partitions change: frozen tasks cannot be stopped.
+        self.windows.stop()
+        self.monitor.rearm(scope)
+        self.desired = desired
+        errors = await self._execute(actions)
+        self._start_windows(flying)
+        return actions, errors
 
     def _open_reports(self) -> None:
         path = self.config.report_socket

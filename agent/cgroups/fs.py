@@ -126,3 +126,26 @@ def parse_keyed(text: str) -> dict[str, int]:
 
 def parse_pids(text: str) -> list[int]:
     return [int(x) for x in text.split()]
+
+
+def move_procs(fs: CgroupFs, source: Path, target: Path, passes: int = 3) -> int:
+    """Move every process listed in ``source`` (a cgroup.procs file) into ``target``.
+
+    Processes that cannot move (kernel threads) or that exit meanwhile are skipped;
+    extra passes catch children forked while the first pass ran. Returns how many moved.
+    """
+    moved = 0
+    for _ in range(passes):
+        pids = parse_pids(fs.read(source))
+        if not pids:
+            break
+        before = moved
+        for pid in pids:
+            try:
+                fs.write(target, str(pid))
+                moved += 1
+            except CgroupError:
+                continue
+        if moved == before:
+            break
+    return moved

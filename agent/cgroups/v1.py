@@ -23,6 +23,7 @@ from agent.cgroups.fs import (
     CgroupFs,
     RealCgroupFs,
     format_cpu_list,
+    move_procs,
     parse_cpu_list,
     parse_keyed,
     parse_pids,
@@ -113,29 +114,15 @@ class V1Backend:
         self.fs.mkdir(system)
         self.fs.write(system / "cpuset.mems", self.board_mems())
         self.fs.write(system / "cpuset.cpus", format_cpu_list(cores))
-        moved = 0
-        for pid in parse_pids(self.fs.read(root / "cgroup.procs")):
-            try:
-                self.fs.write(system / "cgroup.procs", str(pid))
-                moved += 1
-            except CgroupError:
-                continue  # kernel threads and processes that just exited stay
-        return moved
+        # Kernel threads and processes that just exited stay where they are.
+        return move_procs(self.fs, root / "cgroup.procs", system / "cgroup.procs", passes=1)
 
     def release_os(self) -> None:
         root = self._mounts["cpuset"]
         system = self._dir("cpuset", SYSTEM_GROUP)
         if not self.fs.exists(system):
             return
-        for _ in range(3):  # processes forked while we move are caught on the next pass
-            pids = parse_pids(self.fs.read(system / "cgroup.procs"))
-            if not pids:
-                break
-            for pid in pids:
-                try:
-                    self.fs.write(root / "cgroup.procs", str(pid))
-                except CgroupError:
-                    continue
+        move_procs(self.fs, system / "cgroup.procs", root / "cgroup.procs")
         self.fs.rmdir(system)
 
     def move_self(self) -> None:

@@ -23,6 +23,7 @@ from agent.cgroups.fs import (
     CgroupFs,
     RealCgroupFs,
     format_cpu_list,
+    move_procs,
     parse_cpu_list,
     parse_keyed,
     parse_pids,
@@ -75,28 +76,15 @@ class V2Backend:
         system = self._dir(SYSTEM_GROUP)
         self.fs.mkdir(system)
         self.fs.write(system / "cpuset.cpus", format_cpu_list(cores))
-        moved = 0
-        for pid in parse_pids(self.fs.read(self.root / "cgroup.procs")):
-            try:
-                self.fs.write(system / "cgroup.procs", str(pid))
-                moved += 1
-            except CgroupError:
-                continue  # kernel threads stay in the root
-        return moved
+        # Kernel threads stay in the root.
+        return move_procs(self.fs, self.root / "cgroup.procs", system / "cgroup.procs",
+                          passes=1)
 
     def release_os(self) -> None:
         system = self._dir(SYSTEM_GROUP)
         if not self.fs.exists(system):
             return
-        for _ in range(3):
-            pids = parse_pids(self.fs.read(system / "cgroup.procs"))
-            if not pids:
-                break
-            for pid in pids:
-                try:
-                    self.fs.write(self.root / "cgroup.procs", str(pid))
-                except CgroupError:
-                    continue
+        move_procs(self.fs, system / "cgroup.procs", self.root / "cgroup.procs")
         self.fs.rmdir(system)
 
     # -- base --------------------------------------------------------------------
