@@ -22,7 +22,8 @@ from agent.models import HardwareProfile
 from simulator.cgroupfs import FakeCgroup2Fs, _err, _Group
 from simulator.workloads import Demand
 
-PID_BASE = 10_000_000  # above any real pid_max: a stray kill() can never hit a real process
+PID_BASE = 10_000_000
+LATENCY_US = 3000.0  # half of CFS's 6 ms target latency: a sleeper's wake-up credit  # above any real pid_max: a stray kill() can never hit a real process
 
 
 @dataclass
@@ -80,6 +81,10 @@ class Task:
     partition: str | None = None
     wake_us: float = 0.0
     """Nothing can happen to this task before this time unless the tree changes."""
+    vruntime: float = 0.0
+    """CPU received, CFS style: the lowest runs first on a shared core."""
+    last_run_slice: float = -1.0
+    """Start of the last slice in which the task was runnable."""
 
 
 class SimCgroupFs(FakeCgroup2Fs):
@@ -318,8 +323,7 @@ class SimBoard:
                 t.dl_left -= tau
                 self._run(t, chain, core, tau, now, dt - free[core] + tau, given)
                 free[core] -= tau
-        # CFS: spread tasks over their allowed cores, then share each core fairly
-        # (processor sharing inside the slice, as CFS time-slices far below 1 ms).
+        # CFS: spread tasks over their allowed cores, then time-slice each core.
         placed: dict[int, list[tuple[Task, list[_Group]]]] = {c: [] for c in free}
         cfs = sorted((x for x in runnable if x[0].deadline is None),
                      key=lambda x: (len(x[0].cpus), x[0].pid))
@@ -329,20 +333,25 @@ class SimBoard:
                 core = min(cpus, key=lambda c: (len(placed[c]), -free[c], c))
                 placed[core].append((t, chain))
         for core, items in placed.items():
-            left, pending = free[core], list(items)
-            while pending and left > 1e-9:
-                share = left / len(pending)
-                capped = [(t, ch) for t, ch in pending if self._cap(t, ch, core, dt) <= share]
-                if not capped:
-                    for t, ch in pending:
-                        self._run(t, ch, core, share, now, dt, given)
-                    left = 0.0
+            if not items:
+                continue
+            # CFS on a shared core: the task with the least CPU received runs first for
+            # the slice; a task waking from sleep gets no more than a short credit
+            # (min_vruntime - latency/2), as the kernel places sleepers.
+            awake = [t.vruntime for t, _ in items if t.last_run_slice >= now - dt - 1e-6]
+            floor = (min(awake) if awake else min(t.vruntime for t, _ in items)) - LATENCY_US
+            for t, _ in items:
+                if t.last_run_slice < now - dt - 1e-6:
+                    t.vruntime = max(t.vruntime, floor)
+                t.last_run_slice = now
+            left = free[core]
+            for t, ch in sorted(items, key=lambda x: (x[0].vruntime, x[0].pid)):
+                if left <= 1e-9:
                     break
-                for t, ch in capped:
-                    tau = self._cap(t, ch, core, dt)
-                    self._run(t, ch, core, tau, now, dt, given)
-                    left -= tau
-                    pending.remove((t, ch))
+                tau = min(left, self._cap(t, ch, core, dt))
+                self._run(t, ch, core, tau, now, dt - left + tau, given)
+                t.vruntime += tau
+                left -= tau
             free[core] = left
         ran = {}
         for c, by in given.items():

@@ -72,6 +72,8 @@ class _Sim:
         self.engine = self._engine()
         self._tasks: list[asyncio.Task[None]] = []
         self._handle: asyncio.TimerHandle | None = None
+        self._done = asyncio.Event()
+        self.failure: BaseException | None = None
 
     def wall(self) -> float:
         return WALL_EPOCH + asyncio.get_running_loop().time() + self.jump
@@ -110,7 +112,12 @@ class _Sim:
         self._handle = None
         now = loop.time()
         self.board.now_us = now * 1e6
-        wake_us = self.board.step()
+        try:
+            wake_us = self.board.step()
+        except Exception as exc:  # a model bug must end the run, not freeze the board
+            self.failure = exc
+            self._done.set()
+            return
         self._record(now)
         slice_s = self.board.slice_us / 1e6
         nxt = max(now + slice_s, min(wake_us / 1e6, now + self.MAX_SKIP_S))
@@ -219,11 +226,12 @@ class _Sim:
         self._handle = loop.call_at(loop.time(), self._tick)
         self.board.on_change = self._kick
         self._tasks += [loop.create_task(self.accounting(), name="accounting")]
-        done = asyncio.Event()
         for f in sorted(self.sc.faults, key=lambda f: f.at_s):
             loop.call_at(f.at_s, self._start_fault, f)
-        loop.call_at(self.sc.duration_s, done.set)
-        await done.wait()
+        loop.call_at(self.sc.duration_s, self._done.set)
+        await self._done.wait()
+        if self.failure is not None:
+            raise RuntimeError("the CPU model failed") from self.failure
         self.result_partitions = self.summary()
         self.board.on_change = lambda: None
         if self._handle is not None:
