@@ -22,8 +22,8 @@ from agent.models import HardwareProfile
 from simulator.cgroupfs import FakeCgroup2Fs, _err, _Group
 from simulator.workloads import Demand
 
-PID_BASE = 10_000_000
-LATENCY_US = 3000.0  # half of CFS's 6 ms target latency: a sleeper's wake-up credit  # above any real pid_max: a stray kill() can never hit a real process
+PID_BASE = 10_000_000  # above any real pid_max: a stray kill() can never hit a real process
+LATENCY_US = 3000.0  # half of CFS's 6 ms target latency: a sleeper's wake-up credit
 
 
 @dataclass
