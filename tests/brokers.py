@@ -110,8 +110,21 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
                              serialization.NoEncryption())
 
 
+def client_cert(tmp: Path, name: str) -> tuple[Path, Path]:
+    """A client certificate signed by the test CA that ``tls_broker`` made in ``tmp``."""
+    ca_key = serialization.load_pem_private_key((tmp / "ca.key").read_bytes(), None)
+    ca = x509.load_pem_x509_certificate((tmp / "ca.pem").read_bytes())
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = _cert(name, key, ca.subject, ca_key, ca=False)
+    (tmp / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp / f"{name}.key").write_bytes(_pem_key(key))
+    return tmp / f"{name}.pem", tmp / f"{name}.key"
+
+
 @contextmanager
-def tls_broker(tmp: Path, node: str, users: dict[str, str]) -> Iterator[Broker]:
+def tls_broker(tmp: Path, node: str, users: dict[str, str],
+               require_certificate: bool = False) -> Iterator[Broker]:
     """TLS (test CA made now), passwords, and ACLs: a board reads only its own profile
     topic and writes only its own tree; a planner writes profiles and reads the rest."""
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -119,6 +132,7 @@ def tls_broker(tmp: Path, node: str, users: dict[str, str]) -> Iterator[Broker]:
     srv_key = ec.generate_private_key(ec.SECP256R1())
     srv = _cert("localhost", srv_key, ca.subject, ca_key, ca=False)
     (tmp / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (tmp / "ca.key").write_bytes(_pem_key(ca_key))
     (tmp / "server.pem").write_bytes(srv.public_bytes(serialization.Encoding.PEM))
     (tmp / "server.key").write_bytes(_pem_key(srv_key))
     pw = tmp / "passwords"
@@ -140,7 +154,8 @@ def tls_broker(tmp: Path, node: str, users: dict[str, str]) -> Iterator[Broker]:
         f"listener {port} 127.0.0.1\nallow_anonymous false\npersistence false\n"
         f"password_file {pw}\nacl_file {acl}\ncafile {tmp / 'ca.pem'}\n"
         f"certfile {tmp / 'server.pem'}\nkeyfile {tmp / 'server.key'}\n{KEEP_USER}"
-        f"{NODELAY}")
+        f"{NODELAY}"
+        f"{'require_certificate true' + chr(10) if require_certificate else ''}")
     b = Broker(f"mqtts://localhost:{port}", port, _launch(conf, port), conf,
                ca=tmp / "ca.pem", password_file=pw)
     try:

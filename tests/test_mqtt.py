@@ -367,3 +367,54 @@ def test_sortie_run_flies_what_a_planner_pushes(tmp_path: Path, prefix: str) -> 
         assert offline and offline[0]["online"] is False
     import shutil
     shutil.rmtree(logs, ignore_errors=True)
+
+
+@needs_root_v1
+async def test_client_certificates_and_acls(tmp_path: Path, agent_config: AgentConfig,
+                                            board: HardwareProfile) -> None:
+    """A broker that requires client certificates; a board may not write another
+    board's tree (the ACL drops it), while its own status gets through."""
+    from tests.brokers import client_cert
+    (tmp_path / "board.pw").write_text("pw-board")
+    with tls_broker(tmp_path, NODE, {NODE: "pw-board", "board-8": "pw-8",
+                                     "planner": "pw-p"}, require_certificate=True) as b:
+        cert, key = client_cert(tmp_path, NODE)
+        cfg = MqttConfig(url=b.url, username=NODE, password_file=tmp_path / "board.pw",
+                         ca_file=b.ca, cert_file=cert, key_file=key)
+        engine = Engine(agent_config, board, V1Backend(CGROUP_ROOT, agent_config.cgroup_prefix),
+                        StateStore(agent_config.state_dir))
+        await engine.start()
+        link = MqttLink(cfg, NODE, engine, GenerationLedger(agent_config.state_dir))
+        task = asyncio.get_running_loop().create_task(link.run_forever())
+        try:
+            await wait_for(lambda: link.connected, 15)
+            pcert, pkey = client_cert(tmp_path, "planner")
+            tls = ["--cafile", str(b.ca), "--cert", str(pcert), "--key", str(pkey)]
+
+            def planner_sub(topic: str) -> subprocess.CompletedProcess[str]:
+                return subprocess.run(["mosquitto_sub", "-h", "localhost", "-p", str(b.port),
+                                       *tls, "-u", "planner", "-P", "pw-p", "-t", topic,
+                                       "-C", "1", "-W", "3"], capture_output=True, text=True,
+                                      timeout=20, check=False)
+
+            own = await asyncio.to_thread(planner_sub, f"sortie/v1/{NODE}/status")
+            assert '"online": true' in own.stdout
+            # board-7 (with its certificate) tries to speak for board-8: dropped by the ACL
+            await asyncio.to_thread(subprocess.run, [
+                "mosquitto_pub", "-h", "localhost", "-p", str(b.port), *tls[:2],
+                "--cert", str(cert), "--key", str(key), "-u", NODE, "-P", "pw-board",
+                "-q", "1", "-r", "-t", "sortie/v1/board-8/status", "-m", '{"online": true}'],
+                capture_output=True, timeout=20, check=False)
+            forged = await asyncio.to_thread(planner_sub, "sortie/v1/board-8/status")
+            assert forged.stdout == ""
+            # and without a client certificate the broker refuses the connection
+            nocert = await asyncio.to_thread(subprocess.run, [
+                "mosquitto_pub", "-h", "localhost", "-p", str(b.port), "--cafile", str(b.ca),
+                "-u", "planner", "-P", "pw-p", "-t", "x", "-m", "y"], capture_output=True,
+                timeout=20, check=False)
+            assert nocert.returncode != 0
+        finally:
+            await link.close()
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await engine.shutdown(teardown=True)
