@@ -83,6 +83,8 @@ class Task:
     """Nothing can happen to this task before this time unless the tree changes."""
     vruntime: float = 0.0
     """CPU received, CFS style: the lowest runs first on a shared core."""
+    last_given: float = -1.0
+    """Start of the last slice in which the task got CPU."""
     last_run_slice: float = -1.0
     """Start of the last slice in which the task was runnable."""
 
@@ -345,13 +347,17 @@ class SimBoard:
                     t.vruntime = max(t.vruntime, floor)
                 t.last_run_slice = now
             left = free[core]
-            for t, ch in sorted(items, key=lambda x: (x[0].vruntime, x[0].pid)):
+            # Ties go to whoever ran longest ago (round robin), not to a fixed order.
+            for t, ch in sorted(items, key=lambda x: (x[0].vruntime, x[0].last_given,
+                                                      x[0].pid)):
                 if left <= 1e-9:
                     break
                 tau = min(left, self._cap(t, ch, core, dt))
-                self._run(t, ch, core, tau, now, dt - left + tau, given)
-                t.vruntime += tau
-                left -= tau
+                if tau > 0:
+                    self._run(t, ch, core, tau, now, dt - left + tau, given)
+                    t.vruntime += tau
+                    t.last_given = now
+                    left -= tau
             free[core] = left
         ran = {}
         for c, by in given.items():
@@ -382,12 +388,10 @@ class SimBoard:
             st: GroupState = g.sim
             st.usage_us += tau
             if st.quota_us is not None:
+                # Spending the quota is not yet a throttle: it is one only if the group
+                # wants CPU again before its refill (the next slices decide that).
                 st.used_this += tau
                 st.runtime_left -= tau
-                if (st.runtime_left <= 1e-9 and st.throttled_since is None
-                        and t.demand.work_us > 1e-9):
-                    st.throttled_since = now + done_at
-                    st.throttled_this = True
 
     def _rollover(self, st: GroupState, now: float) -> None:
         if not st.started:
