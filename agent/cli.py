@@ -18,6 +18,7 @@ from agent import __version__
 from agent.admission import admit
 from agent.api.client import call
 from agent.errors import AgentError, ProfileError, Violation
+from agent.images.store import ImageStore
 from agent.models import AgentConfig, HardwareProfile, MissionProfile, load_file
 from agent.preflight import host_violations
 
@@ -149,7 +150,8 @@ def _plan_offline(config: AgentConfig, hw: Path | None,
     from agent.planning import ObservedPartition, ObservedWorkload, describe, desired_state, plan
 
     board = load_board(hw, config)
-    violations = admit(mission, board) + host_violations(mission)
+    violations = admit(mission, board) + host_violations(
+        mission, ImageStore(config.state_dir / "images"))
     if violations:
         return violations, []
     backend = make_backend(config.cgroup_root, config.cgroup_prefix, config.cgroup_version)
@@ -350,6 +352,31 @@ def render_sim(r: Any) -> str:
     return "\n".join(lines)
 
 
+def cmd_image(args: argparse.Namespace) -> int:
+    from agent.store import StateStore
+
+    config = load_config(args.config)
+    store = ImageStore(config.state_dir / "images")
+    if args.image_command == "import":
+        for digest in store.import_path(args.path):
+            print(f"imported {digest}")
+    elif args.image_command == "list":
+        rows = [vars(i) for i in store.images()]
+        if args.output:
+            _emit(rows, args.output)
+        else:
+            for i in store.images():
+                print(f"{i.digest}  {i.name or '-':<16} {i.architecture:<6} "
+                      f"{i.size / (1 << 20):7.1f} MiB  {'unpacked' if i.unpacked else ''}")
+    else:  # gc: keep what the last-known-good mission uses
+        stored = StateStore(config.state_dir).load()
+        keep = {w.image for p in (stored.mission.partitions if stored else [])
+                for w in p.workloads if w.image}
+        for digest in store.gc(keep):
+            print(f"removed {digest}")
+    return EXIT_OK
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     models: dict[str, type[Any]] = {"mission": MissionProfile, "hardware": HardwareProfile,
                                     "config": AgentConfig}
@@ -466,6 +493,20 @@ def build_parser() -> argparse.ArgumentParser:
                     help="directory for the timeline picture and the trace")
     output(si)
     si.set_defaults(func=cmd_sim)
+
+    im = sub.add_parser("image", help="container images (OCI layouts, verified)")
+    im_sub = im.add_subparsers(dest="image_command", required=True, parser_class=Parser)
+    ii = im_sub.add_parser("import", help="verify and import an OCI layout (dir or tar)")
+    common(ii)
+    ii.add_argument("path", type=Path)
+    ii.set_defaults(func=cmd_image)
+    il = im_sub.add_parser("list", help="imported images")
+    common(il)
+    output(il)
+    il.set_defaults(func=cmd_image)
+    ig = im_sub.add_parser("gc", help="remove images the last-known-good mission does not use")
+    common(ig)
+    ig.set_defaults(func=cmd_image)
 
     sc = sub.add_parser("schema", help="JSON Schema of the documents Sortie reads")
     sc.add_argument("which", nargs="?", choices=["mission", "hardware", "config"])

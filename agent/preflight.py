@@ -7,16 +7,34 @@ from __future__ import annotations
 
 import os
 
-from agent.errors import Violation
-from agent.models import MissionProfile
+from agent.errors import AgentError, Violation
+from agent.images.store import ImageStore
+from agent.models import MissionProfile, Workload
+from agent.runtime.containers import user_ids
 from agent.runtime.identity import resolve_command, resolve_identity
 
 
-def host_violations(mission: MissionProfile) -> list[Violation]:
+def _container(w: Workload, at: str, images: ImageStore | None) -> list[Violation]:
+    found = []
+    if images is None or w.image is None or not images.has(w.image):
+        found.append(Violation(f"{at}.image", f"image {w.image} is not in the image store "
+                                              "(sortie image import PATH)"))
+    try:
+        user_ids(w.user, w.group)
+    except AgentError as exc:
+        found.append(Violation(f"{at}.user", str(exc)))
+    return found
+
+
+def host_violations(mission: MissionProfile,
+                    images: ImageStore | None = None) -> list[Violation]:
     found: list[Violation] = []
     for i, p in enumerate(mission.partitions):
         for j, w in enumerate(p.workloads):
             at = f"partitions[{i}].workloads[{j}]"
+            if w.image is not None:  # the command and user live inside the image
+                found += _container(w, at, images)
+                continue
             try:
                 resolve_identity(w.user, w.group)
             except LookupError as exc:

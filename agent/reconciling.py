@@ -21,6 +21,7 @@ from agent.cgroups import CgroupBackend, CpuSample, PartitionLimits
 from agent.degraded import fit
 from agent.errors import AgentError, StoreError, Violation
 from agent.events import EventLog
+from agent.images.store import ImageStore
 from agent.models import AgentConfig, HardwareProfile, MissionProfile, Workload
 from agent.monitoring import HealthMonitor
 from agent.observing import FoundPartition, FoundWorkload, observe
@@ -43,6 +44,7 @@ from agent.planning import (
 from agent.platform import Platform, Runner
 from agent.preflight import host_violations
 from agent.reporting import ReportSocket
+from agent.runtime.containers import ContainerOps
 from agent.runtime.logs import rotate_if_large
 from agent.runtime.stopping import terminate_group
 from agent.runtime.supervisor import WorkloadRunner
@@ -112,7 +114,10 @@ class Engine:
     def __init__(self, config: AgentConfig, board: HardwareProfile, backend: CgroupBackend,
                  store: StateStore, events: EventLog | None = None,
                  host_checks: bool = True, platform: Platform | None = None) -> None:
-        self.platform = platform or Platform()
+        self.platform = platform or Platform(ops=ContainerOps(
+            ImageStore(config.state_dir / "images"), config.run_dir))
+        ops = self.platform.ops
+        self.images = ops.images if isinstance(ops, ContainerOps) else None
         self.config = config
         self.board = board
         self.backend = backend
@@ -223,7 +228,7 @@ class Engine:
     def check(self, mission: MissionProfile) -> list[Violation]:
         found = admit(mission, self.board, self.features)
         if self.host_checks:
-            found += host_violations(mission)
+            found += host_violations(mission, self.images)
         return found + generation_violations(mission, self.mission)
 
     async def submit(self, mission: MissionProfile, origin: dict[str, Any]) -> Decision:

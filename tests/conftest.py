@@ -74,8 +74,9 @@ def purge_prefix(prefix: str) -> None:
                 with contextlib.suppress(OSError), open(st, "w") as f:
                     f.write("THAWED")
         time.sleep(0.02)
-    for c in CONTROLLERS:
-        top = CGROUP_ROOT / c / prefix
+    # Every hierarchy: runc also makes the paths in devices, blkio, name=systemd, ...
+    for mount in sorted(p for p in CGROUP_ROOT.iterdir() if p.is_dir()):
+        top = mount / prefix
         if top.exists():
             for d in sorted((p for p in top.rglob("*") if p.is_dir()),
                             key=lambda p: len(p.parts), reverse=True):
@@ -90,7 +91,7 @@ def prefix() -> Iterator[str]:
     name = f"sortie-test-{uuid.uuid4().hex[:8]}"
     yield name
     purge_prefix(name)
-    left = [c for c in CONTROLLERS if (CGROUP_ROOT / c / name).exists()]
+    left = [m.name for m in CGROUP_ROOT.iterdir() if (m / name).exists()]
     assert not left, f"cgroups left behind under {name} in {left}"
 
 

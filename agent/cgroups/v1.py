@@ -57,6 +57,27 @@ class V1Backend:
         for c, m in self._mounts.items():
             seen.setdefault(m.resolve(), c)
         self._distinct = list(seen.values())
+        self.root = root
+
+    def _foreign(self) -> list[Path]:
+        """Other hierarchies (devices, blkio, name=systemd, the cgroup2 mount...) where
+        an OCI runtime creates the same paths; removal cleans those too."""
+        try:
+            mounts = [d for d in self.root.iterdir() if d.is_dir()
+                      and d.name not in CONTROLLERS and d.resolve() not in
+                      {m.resolve() for m in self._mounts.values()}]
+        except OSError:
+            return []
+        return mounts
+
+    def _rmdir_foreign(self, *parts: str) -> None:
+        for m in self._foreign():
+            d = m.joinpath(self.prefix, *parts)
+            if d.is_dir():
+                for sub in sorted((p for p in d.rglob("*") if p.is_dir()),
+                                  key=lambda p: len(p.parts), reverse=True):
+                    self.fs.rmdir(sub)
+                self.fs.rmdir(d)
 
     # -- paths -------------------------------------------------------------------
     def _dir(self, controller: str, *parts: str) -> Path:
@@ -130,6 +151,7 @@ class V1Backend:
             self.fs.write(d / "cgroup.procs", str(os.getpid()))
 
     def remove_base(self) -> None:
+        self._rmdir_foreign()
         me = str(os.getpid())
         for c, d in self._dirs(AGENT_GROUP):
             if self.fs.exists(d) and me in self.fs.read(d / "cgroup.procs").split():
@@ -227,7 +249,10 @@ class V1Backend:
     def remove_partition(self, partition: str) -> None:
         for w in self.workloads(partition):
             self.remove_workload(partition, w)
+        self._rmdir_foreign(partition_dir(partition))
         for _, d in self._dirs(partition_dir(partition)):
+            for sub in self.fs.subdirs(d):  # leaves an OCI runtime made at partition level
+                self.fs.rmdir(d / sub)
             self.fs.rmdir(d)
 
     # -- workloads ---------------------------------------------------------------
@@ -242,9 +267,9 @@ class V1Backend:
         self.fs.write(own / "cpuset.cpus", self.fs.read(parent / "cpuset.cpus").strip())
 
     def remove_workload(self, partition: str, workload: str) -> None:
-        for c, d in self._dirs(partition_dir(partition), workload_dir(workload)):
-            if c not in PARTITION_LEVEL:
-                self.fs.rmdir(d)
+        for _c, d in self._dirs(partition_dir(partition), workload_dir(workload)):
+            self.fs.rmdir(d)  # PARTITION_LEVEL ones exist only if runc made them
+        self._rmdir_foreign(partition_dir(partition), workload_dir(workload))
 
     def procs(self, partition: str, workload: str) -> list[int]:
         d = self._dir("pids", partition_dir(partition), workload_dir(workload))

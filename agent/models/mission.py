@@ -113,6 +113,18 @@ class HealthCheck(Frozen):
     """Consecutive failures after which the workload is restarted."""
 
 
+Capability = Literal[
+    "CAP_AUDIT_CONTROL", "CAP_AUDIT_READ", "CAP_AUDIT_WRITE", "CAP_BLOCK_SUSPEND",
+    "CAP_BPF", "CAP_CHECKPOINT_RESTORE", "CAP_CHOWN", "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_IPC_LOCK", "CAP_IPC_OWNER",
+    "CAP_KILL", "CAP_LEASE", "CAP_LINUX_IMMUTABLE", "CAP_MAC_ADMIN", "CAP_MAC_OVERRIDE",
+    "CAP_MKNOD", "CAP_NET_ADMIN", "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST",
+    "CAP_NET_RAW", "CAP_PERFMON", "CAP_SETFCAP", "CAP_SETGID", "CAP_SETPCAP",
+    "CAP_SETUID", "CAP_SYSLOG", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_CHROOT",
+    "CAP_SYS_MODULE", "CAP_SYS_NICE", "CAP_SYS_PACCT", "CAP_SYS_PTRACE", "CAP_SYS_RAWIO",
+    "CAP_SYS_RESOURCE", "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_WAKE_ALARM"]
+
+
 class Workload(Frozen):
     """A process that lives in its partition's cgroup for its whole life."""
 
@@ -134,6 +146,13 @@ class Workload(Frozen):
     """Optional liveness check."""
     stop_grace_ms: int = Field(default=5_000, ge=0)
     """Time between SIGTERM and SIGKILL when stopping, milliseconds."""
+    image: str | None = Field(default=None, pattern=r"^sha256:[0-9a-f]{64}$")
+    """Run as an OCI container (runc) from this image: the manifest digest of an image
+    imported with ``sortie image import``. ``None``: a process on the host."""
+    capabilities: list[Capability] = Field(default_factory=list)
+    """Containers: the only capabilities the process keeps (default: none)."""
+    network: Literal["none", "host"] = "none"
+    """Containers: ``none`` (own empty network namespace) or the host's network."""
 
     def spec_hash(self) -> str:
         """Digest of everything that needs a restart when it changes."""

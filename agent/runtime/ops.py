@@ -35,6 +35,10 @@ class Launch:
     env: Mapping[str, str]
     log_file: Path
     sched: SchedPolicy | None = None
+    image: str | None = None
+    """OCI image digest: launch as a container (ContainerOps)."""
+    capabilities: tuple[str, ...] = ()
+    network: str = "none"
 
 
 class ProcessOps(Protocol):

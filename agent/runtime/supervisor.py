@@ -139,7 +139,7 @@ class WorkloadRunner:
                        sched: SchedPolicy | None) -> Launch:
         s = self.spec
         return Launch(self.partition, s.name, command, s.user, s.group, s.working_dir, env,
-                      self.log_file, sched)
+                      self.log_file, sched, s.image, tuple(s.capabilities), s.network)
 
     def _spawn(self) -> None:
         pid = self.ops.launch(self.backend,

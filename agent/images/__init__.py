@@ -1,0 +1,1 @@
+"""Container images: a verified, content-addressed store of OCI images."""

@@ -1,0 +1,201 @@
+"""OCI container workloads: a verified image store (umoci unpacks), runc runs them in
+their partition's cgroup with the partition's budget; bad images never run."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from agent.cgroups.v1 import V1Backend
+from agent.errors import ProfileError
+from agent.images.store import ImageError, ImageStore
+from agent.models import AgentConfig, HardwareProfile
+from agent.reconciling import Engine
+from agent.store import StateStore
+from tests.conftest import CGROUP_ROOT, REPO, needs_root_v1
+from tests.helpers import mission, partition, workload
+from tests.images import busybox_layout
+
+needs_runc = pytest.mark.skipif(not (shutil.which("runc") and shutil.which("umoci")),
+                                reason="runc and umoci come from .ci/setup")
+
+
+@pytest.fixture
+def layout(tmp_path: Path) -> tuple[Path, str]:
+    return tmp_path / "layout", busybox_layout(tmp_path / "layout")
+
+
+def blob(layout: Path, digest: str) -> Path:
+    return layout / "blobs" / "sha256" / digest.split(":")[1]
+
+
+@needs_runc
+def test_import_verifies_and_unpacks_with_umoci(tmp_path: Path, layout) -> None:
+    path, digest = layout
+    store = ImageStore(tmp_path / "store")
+    assert store.import_path(path) == [digest]
+    rootfs = store.rootfs(digest)
+    assert (rootfs / "bin" / "busybox").is_file()
+    (info,) = store.images()
+    assert info.digest == digest and info.unpacked and info.name == "busybox"
+
+
+@needs_runc
+def test_import_from_a_tar(tmp_path: Path, layout) -> None:
+    path, digest = layout
+    with tarfile.open(tmp_path / "img.tar", "w") as tar:
+        tar.add(path, arcname=".")
+    assert ImageStore(tmp_path / "store").import_path(tmp_path / "img.tar") == [digest]
+
+
+def layer_digest(path: Path, manifest_digest: str) -> str:
+    return json.loads(blob(path, manifest_digest).read_bytes())["layers"][0]["digest"]
+
+
+def test_a_tampered_layer_is_refused(tmp_path: Path, layout) -> None:
+    path, digest = layout
+    lb = blob(path, layer_digest(path, digest))
+    data = bytearray(lb.read_bytes())
+    data[-1] ^= 0xFF
+    lb.write_bytes(bytes(data))
+    with pytest.raises(ImageError, match="tampered"):
+        ImageStore(tmp_path / "store").import_path(path)
+    assert not (tmp_path / "store" / "layout" / "index.json").exists()
+
+
+def test_a_missing_blob_is_refused(tmp_path: Path, layout) -> None:
+    path, digest = layout
+    blob(path, layer_digest(path, digest)).unlink()
+    with pytest.raises(ImageError, match="blob missing"):
+        ImageStore(tmp_path / "store").import_path(path)
+
+
+def test_an_image_for_another_architecture_is_refused(tmp_path: Path) -> None:
+    busybox_layout(tmp_path / "arm", arch="riscv64")
+    with pytest.raises(ImageError, match="no image for linux/"):
+        ImageStore(tmp_path / "store").import_path(tmp_path / "arm")
+
+
+def test_not_a_layout(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ImageError, match="not an OCI image layout"):
+        ImageStore(tmp_path / "store").import_path(tmp_path / "empty")
+
+
+@needs_runc
+def test_gc_keeps_only_what_is_used(tmp_path: Path, layout) -> None:
+    path, digest = layout
+    store = ImageStore(tmp_path / "store")
+    store.import_path(path)
+    store.rootfs(digest)
+    assert store.gc({digest}) == []
+    assert store.gc(set()) == [digest]
+    assert store.images() == []
+    assert list((store.layout / "blobs" / "sha256").iterdir()) == []
+
+
+def test_an_unknown_capability_is_a_profile_error() -> None:
+    with pytest.raises(Exception, match="capabilities"):
+        mission(partition("c", workloads=[workload("w", image="sha256:" + "0" * 64,
+                                                   capabilities=["CAP_TIME_TRAVEL"])]))
+
+
+# -- running containers ----------------------------------------------------------------
+def engine(cfg: AgentConfig, board: HardwareProfile) -> Engine:
+    return Engine(cfg, board, V1Backend(CGROUP_ROOT, cfg.cgroup_prefix),
+                  StateStore(cfg.state_dir))
+
+
+PROBE = ("id; cat /proc/self/status | grep CapEff; touch /probe 2>&1 || echo ro-root; "
+         "touch /tmp/ok && echo tmp-ok; cat /proc/net/dev | tail -n +3 | cut -d: -f1; "
+         "while :; do :; done")
+
+
+@needs_root_v1
+@needs_runc
+async def test_a_container_runs_confined_in_its_partition(agent_config: AgentConfig,
+                                                          board: HardwareProfile, layout,
+                                                          prefix: str) -> None:
+    path, digest = layout
+    e = engine(agent_config, board)
+    assert e.images is not None
+    e.images.import_path(path)
+    await e.start()
+    d = await e.submit(mission(partition("c", quota=20_000, workloads=[
+        workload("probe", command=["/bin/sh", "-c", PROBE], image=digest,
+                 stop_grace_ms=200)])), {})
+    assert d.outcome == "applied", d
+    r = e.runners["c"]["probe"]
+    procs = (CGROUP_ROOT / "pids" / prefix / "p-c" / "w-probe" / "cgroup.procs")
+    assert str(r.pid) in procs.read_text().split()
+    e.sample()
+    await asyncio.sleep(1.5)
+    e.sample()
+    assert 0.15 <= e.usage["c"].share <= 0.23
+    out = r.log_file.read_text()
+    assert "uid=65534" in out and "CapEff:\t0000000000000000" in out
+    assert "ro-root" in out and "tmp-ok" in out
+    assert out.split("tmp-ok")[1].split() == ["lo"]  # network namespace: loopback only
+    await e.shutdown(teardown=True)
+    assert not list((agent_config.run_dir / "bundles").glob("*"))
+
+
+@needs_root_v1
+@needs_runc
+async def test_a_restarted_agent_adopts_the_container(agent_config: AgentConfig,
+                                                      board: HardwareProfile, layout) -> None:
+    path, digest = layout
+    first = engine(agent_config, board)
+    first.images.import_path(path)  # type: ignore[union-attr]
+    await first.start()
+    m = mission(partition("c", workloads=[workload("s", command=["/bin/sleep", "3600"],
+                                                   image=digest, stop_grace_ms=200)]))
+    await first.submit(m, {})
+    pid = first.runners["c"]["s"].pid
+    await first.shutdown(teardown=False)
+    second = engine(agent_config, board)
+    await second.start()
+    assert second.runners["c"]["s"].pid == pid and second.runners["c"]["s"].adopted
+    await second.shutdown(teardown=True)
+
+
+@needs_root_v1
+@needs_runc
+async def test_an_image_not_in_the_store_is_refused_before_anything_runs(
+        agent_config: AgentConfig, board: HardwareProfile, prefix: str) -> None:
+    e = engine(agent_config, board)
+    await e.start()
+    d = await e.submit(mission(partition("c", workloads=[
+        workload("w", image="sha256:" + "ab" * 32, user="operator")])), {})
+    assert d.outcome == "rejected"
+    got = {v.path: v.reason for v in d.violations}
+    assert "not in the image store" in got["partitions[0].workloads[0].image"]
+    assert "use a number" in got["partitions[0].workloads[0].user"]
+    assert not (CGROUP_ROOT / "pids" / prefix / "p-c").exists()
+    await e.shutdown(teardown=True)
+
+
+@needs_runc
+def test_image_cli(tmp_path: Path, layout) -> None:
+    path, digest = layout
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text(f"state_dir: {tmp_path / 'state'}\n")
+
+    def cli(*a: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "agent.cli", "image", *a, "--config",
+                               str(cfg)], capture_output=True, text=True, cwd=REPO,
+                              check=False)
+
+    assert f"imported {digest}" in cli("import", str(path)).stdout
+    assert digest in cli("list").stdout
+    assert f"removed {digest}" in cli("gc").stdout  # no mission uses it
+    bad = cli("import", str(tmp_path / "nope"))
+    assert bad.returncode == 1 and "no such directory" in bad.stderr
+    assert ProfileError  # the CLI maps image errors like any AgentError
