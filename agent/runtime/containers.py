@@ -4,7 +4,7 @@ workload's cgroup, with the partition's budget and limits.
 The OCI runtime config is generated here: pid, mount, ipc and uts namespaces (network
 per profile), the cgroup path of the workload's group, a read-only root filesystem from
 the image store, a tmpfs /tmp, noNewPrivileges, only the listed capabilities, a non-root
-user by default, and a default seccomp profile. Lifecycle: runc create / start / delete;
+user by default, and a default seccomp profile. Lifecycle: runc run --detach (create + start in one runc process) / delete;
 runc's stdio is the workload's log, so the container writes straight to it.
 """
 
@@ -129,29 +129,26 @@ class ContainerOps:
                                        workload_dir(req.workload)))
         (bundle / "config.json").write_text(json.dumps(oci_config(req, rootfs,
                                                                     cgroups_path)))
-        self._runc("delete", "--force", cid)  # a stopped one left by a previous agent
+        if (self.state / "runc" / cid).exists():  # a stopped one left by a previous agent
+            self._runc("delete", "--force", cid)
         pid_file = bundle / "pid"
         pid_file.unlink(missing_ok=True)
         log_fd = open_log(req.log_file)
         runc_log = bundle / "runc.log"
         runc_log.unlink(missing_ok=True)
         try:
-            # The container inherits runc create's stdout and stderr: both go to the
-            # workload's log; runc's own complaints go to --log.
+            # One runc process (run --detach = create + start): the container inherits its
+            # stdout and stderr, both the workload's log; runc's own complaints go to --log.
             created = subprocess.run(
                 [self.runc, "--root", str(self.state / "runc"), "--log", str(runc_log),
-                 "create", "--bundle", str(bundle), "--pid-file", str(pid_file), cid],
-                stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd, check=False)
+                 "run", "--detach", "--bundle", str(bundle), "--pid-file", str(pid_file),
+                 cid], stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd, check=False)
         finally:
             os.close(log_fd)
         if created.returncode != 0:
             self._runc("delete", "--force", cid)
             why = runc_log.read_text()[-400:] if runc_log.exists() else "no runc log"
-            raise AgentError(f"runc create {cid}: {why.strip()}")
-        started = self._runc("start", cid)
-        if started.returncode != 0:
-            self._runc("delete", "--force", cid)
-            raise AgentError(f"runc start {cid}: {started.stderr.strip()[-400:]}")
+            raise AgentError(f"runc run {cid}: {why.strip()}")
         pid = int(pid_file.read_text())
         self._ids[pid] = cid
         return pid
