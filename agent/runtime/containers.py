@@ -4,8 +4,9 @@ workload's cgroup, with the partition's budget and limits.
 The OCI runtime config is generated here: pid, mount, ipc and uts namespaces (network
 per profile), the cgroup path of the workload's group, a read-only root filesystem from
 the image store, a tmpfs /tmp, noNewPrivileges, only the listed capabilities, a non-root
-user by default, and a default seccomp profile. Lifecycle: runc run --detach (create + start in one runc process) / delete;
-runc's stdio is the workload's log, so the container writes straight to it.
+user by default, and a default seccomp profile. Lifecycle: runc run --detach (create and
+start in one runc process), delete; runc's stdio is the workload's log, so the
+container writes straight to it.
 """
 
 from __future__ import annotations
