@@ -37,3 +37,11 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
 
     def advance(self, seconds: float) -> None:
         self._virtual_now += seconds
+
+    def quiet_until(self) -> float:
+        """Time of the next timer when no callback is ready, else now: until then,
+        nothing else can run, so a callback may move time forward on its own."""
+        if self._ready:  # type: ignore[attr-defined]
+            return self._virtual_now
+        scheduled = self._scheduled  # type: ignore[attr-defined]
+        return float(scheduled[0].when()) if scheduled else float("inf")

@@ -179,6 +179,8 @@ class SimBoard:
         self.ran: dict[int, str | None] = {}
         """Who ran on each core in the last slice (cores that idled are absent)."""
         self.version = 0
+        self._online: list[int] = []
+        self._online_seen = -1
         self.on_change: Callable[[], None] = lambda: None
         """Called when something may make a task runnable (the driver wakes up)."""
 
@@ -309,8 +311,15 @@ class SimBoard:
             runnable.append((t, t.chain))
         if runnable:
             wake = end
-        free = {c: dt for c in self.speed if self.capacity.get(c, 0) > 0}
+        if self._online_seen != version:
+            self._online = [c for c in self.speed if self.capacity.get(c, 0) > 0]
+            self._online_seen = version
+        free = dict.fromkeys(self._online, dt)
         given: dict[int, dict[str | None, float]] = {c: {} for c in free}
+        if not runnable:
+            self.ran = {}
+            self.now_us = end
+            return wake
         # SCHED_DEADLINE first, earliest period end first, each on its emptiest core.
         dl = sorted((x for x in runnable if x[0].deadline is not None),
                     key=lambda x: x[0].dl_period_end)
