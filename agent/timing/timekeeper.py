@@ -27,18 +27,23 @@ from typing import Any
 from agent.models import Schedule
 from agent.timing.windows import edges, running_at
 
+_FDS: dict[tuple[str, int], int] = {}
+
+
+def _fd(path: str, flags: int) -> int:
+    # Kept open: an edge costs one write and one pread, not open/close pairs.
+    key = (path, flags)
+    if key not in _FDS:
+        _FDS[key] = os.open(path, flags | os.O_CLOEXEC)
+    return _FDS[key]
+
 
 def _write(path: str, value: str) -> None:
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        os.write(fd, value.encode())
-    finally:
-        os.close(fd)
+    os.write(_fd(path, os.O_WRONLY), value.encode())
 
 
 def _usage_ns(part: dict[str, Any]) -> int:
-    with open(part["usage"], "rb") as f:
-        data = f.read()
+    data = os.pread(_fd(part["usage"], os.O_RDONLY), 65536, 0)
     key = part.get("usage_key")
     if key is None:
         return int(data)
@@ -53,9 +58,24 @@ def _set(part: dict[str, Any], thawed: bool) -> None:
     _write(part["freeze"], part["thawed"] if thawed else part["frozen"])
 
 
-def _emit(obj: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(obj, separators=(",", ":")) + "\n")
-    sys.stdout.flush()
+_OUT: list[str] = []
+
+
+def _emit(obj: dict[str, Any], flush: bool = True) -> None:
+    # Own buffer: stdout may be unbuffered (PYTHONUNBUFFERED), and every write would
+    # wake the agent.
+    _OUT.append(json.dumps(obj, separators=(",", ":")) + "\n")
+    if flush:
+        _flush()
+
+
+def _flush() -> None:
+    if _OUT:
+        data = "".join(_OUT).encode()
+        _OUT.clear()
+        view = memoryview(data)
+        while view:
+            view = view[os.write(1, view):]
 
 
 def _realtime(cpus: list[int], priority: int) -> str:
@@ -123,8 +143,10 @@ def run(stdin_fd: int = 0) -> int:
                 _set(part, False)
                 actual = time.monotonic_ns()
                 usage = _usage_ns(part)
+            # Reports go out once per frame: the agent wakes 10 times a second, not 30.
             _emit({"k": e.kind, "p": e.partition, "s": due, "a": actual, "u": usage,
-                   "f": frame})
+                   "f": frame}, flush=False)
+        _flush()
         frame += 1
         if pending is not None:
             schedule, pending = pending, None
