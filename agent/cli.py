@@ -18,7 +18,6 @@ from agent import __version__
 from agent.admission import admit
 from agent.api.client import call
 from agent.errors import AgentError, ProfileError, Violation
-from agent.images.store import ImageStore
 from agent.models import AgentConfig, HardwareProfile, MissionProfile, load_file
 from agent.preflight import host_violations
 
@@ -57,6 +56,11 @@ def load_config(path: Path | None) -> AgentConfig:
         return load_file(AgentConfig, DEFAULT_CONFIG) if DEFAULT_CONFIG.exists() \
             else AgentConfig()
     return load_file(AgentConfig, path)
+
+
+def _images(config: AgentConfig) -> Any:
+    from agent.images.store import ImageStore  # tarfile and friends only when needed
+    return ImageStore(config.state_dir / "images")
 
 
 def load_board(hw: Path | None, config: AgentConfig) -> HardwareProfile:
@@ -150,8 +154,7 @@ def _plan_offline(config: AgentConfig, hw: Path | None,
     from agent.planning import ObservedPartition, ObservedWorkload, describe, desired_state, plan
 
     board = load_board(hw, config)
-    violations = admit(mission, board) + host_violations(
-        mission, ImageStore(config.state_dir / "images"))
+    violations = admit(mission, board) + host_violations(mission, _images(config))
     if violations:
         return violations, []
     backend = make_backend(config.cgroup_root, config.cgroup_prefix, config.cgroup_version)
@@ -356,7 +359,7 @@ def cmd_image(args: argparse.Namespace) -> int:
     from agent.store import StateStore
 
     config = load_config(args.config)
-    store = ImageStore(config.state_dir / "images")
+    store = _images(config)
     if args.image_command == "import":
         for digest in store.import_path(args.path):
             print(f"imported {digest}")

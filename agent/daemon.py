@@ -16,14 +16,12 @@ from agent.api.server import serve
 from agent.cgroups import make_backend
 from agent.errors import AgentError
 from agent.events import EventLog
-from agent.ledger import GenerationLedger
 from agent.models import AgentConfig, HardwareProfile, MissionProfile
 from agent.models.loading import validate
 from agent.planning import describe
 from agent.reconciling import Engine
 from agent.runtime import procs
 from agent.sources import files
-from agent.sources.mqtt import MqttLink
 from agent.store import StateStore, StoredMission
 
 log = logging.getLogger("sortie.daemon")
@@ -96,6 +94,9 @@ async def run(config: AgentConfig, board: HardwareProfile, opts: RunOptions) -> 
     await _load_files(engine, opts, config.mission, scan_state)
     link = None
     if config.mqtt is not None:
+        # Imported only when configured: aiomqtt, paho and cryptography cost ~10 MiB.
+        from agent.ledger import GenerationLedger
+        from agent.sources.mqtt import MqttLink
         link = MqttLink(config.mqtt, config.node_name, engine,
                         GenerationLedger(config.state_dir))
         engine.sources["mqtt"] = link.status

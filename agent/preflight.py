@@ -6,15 +6,19 @@ Unlike admission these look at this machine, so ``sortie check --hw OTHER`` skip
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from agent.errors import AgentError, Violation
-from agent.images.store import ImageStore
 from agent.models import MissionProfile, Workload
-from agent.runtime.containers import user_ids
 from agent.runtime.identity import resolve_command, resolve_identity
+
+if TYPE_CHECKING:
+    from agent.images.store import ImageStore
 
 
 def _container(w: Workload, at: str, images: ImageStore | None) -> list[Violation]:
+    from agent.runtime.containers import user_ids  # container support loads on demand
+
     found = []
     if images is None or w.image is None or not images.has(w.image):
         found.append(Violation(f"{at}.image", f"image {w.image} is not in the image store "

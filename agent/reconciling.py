@@ -13,7 +13,8 @@ import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 from agent.accounting import Usage, usage_between
 from agent.admission import KernelFeatures, admit
@@ -21,7 +22,6 @@ from agent.cgroups import CgroupBackend, CpuSample, PartitionLimits
 from agent.degraded import fit
 from agent.errors import AgentError, StoreError, Violation
 from agent.events import EventLog
-from agent.images.store import ImageStore
 from agent.models import AgentConfig, HardwareProfile, MissionProfile, Workload
 from agent.monitoring import HealthMonitor
 from agent.observing import FoundPartition, FoundWorkload, observe
@@ -45,6 +45,9 @@ from agent.platform import Platform, Runner
 from agent.preflight import host_violations
 from agent.reporting import ReportSocket
 from agent.runtime.containers import ContainerOps
+
+if TYPE_CHECKING:
+    from agent.images.store import ImageStore
 from agent.runtime.logs import rotate_if_large
 from agent.runtime.stopping import terminate_group
 from agent.runtime.supervisor import WorkloadRunner
@@ -65,6 +68,11 @@ def _pop(index: dict[str, dict[str, Any]], partition: str, workload: str) -> Any
     if not inner:
         del index[partition]
     return item
+
+
+def _image_store(root: Path) -> ImageStore:
+    from agent.images.store import ImageStore
+    return ImageStore(root)
 
 
 def rt_reserve_us(desired: dict[str, DesiredPartition]) -> int:
@@ -115,9 +123,7 @@ class Engine:
                  store: StateStore, events: EventLog | None = None,
                  host_checks: bool = True, platform: Platform | None = None) -> None:
         self.platform = platform or Platform(ops=ContainerOps(
-            ImageStore(config.state_dir / "images"), config.run_dir))
-        ops = self.platform.ops
-        self.images = ops.images if isinstance(ops, ContainerOps) else None
+            lambda: _image_store(config.state_dir / "images"), config.run_dir))
         self.config = config
         self.board = board
         self.backend = backend
@@ -228,7 +234,8 @@ class Engine:
     def check(self, mission: MissionProfile) -> list[Violation]:
         found = admit(mission, self.board, self.features)
         if self.host_checks:
-            found += host_violations(mission, self.images)
+            uses_images = any(w.image for p in mission.partitions for w in p.workloads)
+            found += host_violations(mission, self.images if uses_images else None)
         return found + generation_violations(mission, self.mission)
 
     async def submit(self, mission: MissionProfile, origin: dict[str, Any]) -> Decision:
@@ -392,6 +399,12 @@ class Engine:
                              "error")
 
     # -- observe / execute -------------------------------------------------------
+    @property
+    def images(self) -> ImageStore | None:
+        """The container image store, when this engine runs containers."""
+        ops = self.platform.ops
+        return ops.images if isinstance(ops, ContainerOps) else None
+
     def _runner(self, partition: str, spec: Workload, sched: SchedPolicy | None) -> Runner:
         return WorkloadRunner(partition, spec, self.backend, self.config.log_dir, self.events,
                               sched, self._report_path(), self.platform.ops)

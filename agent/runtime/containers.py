@@ -18,15 +18,17 @@ import signal
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.cgroups import CgroupBackend
 from agent.cgroups.backend import partition_dir, workload_dir
 from agent.errors import AgentError
-from agent.images.store import ImageStore
 from agent.runtime.identity import DEFAULT_PATH
 from agent.runtime.logs import open_log
 from agent.runtime.ops import Launch, RealOps
+
+if TYPE_CHECKING:
+    from agent.images.store import ImageStore
 
 # Syscalls a mission container has no business making (errno EPERM); everything else
 # is allowed. A narrow deny list keeps ordinary programs working.
@@ -106,12 +108,21 @@ def oci_config(req: Launch, rootfs: Path, cgroups_path: str) -> dict[str, Any]:
 class ContainerOps:
     """ProcessOps that run image workloads with runc and host workloads as processes."""
 
-    def __init__(self, images: ImageStore, state_dir: Path, runc: str = "runc") -> None:
-        self.images = images
+    def __init__(self, images: Callable[[], ImageStore], state_dir: Path,
+                 runc: str = "runc") -> None:
+        self._make_images = images
+        self._images: ImageStore | None = None
         self.state = state_dir          # runc --root, and the bundles
         self.runc = runc
         self.host = RealOps()
         self._ids: dict[int, str] = {}
+
+    @property
+    def images(self) -> ImageStore:
+        """The image store, opened on first use (hosts without containers never pay)."""
+        if self._images is None:
+            self._images = self._make_images()
+        return self._images
 
     def _runc(self, *args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
         return subprocess.run([self.runc, "--root", str(self.state / "runc"), *args],
