@@ -99,6 +99,9 @@ def main(seconds: float) -> None:
     cmd = [sys.executable, "-m", "agent.cli", "--log-level", "warning", "run", "--config",
            str(cfg)]
     procs: list[subprocess.Popen[bytes]] = []
+    # First, alone: with exclusive dedicated cores an agent's prefix owns the board's CPUs
+    # (v1 cpu_exclusive), so a second agent could not claim them while the first runs.
+    demo_ready = demo_cold_start(tmp)
     try:
         agent = subprocess.Popen(cmd, cwd=REPO)
         procs.append(agent)
@@ -108,7 +111,6 @@ def main(seconds: float) -> None:
         agent = subprocess.Popen([*cmd, "--teardown"], cwd=REPO)
         procs.append(agent)
         adopted = wait_running(cfg, n)["ready_after_s"]
-        demo_ready = demo_cold_start(tmp)
         imports = []
         for _ in range(5):
             t = time.perf_counter()

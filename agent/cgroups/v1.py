@@ -58,6 +58,7 @@ class V1Backend:
             seen.setdefault(m.resolve(), c)
         self._distinct = list(seen.values())
         self.root = root
+        self._oom_cache: dict[str, tuple[int, int]] = {}
 
     def _foreign(self) -> list[Path]:
         """Other hierarchies (devices, blkio, name=systemd, the cgroup2 mount...) where
@@ -301,18 +302,27 @@ class V1Backend:
             time.sleep(0.0005)
 
     def counters(self, partition: str) -> dict[str, int]:
-        # v1 counts an OOM kill in the victim's own group only: add up the leaves.
+        # v1 counts an OOM kill in the victim's own group only, so the leaves must be
+        # added up; but the partition's memory.failcnt (its limit was hit) moves first,
+        # so the leaves are read only after it did: two reads per partition otherwise.
         pdir = partition_dir(partition)
-        groups = [pdir] + [f"{pdir}/{workload_dir(w)}" for w in self.workloads(partition)]
-        total = {"oom_kill": 0, "pids_max": 0}
-        for g in groups:
-            oom = self._dir("memory", g) / "memory.oom_control"
-            if self.fs.exists(oom):
-                total["oom_kill"] += parse_keyed(self.fs.read(oom)).get("oom_kill", 0)
+        mem = self._dir("memory", pdir)
+        failcnt = int(self.fs.read(mem / "memory.failcnt"))
+        cached = self._oom_cache.get(partition)
+        if cached is None or cached[0] != failcnt:
+            total = 0
+            for g in [pdir] + [f"{pdir}/{workload_dir(w)}" for w in self.workloads(partition)]:
+                oom = self._dir("memory", g) / "memory.oom_control"
+                if self.fs.exists(oom):
+                    total += parse_keyed(self.fs.read(oom)).get("oom_kill", 0)
+            cached = self._oom_cache[partition] = (failcnt, total)
+        # A refused fork is counted in the forking group (v1): the leaves again.
+        pids = 0
+        for g in [pdir] + [f"{pdir}/{workload_dir(w)}" for w in self.workloads(partition)]:
             events = self._dir("pids", g) / "pids.events"
             if self.fs.exists(events):
-                total["pids_max"] += parse_keyed(self.fs.read(events)).get("max", 0)
-        return total
+                pids += parse_keyed(self.fs.read(events)).get("max", 0)
+        return {"oom_kill": cached[1], "pids_max": pids}
 
     def window_files(self, partition: str) -> dict[str, str | None]:
         pdir = partition_dir(partition)
