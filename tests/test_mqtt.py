@@ -4,6 +4,7 @@ telemetry seen by mosquitto_sub, TLS with passwords and ACLs, a broker that goes
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
@@ -125,9 +126,29 @@ def sub(port: int, topic: str, count: int = 1, timeout: int = 10, extra: list[st
     return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
 
 
+@contextlib.asynccontextmanager
+async def flying(cfg: MqttConfig, agent_config: AgentConfig, board: HardwareProfile,
+                 connect_s: float = 15) -> AsyncIterator[tuple[Engine, MqttLink]]:
+    """An engine on real cgroups with its MQTT link connected; torn down after."""
+    engine = Engine(agent_config, board, V1Backend(CGROUP_ROOT, agent_config.cgroup_prefix),
+                    StateStore(agent_config.state_dir))
+    await engine.start()
+    link = MqttLink(cfg, NODE, engine, GenerationLedger(agent_config.state_dir))
+    engine.sources["mqtt"] = link.status
+    task = asyncio.get_running_loop().create_task(link.run_forever())
+    try:
+        await wait_for(lambda: link.connected, connect_s)
+        yield engine, link
+    finally:
+        await link.close()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await engine.shutdown(teardown=True)
+
+
 class Rig:
-    def __init__(self, engine: Engine, link: MqttLink, task: asyncio.Task[None]) -> None:
-        self.engine, self.link, self.task = engine, link, task
+    def __init__(self, engine: Engine, link: MqttLink) -> None:
+        self.engine, self.link = engine, link
 
 
 @pytest.fixture
@@ -139,20 +160,8 @@ async def rig(tmp_path: Path, agent_config: AgentConfig, board: HardwareProfile
     with plain_broker(tmp_path) as broker:
         cfg = MqttConfig(url=broker.url, trusted_keys={"planner": pub},
                          revoked_keys=["old"])
-        engine = Engine(agent_config, board, V1Backend(CGROUP_ROOT, agent_config.cgroup_prefix),
-                        StateStore(agent_config.state_dir))
-        await engine.start()
-        link = MqttLink(cfg, NODE, engine, GenerationLedger(agent_config.state_dir))
-        engine.sources["mqtt"] = link.status
-        task = asyncio.get_running_loop().create_task(link.run_forever())
-        await wait_for(lambda: link.connected, 10)
-        try:
-            yield Rig(engine, link, task), broker, keys
-        finally:
-            await link.close()
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            await engine.shutdown(teardown=True)
+        async with flying(cfg, agent_config, board) as (engine, link):
+            yield Rig(engine, link), broker, keys
 
 
 def push_cli(broker, keys: Path, path: Path, node: str = NODE, timeout: float = 10):
@@ -255,13 +264,7 @@ async def test_tls_passwords_and_acls(tmp_path: Path, agent_config: AgentConfig,
         cfg = MqttConfig(url=b.url, username=NODE, password_file=tmp_path / "board.pw",
                          ca_file=b.ca, trusted_keys={
                              "planner": (keys / "planner.pub").read_text().strip()})
-        engine = Engine(agent_config, board, V1Backend(CGROUP_ROOT, agent_config.cgroup_prefix),
-                        StateStore(agent_config.state_dir))
-        await engine.start()
-        link = MqttLink(cfg, NODE, engine, GenerationLedger(agent_config.state_dir))
-        task = asyncio.get_running_loop().create_task(link.run_forever())
-        try:
-            await wait_for(lambda: link.connected, 15)
+        async with flying(cfg, agent_config, board) as (engine, _link):
             (tmp_path / "m.yaml").write_bytes(profile(1))
             res = await asyncio.to_thread(subprocess.run, [
                 sys.executable, "-m", "agent.cli", "push", str(tmp_path / "m.yaml"),
@@ -277,11 +280,6 @@ async def test_tls_passwords_and_acls(tmp_path: Path, agent_config: AgentConfig,
                 "-u", "planner", "-P", "wrong", "-t", "x", "-m", "y"], capture_output=True,
                 timeout=20, check=False)
             assert denied.returncode != 0
-        finally:
-            await link.close()
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            await engine.shutdown(teardown=True)
 
 
 @needs_root_v1
@@ -381,13 +379,7 @@ async def test_client_certificates_and_acls(tmp_path: Path, agent_config: AgentC
         cert, key = client_cert(tmp_path, NODE)
         cfg = MqttConfig(url=b.url, username=NODE, password_file=tmp_path / "board.pw",
                          ca_file=b.ca, cert_file=cert, key_file=key)
-        engine = Engine(agent_config, board, V1Backend(CGROUP_ROOT, agent_config.cgroup_prefix),
-                        StateStore(agent_config.state_dir))
-        await engine.start()
-        link = MqttLink(cfg, NODE, engine, GenerationLedger(agent_config.state_dir))
-        task = asyncio.get_running_loop().create_task(link.run_forever())
-        try:
-            await wait_for(lambda: link.connected, 15)
+        async with flying(cfg, agent_config, board):
             pcert, pkey = client_cert(tmp_path, "planner")
             tls = ["--cafile", str(b.ca), "--cert", str(pcert), "--key", str(pkey)]
 
@@ -413,8 +405,3 @@ async def test_client_certificates_and_acls(tmp_path: Path, agent_config: AgentC
                 "-u", "planner", "-P", "pw-p", "-t", "x", "-m", "y"], capture_output=True,
                 timeout=20, check=False)
             assert nocert.returncode != 0
-        finally:
-            await link.close()
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            await engine.shutdown(teardown=True)
