@@ -380,6 +380,12 @@ def cmd_image(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_kube_crd(args: argparse.Namespace) -> int:
+    from agent.kube.crd import manifest_yaml
+    print(manifest_yaml(), end="")
+    return EXIT_OK
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     models: dict[str, type[Any]] = {"mission": MissionProfile, "hardware": HardwareProfile,
                                     "config": AgentConfig}
@@ -510,6 +516,11 @@ def build_parser() -> argparse.ArgumentParser:
     ig = im_sub.add_parser("gc", help="remove images the last-known-good mission does not use")
     common(ig)
     ig.set_defaults(func=cmd_image)
+
+    ku = sub.add_parser("kube", help="Kubernetes helpers")
+    ku_sub = ku.add_subparsers(dest="kube_command", required=True, parser_class=Parser)
+    kc = ku_sub.add_parser("crd", help="print the MissionProfile CRD manifest")
+    kc.set_defaults(func=cmd_kube_crd)
 
     sc = sub.add_parser("schema", help="JSON Schema of the documents Sortie reads")
     sc.add_argument("which", nargs="?", choices=["mission", "hardware", "config"])

@@ -1,0 +1,1 @@
+"""Kubernetes: the MissionProfile custom resource (the source itself is issue 6)."""
