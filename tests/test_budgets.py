@@ -243,3 +243,30 @@ async def test_workloads_report_jobs_and_misses(agent_config: AgentConfig,
     assert e.monitor.jobs[("ctl", "loop")].jobs == 3
     assert Path(str(agent_config.report_socket)).exists()
     await e.shutdown(teardown=True)
+
+
+async def test_windows_keep_running_when_the_agent_dies(agent_config: AgentConfig,
+                                                        board: HardwareProfile,
+                                                        prefix: str) -> None:
+    """The timekeeper outlives the agent (windows stay enforced); the next agent
+    replaces it instead of running two."""
+    from agent.runtime.procs import is_alive
+    first = engine(agent_config, board)
+    await first.start()
+    m = mission(*[partition(n, quota=50_000, workloads=[spin()]) for n in "abc"],
+                schedules=WINDOWED[:1])
+    await first.submit(m, {})
+    keeper = first.windows.pid
+    assert keeper is not None
+    await first.shutdown(teardown=False)  # as after SIGKILL: nothing is stopped
+    state = CGROUP_ROOT / "freezer" / prefix / "p-a" / "freezer.state"
+    seen = set()
+    for _ in range(40):
+        await asyncio.sleep(0.01)
+        seen.add(state.read_text().strip())
+    assert is_alive(keeper) and seen == {"FROZEN", "THAWED"}
+    second = engine(agent_config, board)
+    await second.start()
+    await wait_for(lambda: not is_alive(keeper), 5)
+    assert second.windows.pid not in (None, keeper)
+    await second.shutdown(teardown=True)

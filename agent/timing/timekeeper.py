@@ -69,13 +69,20 @@ def _emit(obj: dict[str, Any], flush: bool = True) -> None:
         _flush()
 
 
+_REPORTING = [True]
+
+
 def _flush() -> None:
-    if _OUT:
+    if _OUT and _REPORTING[0]:
         data = "".join(_OUT).encode()
-        _OUT.clear()
         view = memoryview(data)
-        while view:
-            view = view[os.write(1, view):]
+        try:
+            while view:
+                view = view[os.write(1, view):]
+        except OSError:
+            # The agent is gone (broken pipe): keep enforcing the windows, stop reporting.
+            _REPORTING[0] = False
+    _OUT.clear()
 
 
 def _realtime(cpus: list[int], priority: int) -> str:
