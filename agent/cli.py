@@ -343,7 +343,8 @@ def render_sim(r: Any) -> str:
                      f"{_pct(p['used']):>8}{thr:>14}{p['jobs']:>7}{p['deadline_misses']:>8}"
                      f"{p['health_actions']:>8}  {'yes' if p['shed'] else ''}")
     notable = [e for e in r.trace if e[1].startswith(("sim.", "degraded.", "mode.",
-                                                       "state.", "workload.adopted"))
+                                                       "state.", "workload.adopted",
+                                                       "mission."))
                or (e[1].startswith("health.") and (e[1] != "health.deadline-miss"
                                                    or "hung" in e[3]))]
     if notable:

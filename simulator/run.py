@@ -13,14 +13,14 @@ from typing import Any
 
 from agent.cgroups.v2 import V2Backend
 from agent.events import Event, EventLog
-from agent.models import AgentConfig, HardwareProfile, MissionProfile
+from agent.models import AgentConfig, HardwareProfile, MissionProfile, load_file
 from agent.platform import Platform
 from agent.reconciling import Engine
 from agent.store import StateStore, StoredMission
 from simulator.clock import VirtualTimeLoop
 from simulator.cpu import SimBoard
 from simulator.platform import SimOps, SimProcesses, SimWindows
-from simulator.scenario import Fault, Scenario
+from simulator.scenario import Fault, Push, Scenario
 
 ROOT = Path("/sim/cgroup")
 PREFIX = "sortie"
@@ -60,6 +60,8 @@ class _Sim:
             cgroup_version="v2", agent_cgroup=False, isolate_os=False, report_socket=None,
             accounting_period_ms=sc.accounting_period_ms)
         self.jump = 0.0
+        self.link_up = True
+        self.held: list[MissionProfile] = []
         self.jobs: dict[str, list[int]] = {}
         self.memory: int | None = None
         self.trace: list[tuple[float, str, str, str]] = []
@@ -185,6 +187,9 @@ class _Sim:
             case "power-loss":
                 self.tear_state()
                 await self.restart_agent()
+            case "link-loss":
+                self.link_up = False
+                asyncio.get_running_loop().call_at(f.at_s + f.for_s, self._link_back)
             case "workload-crash" | "workload-hang" | "workload-runaway":
                 assert f.workload is not None
                 p, w = f.workload.split("/")
@@ -199,6 +204,30 @@ class _Sim:
                 else:
                     task.demand.run_away()
                     b.touch()
+
+    def _push(self, push: Push) -> None:
+        """A planner pushes; the broker holds it (QoS 1) while the board's link is down."""
+        mission = load_file(MissionProfile, push.mission)
+        self.events.emit("sim.push", "planner", f"{mission.name} generation "
+                         f"{mission.generation}" + ("" if self.link_up else
+                                                    " (link down: held by the broker)"))
+        if self.link_up:
+            self._deliver(mission)
+        else:
+            self.held.append(mission)
+
+    def _deliver(self, mission: MissionProfile) -> None:
+        async def go() -> None:
+            await self.engine.submit(mission, {"source": "mqtt", "kid": "sim-planner",
+                                               "generation": mission.generation})
+        self._tasks.append(asyncio.get_running_loop().create_task(go(), name="push"))
+
+    def _link_back(self) -> None:
+        self.link_up = True
+        self.events.emit("sim.link-up", "board", f"{len(self.held)} held push(es) delivered")
+        for m in self.held:
+            self._deliver(m)
+        self.held.clear()
 
     def _start_fault(self, f: Fault) -> None:
         loop = asyncio.get_running_loop()
@@ -235,6 +264,8 @@ class _Sim:
         self._tasks += [loop.create_task(self.accounting(), name="accounting")]
         for f in sorted(self.sc.faults, key=lambda f: f.at_s):
             loop.call_at(f.at_s, self._start_fault, f)
+        for push in self.sc.pushes:
+            loop.call_at(push.at_s, self._push, push)
         loop.call_at(self.sc.duration_s, self._done.set)
         await self._done.wait()
         if self.failure is not None:

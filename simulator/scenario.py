@@ -15,7 +15,7 @@ from simulator.workloads import PatternSpec
 
 FaultKind = Literal["core-offline", "core-online", "thermal", "memory-pressure",
                     "clock-jump", "agent-restart", "power-loss", "workload-crash",
-                    "workload-hang", "workload-runaway"]
+                    "workload-hang", "workload-runaway", "link-loss"]
 
 
 class Fault(Frozen):
@@ -37,6 +37,17 @@ class Fault(Frozen):
     """workload-*: ``partition/workload``."""
     exit_code: int = Field(default=1, ge=0, le=255)
     """workload-crash: the exit code."""
+    for_s: float = Field(default=0.0, ge=0)
+    """link-loss: how long the planners' link stays down (pushes wait at the broker)."""
+
+
+class Push(Frozen):
+    """A mission planner pushes a profile (as over MQTT) at ``at_s``."""
+
+    at_s: float = Field(ge=0)
+    """Simulated time of the push."""
+    mission: Path
+    """Profile pushed, relative to the scenario file."""
 
 
 class Scenario(Frozen):
@@ -58,6 +69,13 @@ class Scenario(Frozen):
     """Demand of each workload, keyed ``partition/workload``; others stay idle."""
     faults: list[Fault] = Field(default_factory=list)
     """Faults, in any order."""
+    pushes: list[Push] = Field(default_factory=list)
+    """Profiles planners push during the run (delivered when the link is up)."""
+
+
+def pushed(sc_path: Path, push: Push) -> MissionProfile:
+    p = push.mission if push.mission.is_absolute() else sc_path.parent / push.mission
+    return load_file(MissionProfile, p)
 
 
 def load(path: Path, board: HardwareProfile) -> tuple[Scenario, MissionProfile]:
@@ -85,6 +103,18 @@ def load(path: Path, board: HardwareProfile) -> tuple[Scenario, MissionProfile]:
         if f.kind.startswith("workload-") and f.workload not in keys:
             found.append(Violation(f"faults[{i}].workload",
                                    f"{f.workload!r} is not a workload of the mission"))
+    for i, push in enumerate(sc.pushes):
+        try:
+            pushed(path, push)
+        except ProfileError as exc:
+            found.append(Violation(f"pushes[{i}].mission",
+                                   "; ".join(str(v) for v in exc.violations)))
+        if push.at_s > sc.duration_s:
+            found.append(Violation(f"pushes[{i}].at_s", "after the end of the run"))
     if found:
         raise ProfileError(str(path), found)
-    return sc, mission
+    # Paths made absolute: the run no longer needs to know where the file was.
+    absolute = [p.model_copy(update={"mission": p.mission if p.mission.is_absolute()
+                                     else (path.parent / p.mission).resolve()})
+                for p in sc.pushes]
+    return sc.model_copy(update={"pushes": absolute}), mission

@@ -92,6 +92,18 @@ def test_workload_faults_are_seen_by_the_health_monitor() -> None:
     assert any("hung" in e[3] for e in kinds(r, "health.deadline-miss"))
 
 
+def test_link_loss_holds_pushes_and_the_mission_flies_on() -> None:
+    r = sim("link-loss")
+    applied = [e for e in kinds(r, "mission.applied")]
+    assert [e[0] for e in applied] == [20.0]  # generation 2 only once the link is back
+    assert "generation 2" in applied[0][3]
+    (push,) = kinds(r, "sim.push")
+    assert push[0] == 12.0 and "held by the broker" in push[3]
+    # budget 20 % until 20 s, then 10 %: two thirds at 20 %, one third at 10 %
+    assert abs(r.partitions["analytics"]["used"] - (20 * 0.2 + 10 * 0.1) / 30) < 0.01
+    assert r.partitions["flight-control"]["deadline_misses"] == 0
+
+
 def write(tmp_path: Path, **changes) -> Path:
     doc = yaml.safe_load((SCENARIOS / "demo.yaml").read_text())
     doc["mission"] = str(REPO / "schedules" / "demo.yaml")
@@ -112,6 +124,8 @@ def write(tmp_path: Path, **changes) -> Path:
     ({"faults": [{"at_s": 99, "kind": "agent-restart"}]}, "faults[0].at_s", "after the end"),
     ({"workloads": {"nope/none": {"pattern": "runaway"}}}, "workloads.nope/none",
      "no workload"),
+    ({"pushes": [{"at_s": 1, "mission": "/no/such.yaml"}]}, "pushes[0].mission",
+     "cannot read"),
 ])
 def test_bad_scenarios_name_the_field(tmp_path: Path, changes, where, reason) -> None:
     board = load_file(HardwareProfile, RPI4)
