@@ -68,7 +68,7 @@ def admit(mission: MissionProfile, board: HardwareProfile,
         *_modes(mission, board, kernel),
         *_placement(mission, board),
         *_capacity(mission, board, derate or {}),
-        *_windows(mission, board),
+        *_windows(mission, board, kernel),
     ]
 
 
@@ -240,10 +240,14 @@ def _capacity(m: MissionProfile, board: HardwareProfile,
                                       f"after the {board.reserved.pids} reserve")
 
 
-def _windows(m: MissionProfile, board: HardwareProfile) -> Iterator[Violation]:
+def _windows(m: MissionProfile, board: HardwareProfile,
+             kernel: KernelFeatures) -> Iterator[Violation]:
     pool = shared_pool(m, board)
     by_name = {p.name: p for p in m.partitions}
     wins = windowed(m)
+    if wins and not kernel.freezer:
+        yield Violation("schedules", "time windows need a cgroup freezer (v1 freezer or "
+                                     "v2 cgroup.freeze), which this kernel lacks")
     # A core is either time-partitioned or not: a partition without windows would run
     # through every other partition's windows on the same core.
     for i, p in enumerate(m.partitions):

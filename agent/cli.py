@@ -27,10 +27,6 @@ REPO = Path(__file__).resolve().parent.parent
 DEMO_PROFILE = REPO / "schedules" / "demo.yaml"
 
 
-class UsageError(AgentError):
-    """Bad command line; exit code 2."""
-
-
 class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
@@ -544,9 +540,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ProfileError as exc:
         _print_violations(f"{exc.source}: {len(exc.violations)} problem(s):", exc.violations)
         return EXIT_REFUSED
-    except UsageError as exc:
-        print(f"sortie: {exc}", file=sys.stderr)
-        return EXIT_USAGE
     except AgentError as exc:
         print(f"sortie: {exc}", file=sys.stderr)
         return EXIT_REFUSED

@@ -8,7 +8,7 @@ import contextlib
 import logging
 import os
 import signal
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +32,6 @@ class RunOptions:
     profile_paths: list[Path]
     teardown: bool = False
     host_checks: bool = True
-    ready: asyncio.Event | None = None
-    """Set once the first reconcile is done (tests and benchmarks wait on it)."""
-    engine_out: list[Engine] = field(default_factory=list)
-    """Receives the engine, for in-process callers."""
 
 
 def socket_path(config: AgentConfig) -> Path:
@@ -43,8 +39,10 @@ def socket_path(config: AgentConfig) -> Path:
 
 
 async def _load_files(engine: Engine, opts: RunOptions, wanted: str | None,
-                      state: dict[str, Any] | None = None) -> None:
-    result = files.scan(opts.profile_paths, wanted)
+                      state: dict[str, Any] | None = None,
+                      result: files.Scan | None = None) -> None:
+    if result is None:
+        result = files.scan(opts.profile_paths, wanted)
     if state is not None:
         state.clear()
         state.update({"paths": [str(p) for p in opts.profile_paths],
@@ -84,14 +82,14 @@ async def run(config: AgentConfig, board: HardwareProfile, opts: RunOptions) -> 
     events = EventLog()
     engine = Engine(config, board, backend, StateStore(config.state_dir), events,
                     host_checks=opts.host_checks)
-    opts.engine_out.append(engine)
-    initial = files.scan(opts.profile_paths, config.mission).chosen
+    first_scan = files.scan(opts.profile_paths, config.mission)
+    initial = first_scan.chosen
     await engine.start(StoredMission(initial.mission, initial.origin) if initial else None)
     if config.agent_cgroup:
         backend.move_self()
     scan_state: dict[str, Any] = {}
     engine.sources["files"] = lambda: scan_state
-    await _load_files(engine, opts, config.mission, scan_state)
+    await _load_files(engine, opts, config.mission, scan_state, first_scan)
     link = None
     if config.mqtt is not None:
         # Imported only when configured: aiomqtt, paho and cryptography cost ~10 MiB.
@@ -105,8 +103,6 @@ async def run(config: AgentConfig, board: HardwareProfile, opts: RunOptions) -> 
     engine.ready_after_s = ready_s
     events.emit("agent.ready", "agent", f"first reconcile done {ready_s * 1000:.0f} ms "
                 f"after start; cgroup {backend.version}, board {board.name}")
-    if opts.ready is not None:
-        opts.ready.set()
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

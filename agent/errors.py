@@ -37,10 +37,6 @@ class ProfileError(AgentError):
         super().__init__(f"{source}: {len(violations)} problem(s)\n{lines}")
 
 
-class AdmissionError(ProfileError):
-    """A valid mission profile does not fit the board."""
-
-
 class CgroupError(AgentError):
     """A cgroup operation failed; names the file, the value and the errno."""
 

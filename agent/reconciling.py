@@ -157,7 +157,6 @@ class Engine:
         self.reports: ReportSocket | None = None
         self.sources: dict[str, Callable[[], dict[str, Any]]] = {}
         """Status of each desired-state source (files, mqtt, ...), shown in status."""
-        self.started_at = self.platform.wall()
         self.ready_after_s: float | None = None
 
     # -- start-up ----------------------------------------------------------------

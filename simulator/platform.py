@@ -159,7 +159,6 @@ class SimWindows:
         for p in windowed:
             self.backend.freeze(p, None, p not in inside)
         self._queue = [e for e in edges(sched, windowed) if e.offset_us > 0]
-        self._frame_edges = edges(sched, windowed)
         self._arm()
 
     def _arm(self) -> None:

@@ -170,3 +170,11 @@ def test_policies_follow_the_budget_mode() -> None:
     pd = policy_for(d)
     assert (pd.kind, pd.runtime_ns, pd.deadline_ns, pd.period_ns) == (
         "deadline", 2_000_000, 10_000_000, 10_000_000)
+
+
+def test_windows_need_a_freezer(board: HardwareProfile) -> None:
+    m = mission(partition("a"), partition("b", cores=[1]), schedules=[
+        {"name": "s", "major_frame_us": 100_000,
+         "windows": [{"partition": "a", "offset_us": 0, "duration_us": 50_000}]}])
+    assert admit(m, board) == []
+    assert "cgroup freezer" in reasons(m, board, KernelFeatures(freezer=False))["schedules"]

@@ -181,9 +181,3 @@ class ContainerOps:
 
     def kill(self, pid: int, sig: signal.Signals) -> None:
         self.host.kill(pid, sig)
-
-    def forget(self, partition: str, workload: str) -> None:
-        """Clean runc's record of a container that is gone (after an agent restart)."""
-        cid = container_id(partition, workload)
-        self._runc("delete", "--force", cid)
-        shutil.rmtree(self.state / "bundles" / cid, ignore_errors=True)

@@ -33,13 +33,3 @@ def rotate_if_large(path: Path, max_bytes: int) -> bool:
     os.truncate(path, 0)
     return True
 
-
-def tail(path: Path, max_bytes: int = 4096) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - max_bytes))
-            return f.read().decode(errors="replace")
-    except FileNotFoundError:
-        return ""

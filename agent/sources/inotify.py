@@ -8,7 +8,6 @@ import os
 import struct
 from pathlib import Path
 
-IN_MODIFY = 0x002
 IN_CLOSE_WRITE = 0x008
 IN_MOVED_FROM = 0x040
 IN_MOVED_TO = 0x080
