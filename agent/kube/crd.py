@@ -103,6 +103,7 @@ def manifest() -> dict[str, Any]:
                 "name": VERSION, "served": True, "storage": True,
                 "subresources": {"status": {}},
                 "additionalPrinterColumns": [
+                    {"name": "State", "type": "string", "jsonPath": ".status.state"},
                     {"name": "Generation", "type": "integer", "jsonPath": ".spec.generation"},
                     {"name": "Admitted", "type": "string",
                      "jsonPath": '.status.conditions[?(@.type=="Admitted")].status'},

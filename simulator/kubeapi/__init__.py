@@ -1,0 +1,1 @@
+"""Kubernetes control-plane simulator (a test double; see server.py)."""

@@ -1,0 +1,3 @@
+from simulator.kubeapi.server import main
+
+main()
