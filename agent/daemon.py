@@ -98,6 +98,12 @@ async def run(config: AgentConfig, board: HardwareProfile, opts: RunOptions) -> 
         link = MqttLink(config.mqtt, config.node_name, engine,
                         GenerationLedger(config.state_dir))
         engine.sources["mqtt"] = link.status
+    kube = None
+    if config.kube is not None:
+        # Imported only when configured: lightkube and httpx cost several MiB.
+        from agent.kube.source import KubeSource
+        kube = KubeSource(config.kube, config.node_name, engine)
+        engine.sources["kube"] = kube.status
     # From process start (not from this function): what a watchdog or a boot waits for.
     ready_s = procs.age_s(os.getpid()) or 0.0
     engine.ready_after_s = ready_s
@@ -137,6 +143,8 @@ async def run(config: AgentConfig, board: HardwareProfile, opts: RunOptions) -> 
             if link is not None:
                 tasks += [tg.create_task(link.run_forever(), name="mqtt"),
                           tg.create_task(telemetry(), name="telemetry")]
+            if kube is not None:
+                tasks.append(tg.create_task(kube.run_forever(), name="kube"))
             stopper: asyncio.Task[Any] = tg.create_task(stop.wait(), name="stop")
             # A "forever" task that ends is a failure: escalate instead of limping on.
             done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
@@ -149,6 +157,8 @@ async def run(config: AgentConfig, board: HardwareProfile, opts: RunOptions) -> 
                     exc = t.exception()
                     raise AgentError(f"task {t.get_name()} ended unexpectedly: {exc}") from exc
     finally:
+        if kube is not None:
+            await kube.close()  # after its tasks ended: they use the client
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             with contextlib.suppress(ValueError, RuntimeError):
                 loop.remove_signal_handler(sig)

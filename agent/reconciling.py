@@ -168,7 +168,7 @@ class Engine:
         self._open_reports()
         found = observe(self.backend, self.platform.processes)
         stored = self.store.load()
-        if stored is None and self.store.path.exists():
+        if stored is None and self.store.path.exists() and self.store.withdrawn is None:
             self.events.emit("state.corrupt", str(self.store.path),
                              "no trustworthy state copy; flying the configured mission",
                              "error")
@@ -260,6 +260,32 @@ class Engine:
                              + (f", {len(errors)} error(s)" if errors else ""),
                              "error" if errors else "info")
             return Decision(outcome, mission.name, mission.generation, [], errors,
+                            [describe(a) for a in actions])
+
+    async def withdraw(self, source: str, why: str) -> Decision | None:
+        """Stop flying the mission if ``source`` gave it (its object was deleted): every
+        partition goes, and the state says so. None when the mission is not that
+        source's."""
+        async with self._lock:
+            if self.mission is None or self.origin.get("source") != source:
+                return None
+            name, gen = self.mission.name, self.mission.generation
+            self.windows.stop()
+            self.monitor.rearm(set(self.desired))
+            self.mission, self.origin, self.desired, self.shed = None, {}, {}, []
+            actions = plan({}, self._observed())
+            errors = await self._execute(actions)
+            try:
+                self.store.save_withdrawn({"source": source, "mission": name,
+                                           "generation": gen, "why": why,
+                                           "at": self.platform.wall()})
+            except StoreError as exc:
+                self.events.emit("state.unsaved", f"mission/{name}", str(exc), "error")
+            self.events.emit("mission.withdrawn", f"mission/{name}",
+                             f"generation {gen}: {why}; {len(actions)} action(s)"
+                             + (f", {len(errors)} error(s)" if errors else ""),
+                             "error" if errors else "info")
+            return Decision("failed" if errors else "applied", name, gen, [], errors,
                             [describe(a) for a in actions])
 
     # -- capacity and degraded modes -----------------------------------------------

@@ -92,6 +92,8 @@ class StateStore:
     def __init__(self, directory: Path) -> None:
         self.dir = directory
         self.path = directory / "last-known-good.json"
+        self.withdrawn: dict[str, Any] | None = None
+        """Set by ``load`` when the newest record says the mission was withdrawn."""
 
     def _ensure_dir(self) -> None:
         try:
@@ -109,6 +111,15 @@ class StateStore:
         except OSError as exc:
             raise StoreError(f"{self.path}: cannot write state: {exc.strerror}") from exc
 
+    def save_withdrawn(self, origin: dict[str, Any]) -> None:
+        """Record that no mission flies (its source withdrew it). Written like a mission,
+        so a crash can never bring back the withdrawn one from the previous copy."""
+        self._ensure_dir()
+        try:
+            write_atomic(self.path, encode({"mission": None, "origin": origin}))
+        except OSError as exc:
+            raise StoreError(f"{self.path}: cannot write state: {exc.strerror}") from exc
+
     def load(self) -> StoredMission | None:
         """The newest trustworthy copy, or None. Corruption is logged, never returned."""
         prev = self.path.with_name(self.path.name + ".prev")
@@ -123,6 +134,9 @@ class StateStore:
                 continue
             try:
                 payload = decode(data)
+                if payload.get("mission") is None and isinstance(payload.get("origin"), dict):
+                    self.withdrawn = payload["origin"]
+                    return None
                 mission = validate(MissionProfile, payload.get("mission"), str(candidate))
             except (ValueError, ProfileError) as exc:
                 log.error("state file %s is corrupt (%s); trying the previous copy",

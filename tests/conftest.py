@@ -126,3 +126,9 @@ def agent_config(tmp_path: Path, prefix: str) -> Iterator[AgentConfig]:
                       accounting_period_ms=200, profile_dirs=[tmp_path / "profiles"],
                       isolate_os=False, report_socket=Path(f"/tmp/{prefix}-report.sock"))
     shutil.rmtree(logs, ignore_errors=True)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--k3s-kubeconfig", default=None, metavar="PATH",
+                     help="run tests/test_k3s.py against the real k3s (or any Kubernetes) "
+                          "cluster this kubeconfig reaches; skipped otherwise")

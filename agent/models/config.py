@@ -46,6 +46,31 @@ class MqttConfig(Frozen):
     """MQTT keepalive: how soon the broker notices the board is gone (last will)."""
 
 
+class KubeConfig(Frozen):
+    """The link to a Kubernetes (k3s) control plane (docs/kubernetes.md)."""
+
+    kubeconfig: Path | None = None
+    """kubeconfig file; ``None``: the in-cluster service account."""
+    context: str | None = None
+    """kubeconfig context; ``None``: its current context."""
+    namespace: str | None = None
+    """Namespace whose MissionProfiles this board reads; ``None``: every namespace."""
+    node_labels: dict[str, str] = Field(default_factory=dict)
+    """Extra labels on this board's Node (missions select boards by label)."""
+    lease_duration_s: int = Field(default=40, ge=10)
+    """Node lease duration: the cluster calls the board gone this long after the last
+    renewal."""
+    lease_renew_s: float = Field(default=10.0, gt=0)
+    """How often the lease is renewed (a quarter of its duration, as the kubelet does)."""
+    status_period_s: float = Field(default=10.0, ge=0.5)
+    """How often the flying MissionProfile's status (measured usage) is refreshed."""
+    watch_timeout_s: int = Field(default=60, ge=1)
+    """The server ends each watch after this; the board re-watches from its last version
+    and calls a watch that stays silent for twice as long stalled."""
+    backoff_max_s: float = Field(default=30.0, ge=0.1)
+    """Longest wait between reconnection attempts (jittered exponential backoff)."""
+
+
 class AgentConfig(Frozen):
     """Where the agent finds its board, its missions and its state."""
 
@@ -85,6 +110,8 @@ class AgentConfig(Frozen):
     """How often CPU usage is sampled per partition, milliseconds."""
     mqtt: MqttConfig | None = None
     """Planner link over MQTT; ``None``: no MQTT."""
+    kube: KubeConfig | None = None
+    """Kubernetes control plane; ``None``: not a Kubernetes node."""
     stop_workloads_on_exit: bool = False
     """Stop every workload and remove the cgroups when the agent exits on a signal.
 

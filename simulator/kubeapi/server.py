@@ -84,9 +84,15 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
         self.server.log.append((self.command, self.path, code))
 
-    def _body(self) -> Any:
+    def _raw_body(self) -> bytes:
+        if self._consumed:
+            return b""
+        self._consumed = True
         n = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(n) if n else b""
+        return self.rfile.read(n) if n else b""
+
+    def _body(self) -> Any:
+        raw = self._raw_body()
         if not raw:
             return None
         ctype = self.headers.get("Content-Type", "")
@@ -100,6 +106,7 @@ class Handler(BaseHTTPRequestHandler):
     def _handle(self) -> None:
         url = urllib.parse.urlsplit(self.path)
         query = {k: v[-1] for k, v in urllib.parse.parse_qs(url.query).items()}
+        self._consumed = False
         try:
             self._authorize()
             self._inject_fault(url.path)
@@ -109,6 +116,7 @@ class Handler(BaseHTTPRequestHandler):
             if exc.code == 429:
                 headers["Retry-After"] = str(exc.details.get("retryAfterSeconds", 1))
             body = exc.body()
+            self._raw_body()  # an unread body would be parsed as the next request
             if self.command != "HEAD":
                 self._send(exc.code, body, headers=headers)
         except (BrokenPipeError, ConnectionResetError):

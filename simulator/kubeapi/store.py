@@ -116,6 +116,7 @@ class Store:
         """Forget the whole history (a fault: every watch with a version gets 410)."""
         with self.cond:
             self.changes.clear()
+            self.rv += 1  # even a client that saw everything must relist
             self.compacted = self.rv
             self.cond.notify_all()
 

@@ -1,0 +1,335 @@
+"""The board as a Kubernetes node, end to end: the agent (real cgroups) against the
+control-plane simulator, driven with the real kubectl as an operator would."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from agent.cgroups.v1 import V1Backend
+from agent.kube.source import KubeSource
+from agent.models import AgentConfig, HardwareProfile
+from agent.models.config import KubeConfig
+from agent.reconciling import Engine
+from agent.store import StateStore
+from tests.conftest import CGROUP_ROOT, REPO, needs_root_v1
+from tests.helpers import mission_doc, partition, wait_for, wait_for_sync, workload
+from tests.kubesim import CRD, Cluster, cluster, kubectls
+
+pytestmark = needs_root_v1
+NODE = "test"
+
+
+def profile(name: str, generation: int, *parts: dict[str, Any],
+            target: dict[str, Any] | None = None) -> str:
+    spec = {"target": target or {"nodeName": NODE},
+            **mission_doc(*(parts or (partition("p"),)), name=name, generation=generation)}
+    return yaml.safe_dump({"apiVersion": "sortie.dev/v1alpha1", "kind": "MissionProfile",
+                           "metadata": {"name": name, "namespace": "default"}, "spec": spec})
+
+
+def cgroup_of(pid: int) -> str:
+    """The process's cpu cgroup (v1: cpu is mounted alone on this machine kind)."""
+    return next(line.split(":", 2)[2] for line in Path(f"/proc/{pid}/cgroup").read_text()
+                .splitlines() if line.split(":")[1] in ("cpu", "cpu,cpuacct"))
+
+
+def pids(engine: Engine) -> dict[str, int | None]:
+    return {f"{p}/{w}": r.pid for p, rs in engine.runners.items() for w, r in rs.items()}
+
+
+def mp_status(c: Cluster, name: str) -> dict[str, Any]:
+    return c.get_json("missionprofile", name).get("status") or {}
+
+
+def condition(c: Cluster, name: str, ctype: str) -> dict[str, Any] | None:
+    return next((x for x in mp_status(c, name).get("conditions", []) if x["type"] == ctype),
+                None)
+
+
+def kube_cfg(c: Cluster, **over: Any) -> KubeConfig:
+    return KubeConfig(kubeconfig=c.kubeconfig, status_period_s=0.5, lease_renew_s=0.5,
+                      watch_timeout_s=5, backoff_max_s=0.5, **over)
+
+
+@contextlib.asynccontextmanager
+async def on_cluster(c: Cluster, cfg: AgentConfig, hw: HardwareProfile,
+                teardown: bool = True, **over: Any) -> AsyncIterator[tuple[Engine, KubeSource]]:
+    engine = Engine(cfg, hw, V1Backend(CGROUP_ROOT, cfg.cgroup_prefix),
+                    StateStore(cfg.state_dir))
+    await engine.start()
+    src = KubeSource(kube_cfg(c, **over), NODE, engine)
+    engine.sources["kube"] = src.status
+    loop = asyncio.get_running_loop()
+    tasks = [loop.create_task(src.run_forever()), loop.create_task(engine.account_forever())]
+    try:
+        await wait_for(lambda: src.connected and src.count.lease_renewals, 15)
+        yield engine, src
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await src.close()
+        await engine.shutdown(teardown=teardown)
+
+
+async def kubectl(c: Cluster, *args: str, stdin: str | None = None,
+                  check: bool = True) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(c.kubectl, *args, stdin=stdin, check=check)
+
+
+@pytest.mark.parametrize(("label", "kubectl_bin"), kubectls(), ids=[k[0] for k in kubectls()])
+async def test_kubectl_apply_flies_the_mission_and_the_cluster_sees_the_board(
+        tmp_path: Path, agent_config: AgentConfig, board: HardwareProfile, label: str,
+        kubectl_bin: str) -> None:
+    with cluster(tmp_path, kubectl_bin) as c:
+        await kubectl(c, "apply", "-f", str(CRD))
+        async with on_cluster(c, agent_config, board) as (engine, _src):
+            # The node: Ready, labelled, tainted, with capacity and a lease.
+            nodes = (await kubectl(c, "get", "nodes", "-L",
+                                   "kubernetes.io/arch,sortie.dev/board")).stdout.splitlines()
+            row = nodes[1].split()
+            assert row[:2] == [NODE, "Ready"] and row[-2:] == ["amd64", "test-board"]
+            node = c.get_json("node", NODE)
+            assert {"key": "sortie.dev/board", "value": "true", "effect": "NoSchedule"} \
+                in node["spec"]["taints"]
+            assert node["status"]["capacity"]["cpu"] == "2"
+            assert node["status"]["allocatable"]["cpu"] == "1"
+            assert node["status"]["nodeInfo"]["architecture"] == "amd64"
+            lease = c.get_json("lease", NODE, "-n", "kube-node-lease")
+            assert lease["spec"]["holderIdentity"] == NODE
+            assert lease["spec"]["leaseDurationSeconds"] == 40
+            first_renewal = lease["spec"]["renewTime"]
+            await wait_for(lambda: c.get_json("lease", NODE, "-n", "kube-node-lease")
+                           ["spec"]["renewTime"] != first_renewal, 5, 0.2)
+
+            # kubectl apply -> the workload runs in its partition's cgroup.
+            await kubectl(c, "apply", "-f", "-", stdin=profile(
+                "survey", 1, partition("nav", workloads=[workload("w")]),
+                partition("log", quota=10_000)))
+            await wait_for(lambda: engine.mission is not None
+                           and all(pids(engine).values()) and len(pids(engine)) == 2, 10)
+            pid = engine.runners["nav"]["w"].pid
+            assert pid is not None
+            assert cgroup_of(pid).endswith(f"{agent_config.cgroup_prefix}/p-nav")
+            await wait_for(lambda: (mp_status(c, "survey").get("partitions") or {})
+                           .get("nav", {}).get("usedPercent") is not None, 10, 0.2)
+            table = (await kubectl(c, "get", "missionprofiles")).stdout.splitlines()
+            assert table[1].split()[:5] == ["survey", "Flying", "1", "True", "True"]
+            st = mp_status(c, "survey")
+            assert st["observedGeneration"] == 1 and st["node"] == NODE
+            assert st["partitions"]["nav"]["budgetPercent"] == 20.0
+            described = (await kubectl(c, "describe", "missionprofile", "survey")).stdout
+            assert "generation 1 applied on test" in described
+            assert "Degraded" in described and "FullCapacity" in described
+
+            # kubectl delete -> the mission leaves the board.
+            await kubectl(c, "delete", "missionprofile", "survey")
+            await wait_for(lambda: engine.mission is None and not engine.runners, 10)
+            assert not (CGROUP_ROOT / "cpu" / agent_config.cgroup_prefix / "p-nav").exists()
+            assert engine.events.of_kind("mission.withdrawn")
+            await wait_for(lambda: "no mission" in c.get_json("node", NODE)["status"]
+                           ["conditions"][0]["message"], 10, 0.2)
+
+
+async def test_a_profile_that_is_invalid_or_does_not_fit_is_refused_and_nothing_changes(
+        tmp_path: Path, agent_config: AgentConfig, board: HardwareProfile) -> None:
+    with cluster(tmp_path) as c:
+        await kubectl(c, "apply", "-f", str(CRD))
+        async with on_cluster(c, agent_config, board) as (engine, _):
+            await kubectl(c, "apply", "-f", "-", stdin=profile("m", 1, partition("p")))
+            await wait_for(lambda: engine.mission is not None and all(pids(engine).values()), 10)
+            before = pids(engine)
+            # Does not fit: a core the board does not have, and too much of the pool.
+            await kubectl(c, "apply", "-f", "-", stdin=profile(
+                "m", 2, partition("p", cores=[7]), partition("q", quota=190_000)))
+            await wait_for(lambda: (condition(c, "m", "Admitted") or {}).get("status")
+                           == "False", 10, 0.2)
+            adm = condition(c, "m", "Admitted")
+            assert adm is not None and adm["reason"] == "DoesNotFit"
+            assert "partitions[0].cpu.dedicated_cores" in adm["message"] \
+                or "dedicated_cores" in adm["message"], adm
+            assert "q" in adm["message"]
+            assert mp_status(c, "m")["observedGeneration"] == 2
+            assert engine.mission is not None and engine.mission.generation == 1
+            assert pids(engine) == before, "nothing applied, nothing restarted"
+            events = c.get_json("events", "--field-selector", "involvedObject.name=m")["items"]
+            assert any(e["reason"] == "Rejected" and e["type"] == "Warning" for e in events)
+            # Invalid: the board names the field (the simulator does not validate the
+            # schema as a real API server would, so the board's own check is seen here).
+            bad = yaml.safe_load(profile("m", 3, partition("p")))
+            bad["spec"]["partitions"][0]["budget"]["quota_us"] = -5
+            bad["spec"]["partitions"][0]["surprise"] = 1
+            await kubectl(c, "apply", "-f", "-", stdin=yaml.safe_dump(bad))
+            await wait_for(lambda: (condition(c, "m", "Admitted") or {}).get("reason")
+                           == "InvalidSpec", 10, 0.2)
+            msg = condition(c, "m", "Admitted")["message"]  # type: ignore[index]
+            assert "spec.partitions[0].budget.quota_us" in msg or "quota_us" in msg, msg
+            assert "surprise" in msg
+            assert engine.mission.generation == 1 and pids(engine) == before
+
+
+async def test_the_board_flies_on_without_the_cluster_and_converges_when_it_returns(
+        tmp_path: Path, agent_config: AgentConfig, board: HardwareProfile) -> None:
+    with cluster(tmp_path) as c:
+        await kubectl(c, "apply", "-f", str(CRD))
+        async with on_cluster(c, agent_config, board) as (engine, src):
+            await kubectl(c, "apply", "-f", "-", stdin=profile("a", 1, partition("pa")))
+            await wait_for(lambda: engine.mission is not None and all(pids(engine).values()), 10)
+            flying = pids(engine)
+            c.server.stop()
+            await wait_for(lambda: not src.connected, 10)
+            await asyncio.sleep(2)
+            assert engine.mission is not None and engine.mission.name == "a"
+            assert pids(engine) == flying and all(Path(f"/proc/{p}").exists()
+                                                  for p in flying.values())
+            # While the board is away: "a" is deleted, "b" is created for it.
+            store = c.server.store
+            store.delete(store.types[("sortie.dev", "missionprofiles")], "default", "a")
+            store.create(store.types[("sortie.dev", "missionprofiles")], "default",
+                         yaml.safe_load(profile("b", 1, partition("pb"))))
+            c.server.restart()
+            await wait_for(lambda: engine.mission is not None and engine.mission.name == "b"
+                           and "pb" in engine.runners and "pa" not in engine.runners, 20)
+            assert not (CGROUP_ROOT / "cpu" / agent_config.cgroup_prefix / "p-pa").exists()
+            assert src.count.lists >= 2
+
+
+async def test_a_restarted_board_does_not_replay_a_profile_deleted_while_it_was_down(
+        tmp_path: Path, agent_config: AgentConfig, board: HardwareProfile) -> None:
+    with cluster(tmp_path) as c:
+        await kubectl(c, "apply", "-f", str(CRD))
+        async with on_cluster(c, agent_config, board, teardown=False) as (engine, _):
+            await kubectl(c, "apply", "-f", "-", stdin=profile("a", 1, partition("pa")))
+            await wait_for(lambda: engine.mission is not None and all(pids(engine).values()), 10)
+        await kubectl(c, "delete", "missionprofile", "a")
+        # The agent comes back: it flies its last-known-good "a" until the list says
+        # "a" is gone, then withdraws it; a third start flies nothing.
+        async with on_cluster(c, agent_config, board) as (engine, _):
+            await wait_for(lambda: engine.mission is None and not engine.runners, 10)
+            assert engine.events.of_kind("mission.withdrawn")
+        again = Engine(agent_config, board, V1Backend(CGROUP_ROOT, agent_config.cgroup_prefix),
+                       StateStore(agent_config.state_dir))
+        await again.start()
+        assert again.mission is None and not again.events.of_kind("state.corrupt")
+        await again.shutdown(teardown=True)
+
+
+async def test_api_errors_are_retried_and_the_mission_is_untouched(
+        tmp_path: Path, agent_config: AgentConfig, board: HardwareProfile) -> None:
+    with cluster(tmp_path, history=20) as c:
+        await kubectl(c, "apply", "-f", str(CRD))
+        async with on_cluster(c, agent_config, board) as (engine, src):
+            await kubectl(c, "apply", "-f", "-", stdin=profile("m", 1, partition("p")))
+            await wait_for(lambda: engine.mission is not None and all(pids(engine).values()), 10)
+            flying = pids(engine)
+            lost: list[str] = []
+
+            async def watchdog() -> None:
+                while True:
+                    if engine.mission is None or pids(engine) != flying:
+                        lost.append("mission disturbed")
+                    await asyncio.sleep(0.05)
+            guard = asyncio.get_running_loop().create_task(watchdog())
+            f = c.server.faults
+            f.fail(409, count=2, path="m/status")         # someone else wrote the status
+            await wait_for(lambda: src.count.conflicts >= 2, 10)
+            f.garbage_lines = 1                            # a malformed watch line
+            await kubectl(c, "label", "missionprofile", "m", "touch=1")
+            await wait_for(lambda: src.count.errors >= 1, 10)
+            f.fail(500, count=3, path="missionprofiles")   # server errors on relist
+            f.fail(429, retry_after=1, path="missionprofiles")
+            f.fail(0, path="missionprofiles")             # a connection reset
+            f.drops += 1                                   # cut the watch
+            await wait_for(lambda: src.connected and not f.fail_codes, 20)
+            gone = src.count.gone
+            c.server.store.compact()                       # history gone: 410 on resume
+            f.drops += 1
+            await wait_for(lambda: src.count.gone > gone, 10)
+            f.stall_until = time.monotonic() + 30          # a silent watch
+            await asyncio.sleep(1)
+            guard.cancel()
+            assert not lost, lost
+            # Through all that, the next generation still lands.
+            f.stall_until = 0
+            await kubectl(c, "apply", "-f", "-", stdin=profile("m", 2, partition("p",
+                                                                                  quota=30_000)))
+            await wait_for(lambda: engine.mission is not None
+                           and engine.mission.generation == 2, 15)
+
+
+async def test_profiles_aimed_by_label_and_the_newest_one_flies(
+        tmp_path: Path, agent_config: AgentConfig, board: HardwareProfile) -> None:
+    with cluster(tmp_path) as c:
+        await kubectl(c, "apply", "-f", str(CRD))
+        async with on_cluster(c, agent_config, board, node_labels={"fleet": "blue"}) \
+                as (engine, _):
+            await kubectl(c, "apply", "-f", "-", stdin=profile(
+                "other", 1, partition("x"), target={"nodeSelector": {"fleet": "red"}}))
+            await kubectl(c, "apply", "-f", "-", stdin=profile(
+                "first", 1, partition("p1"), target={"nodeSelector": {"fleet": "blue"}}))
+            await wait_for(lambda: engine.mission is not None
+                           and engine.mission.name == "first", 10)
+            await asyncio.sleep(1.1)  # creation timestamps have one-second resolution
+            await kubectl(c, "apply", "-f", "-", stdin=profile(
+                "second", 1, partition("p2"), target={"nodeSelector": {"fleet": "blue"}}))
+            await wait_for(lambda: engine.mission is not None
+                           and engine.mission.name == "second", 10)
+            await wait_for(lambda: mp_status(c, "first").get("state") == "Superseded", 10, 0.2)
+            assert mp_status(c, "other") == {}, "a profile for other boards is not touched"
+
+
+def test_sortie_run_joins_the_cluster(tmp_path: Path, prefix: str) -> None:
+    """The whole path: `sortie run` with a kube section, kubectl apply, `sortie status`."""
+    with cluster(tmp_path) as c:
+        c.kubectl("apply", "-f", str(CRD))
+        hw = tmp_path / "hw.yaml"
+        hw.write_text(yaml.safe_dump({
+            "name": "test-board", "arch": "x86_64", "cores": [{"id": 0}, {"id": 1}],
+            "memory_mib": 4096, "reserved": {"cores": [0], "memory_mib": 512}}))
+        cfg = tmp_path / "agent.yaml"
+        cfg.write_text(yaml.safe_dump({
+            "node_name": NODE, "hardware_profile": str(hw), "state_dir": str(tmp_path / "s"),
+            "run_dir": str(tmp_path / "r"), "log_dir": f"/tmp/{prefix}-logs",
+            "cgroup_prefix": prefix, "agent_cgroup": False, "isolate_os": False,
+            "profile_dirs": [str(tmp_path / "profiles")], "report_socket": None,
+            "kube": {"kubeconfig": str(c.kubeconfig), "status_period_s": 1,
+                     "lease_renew_s": 1}}))
+        err = tmp_path / "agent.err"
+        with err.open("wb") as sink:
+            agent = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--config",
+                                      str(cfg), "--teardown"], cwd=REPO,
+                                     stdout=subprocess.DEVNULL, stderr=sink)
+        try:
+            wait_for_sync(lambda: c.kubectl("get", "node", NODE, check=False).returncode == 0,
+                          20, 0.2)
+            c.kubectl("apply", "-f", "-", stdin=profile("m", 1, partition("p")))
+            wait_for_sync(lambda: (mp_status(c, "m").get("state") == "Flying"), 20, 0.2)
+            out = subprocess.run([sys.executable, "-m", "agent.cli", "status", "--config",
+                                  str(cfg), "-o", "json"], capture_output=True, text=True,
+                                 cwd=REPO, timeout=30, check=True)
+            st = json.loads(out.stdout)
+            assert st["sources"]["kube"]["connected"] is True
+            assert st["mission"]["origin"]["source"] == "kube"
+            pid = st["partitions"][0]["workloads"][0]["pid"]
+            assert cgroup_of(pid).endswith(f"{prefix}/p-p")
+        finally:
+            agent.send_signal(signal.SIGTERM)
+            try:
+                agent.wait(30)
+            finally:
+                if agent.poll() is None:
+                    os.kill(agent.pid, signal.SIGKILL)
+        assert agent.returncode == 0, err.read_text()
