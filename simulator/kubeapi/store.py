@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import threading
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable
@@ -57,6 +58,8 @@ class Change:
     gr: tuple[str, str]
     type: str
     obj: Obj
+    at: float = field(default_factory=time.perf_counter)
+    """When the server stored it (for benchmarks: write -> reaction)."""
 
 
 def now_iso(clock: Callable[[], float]) -> str:
