@@ -333,3 +333,30 @@ def test_sortie_run_joins_the_cluster(tmp_path: Path, prefix: str) -> None:
                 if agent.poll() is None:
                     os.kill(agent.pid, signal.SIGKILL)
         assert agent.returncode == 0, err.read_text()
+
+
+async def test_health_actions_become_events_and_odd_metadata_is_tolerated(
+        tmp_path: Path, agent_config: AgentConfig, board: HardwareProfile) -> None:
+    with cluster(tmp_path) as c:
+        await kubectl(c, "apply", "-f", str(CRD))
+        async with on_cluster(c, agent_config, board) as (engine, _):
+            doc = yaml.safe_load(profile("m", 1, partition("p", crit="C", workloads=[
+                workload("crasher", ["/bin/false"],
+                         restart={"backoff_initial_ms": 10, "backoff_max_ms": 20,
+                                  "crash_loop_restarts": 3})])))
+            # Fields a newer server (or another controller) may add to metadata.
+            doc["metadata"]["managedFields"] = [{"manager": "x", "operation": "Apply"}]
+            doc["metadata"]["futureField"] = {"nested": [1, 2]}
+            store = c.server.store
+            store.create(store.types[("sortie.dev", "missionprofiles")], "default", doc)
+            await wait_for(lambda: engine.mission is not None, 10)
+
+            def reasons() -> set[str]:
+                items = c.get_json("events", "--field-selector",
+                                   "involvedObject.name=m")["items"]
+                return {e["reason"] for e in items}
+            got = await wait_for(lambda: {"WorkloadCrashLoop", "HealthCrashLoop"}
+                                 & reasons() and reasons(), 15, 0.3)
+            assert "Applied" in got, got
+            # DAL C: a crash loop stops the partition (health table), said as an Event.
+            assert any(r.startswith("Health") for r in got), got
