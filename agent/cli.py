@@ -377,6 +377,38 @@ def cmd_image(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_board(args: argparse.Namespace) -> int:
+    from agent.board.inputs import BoardError
+    try:
+        if args.board_command == "build":
+            from agent.board.building import build
+            manifest = build(args.hw, args.profiles, args.keys, args.board_config, args.out,
+                             args.cache)
+            print(manifest)
+            return EXIT_OK
+        from agent.board.booting import boot
+        show = None if args.quiet or args.output else print
+        result = boot(args.image, args.seconds or 0, args.timeout, args.report, args.accel,
+                      show)
+    except BoardError as exc:
+        _print_violations("board:", exc.violations)
+        return EXIT_REFUSED
+    report = {"clean_shutdown": result.clean, "agent_rc": result.agent_rc,
+              "qemu_rc": result.qemu_rc, "first_status_s": result.first_status_s,
+              "status": result.last, "command": result.command}
+    if args.output:
+        _emit(report, args.output)
+    else:
+        last = result.last or {}
+        print(f"\nboard {last.get('board')}: first agent status "
+              f"{result.first_status_s or float('nan'):.1f} s after QEMU started; "
+              f"{'clean shutdown' if result.clean else 'NO clean shutdown'}")
+        for p in last.get("partitions", []):
+            print(f"  {p['name']:<20} budget {_pct(p.get('budget'))}  "
+                  f"used {_pct(p.get('share'))}  {p.get('workloads')}")
+    return EXIT_OK if result.clean and result.last else EXIT_REFUSED
+
+
 def cmd_kube_crd(args: argparse.Namespace) -> int:
     from agent.kube.crd import manifest_yaml
     print(manifest_yaml(), end="")
@@ -513,6 +545,32 @@ def build_parser() -> argparse.ArgumentParser:
     ig = im_sub.add_parser("gc", help="remove images the last-known-good mission does not use")
     common(ig)
     ig.set_defaults(func=cmd_image)
+
+    bo = sub.add_parser("board", help="board images: build, boot in QEMU")
+    bo_sub = bo.add_subparsers(dest="board_command", required=True, parser_class=Parser)
+    bb = bo_sub.add_parser("build", help="build a flashable image for a board "
+                           "(kernel, initramfs, raw disk, manifest)")
+    bb.add_argument("--hw", type=Path, required=True, help="hardware profile (hwprofiles/)")
+    bb.add_argument("--profiles", type=Path, help="directory of mission profiles to bake in")
+    bb.add_argument("--keys", type=Path, help="directory of trusted planner keys (*.pub)")
+    bb.add_argument("--config", dest="board_config", type=Path,
+                    help="agent config to bake in (paths inside the image are set)")
+    bb.add_argument("--out", type=Path, required=True, help="output directory")
+    bb.add_argument("--cache", type=Path, default=Path(os.environ.get(
+        "SORTIE_CACHE", str(Path.home() / ".cache" / "sortie"))) / "board",
+        help="download and build cache (default $SORTIE_CACHE/board or ~/.cache/sortie/board)")
+    bb.set_defaults(func=cmd_board)
+    bt = bo_sub.add_parser("boot", help="boot a built image in QEMU and report its agent")
+    bt.add_argument("image", type=Path, help="the build's output directory")
+    bt.add_argument("--seconds", type=float, help="stop the agent and power off after this "
+                    "long (default: until Ctrl-C or --timeout)")
+    bt.add_argument("--timeout", type=float, default=3600, help="hard limit, seconds")
+    bt.add_argument("--report", type=float, default=5, help="status every N seconds")
+    bt.add_argument("--accel", default="tcg", choices=["tcg", "kvm"],
+                    help="kvm only where it works (not on these build machines)")
+    bt.add_argument("--quiet", action="store_true", help="do not show the serial console")
+    output(bt)
+    bt.set_defaults(func=cmd_board)
 
     ku = sub.add_parser("kube", help="Kubernetes helpers")
     ku_sub = ku.add_subparsers(dest="kube_command", required=True, parser_class=Parser)

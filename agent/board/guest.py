@@ -1,0 +1,148 @@
+"""PID 1 of a board image booted by QEMU (``/init`` execs it after mounting the kernel
+filesystems): start the agent, report its status on the console for the host, reap
+orphans, and power off cleanly when asked (``sortie-poweroff`` on the console, or after
+``sortie.run_s`` seconds from the kernel command line).
+
+Console lines for the host: ``SORTIE-GUEST ...`` (milestones), ``SORTIE-STATUS {json}``
+(one per ``sortie.report_s`` seconds), ``SORTIE-STOPPED rc=N``.
+PID 1 must never exit: every failure is printed and the guest powers off instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+CONFIG = "/etc/sortie/agent.yaml"
+SOCKET = Path("/run/sortie/sortie.sock")
+
+
+def say(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def options(cmdline: str) -> dict[str, str]:
+    return dict(p.split("=", 1) for p in cmdline.split() if p.startswith("sortie.") and "=" in p)
+
+
+def cpu_stat(prefix: str, partition: str) -> dict[str, int]:
+    """The kernel's own counters for a partition (cgroup v2 cpu.stat): the host computes
+    long-window shares from them, independent of the agent's accounting."""
+    path = Path("/sys/fs/cgroup") / prefix / f"p-{partition}" / "cpu.stat"
+    with contextlib.suppress(OSError, ValueError):
+        return {k: int(v) for k, v in (line.split() for line in path.read_text().splitlines())}
+    return {}
+
+
+def summary(status: dict[str, Any]) -> dict[str, Any]:
+    """What the host needs from the agent's status, on one console line."""
+    parts = []
+    prefix = (status.get("cgroup") or {}).get("prefix", "sortie")
+    for p in status.get("partitions", []):
+        use = p.get("usage") or {}
+        stat = cpu_stat(prefix, p["name"])
+        parts.append({"name": p["name"], "criticality": p.get("criticality"),
+                      "usage_usec": stat.get("usage_usec"),
+                      "nr_throttled": stat.get("nr_throttled"),
+                      "budget": use.get("budget_share"), "share": use.get("share"),
+                      "throttled_periods": use.get("throttled_periods"),
+                      "periods": use.get("periods"),
+                      "workloads": {w["name"]: w.get("state") for w in p.get("workloads", [])}})
+    m = status.get("mission") or {}
+    return {"board": status.get("board"), "cgroup": status.get("cgroup"),
+            "mission": {"name": m.get("name"), "generation": m.get("generation")} if m else None,
+            "ready_after_s": status.get("ready_after_s"), "partitions": parts,
+            "errors": status.get("errors", []), "uptime_s": uptime()}
+
+
+def uptime() -> float:
+    with contextlib.suppress(OSError, ValueError):
+        return float(Path("/proc/uptime").read_text().split()[0])
+    return -1.0
+
+
+def reap(agent_pid: int, done: threading.Event) -> None:
+    """PID 1 inherits every orphan: reap them, but leave the agent to Popen (peek first
+    with WNOWAIT so its exit code is not lost)."""
+    while not done.is_set():
+        try:
+            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            info = None
+        if info is None or info.si_pid == agent_pid:
+            time.sleep(0.2)
+            continue
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(info.si_pid, 0)
+
+
+def listen(stop: threading.Event) -> None:
+    for line in sys.stdin:
+        if line.strip() == "sortie-poweroff":
+            stop.set()
+            return
+
+
+def power_off() -> None:
+    os.sync()
+    with contextlib.suppress(OSError):
+        Path("/proc/sysrq-trigger").write_text("o")
+    while True:
+        time.sleep(1)
+
+
+def main() -> None:
+    opts = options(Path("/proc/cmdline").read_text())
+    run_s = float(opts.get("sortie.run_s", "0"))
+    report_s = float(opts.get("sortie.report_s", "5"))
+    say(f"SORTIE-GUEST init uptime={uptime():.2f}s run_s={run_s or 'forever'}")
+    log = open("/run/sortie-agent.log", "ab")  # noqa: SIM115 - held for the agent's life
+    agent = subprocess.Popen(["/usr/local/bin/sortie", "run", "--config", CONFIG],
+                             stdout=log, stderr=subprocess.STDOUT)
+    stop, done = threading.Event(), threading.Event()
+    threading.Thread(target=reap, args=(agent.pid, done), daemon=True).start()
+    threading.Thread(target=listen, args=(stop,), daemon=True).start()
+    from agent.api.client import call
+    start = time.monotonic()
+    while not stop.is_set() and (run_s <= 0 or time.monotonic() - start < run_s):
+        if agent.poll() is not None:
+            say(f"SORTIE-GUEST agent exited rc={agent.returncode}; last log lines:")
+            with contextlib.suppress(OSError):
+                for line in Path("/run/sortie-agent.log").read_text().splitlines()[-15:]:
+                    say("  " + line)
+            break
+        if SOCKET.exists():
+            try:
+                say("SORTIE-STATUS " + json.dumps(summary(call(SOCKET, {"op": "status"},
+                                                               5.0)["status"])))
+            except Exception as exc:  # PID 1 reports and carries on
+                say(f"SORTIE-GUEST status unavailable: {exc}")
+        stop.wait(report_s)
+    rc = agent.poll()
+    if rc is None:
+        agent.send_signal(signal.SIGTERM)
+        try:
+            rc = agent.wait(20)
+        except subprocess.TimeoutExpired:
+            agent.kill()
+            rc = -9
+    done.set()
+    say(f"SORTIE-STOPPED rc={rc}")
+    power_off()
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except BaseException as exc:  # PID 1 must not die
+        say(f"SORTIE-GUEST failed: {exc!r}")
+        power_off()

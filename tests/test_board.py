@@ -1,0 +1,225 @@
+"""Board images: inputs refused before any long step, the packing steps (kernel, initramfs,
+disk image) on small trees, and, marked ``qemu``, real builds for x86_64 and aarch64
+booted under TCG with the agent measured on cgroup v2 inside."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import lzma
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from agent.board import booting, inputs, packing
+from agent.board.guest import options, summary
+from agent.board.inputs import BoardError, check
+from agent.signing import generate
+from tests.conftest import REPO
+
+HW = REPO / "hwprofiles"
+MISSION = REPO / "tests" / "data" / "board"
+CACHE = REPO / ".cache" / "board"
+
+
+def reasons(exc: pytest.ExceptionInfo[BoardError]) -> str:
+    return "\n".join(str(v) for v in exc.value.violations)
+
+
+def test_an_unknown_board_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(BoardError) as err:
+        check(HW / "no-such-board.yaml", None, None, None, tmp_path / "c", tmp_path / "o")
+    assert "no such board profile" in reasons(err)
+
+
+def test_every_bad_input_is_reported_at_once_and_nothing_starts(tmp_path: Path,
+                                                                monkeypatch: Any) -> None:
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    doc = yaml.safe_load((MISSION / "check.yaml").read_text())
+    doc["partitions"][0]["cpu"] = {"dedicated_cores": [5]}
+    (profiles / "unfit.yaml").write_text(yaml.safe_dump(doc))
+    (profiles / "broken.yaml").write_text("name: x\ngeneration: one\n")
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text(yaml.safe_dump({"mqtt": {"url": "mqtts://planner:8883"},
+                                   "accounting_period_ms": 5}))
+    monkeypatch.setattr(inputs.shutil, "disk_usage",
+                        lambda _p: shutil._ntuple_diskusage(100 << 20, 99 << 20, 1 << 20))
+    with pytest.raises(BoardError) as err:
+        check(HW / "qemu-virt-aarch64.yaml", profiles, tmp_path / "no-keys", cfg,
+              tmp_path / "cache", tmp_path / "out")
+    text = reasons(err)
+    assert "unfit.yaml: partitions[0].cpu.dedicated_cores" in text \
+        or "unfit.yaml: partitions" in text, text
+    assert "does not fit qemu-virt-aarch64" in text
+    assert "broken.yaml: generation" in text
+    assert "--keys: " in text and "not a directory" in text
+    assert "--config: accounting_period_ms" in text
+    assert "MiB free" in text
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "out").exists()
+
+
+def test_keys_become_the_configs_trusted_planners(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    generate(keys, "ops")
+    (keys / "ops.key").unlink()  # only public keys go into an image
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text(yaml.safe_dump({"mqtt": {"url": "mqtts://planner:8883"}}))
+    got = check(HW / "qemu-x86_64.yaml", MISSION, keys, cfg, tmp_path / "c", tmp_path / "o")
+    assert set(got.config["mqtt"]["trusted_keys"]) == {"ops"}
+    assert got.config["hardware_profile"] == "/etc/sortie/hardware.yaml"
+    assert list(got.profiles) == ["check.yaml"] and got.arch == "amd64"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(BoardError) as err:
+        check(HW / "qemu-x86_64.yaml", MISSION, empty, cfg, tmp_path / "c", tmp_path / "o")
+    assert "no planner public key" in reasons(err)
+
+
+def test_vmlinux_comes_out_of_a_bzimage() -> None:
+    elf = b"\x7fELF" + os.urandom(5000)
+    blob = b"MZ setup code" + b"\0" * 300 + lzma.compress(elf, lzma.FORMAT_XZ) + b"trailer"
+    assert packing.vmlinux_from_bzimage(blob) == elf
+    with pytest.raises(BoardError):
+        packing.vmlinux_from_bzimage(b"no kernel in here")
+
+
+def small_tree(root: Path) -> None:
+    (root / "etc" / "sortie").mkdir(parents=True)
+    (root / "etc" / "sortie" / "agent.yaml").write_text("node_name: b1\n")
+    (root / "bin").mkdir()
+    (root / "bin" / "tool").write_bytes(os.urandom(4096))
+    (root / "bin" / "tool").chmod(0o755)
+    (root / "bin" / "link").symlink_to("tool")
+
+
+def test_initramfs_and_tree_digest_repeat_for_the_same_tree(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    small_tree(a)
+    shutil.copytree(a, b, symlinks=True)
+    for root in (a, b):
+        subprocess.run(["touch", "-h", "-d", "@1767225600", *map(str, root.rglob("*")), str(root)],
+                       check=True)
+        time.sleep(1.1)  # different ctimes: must not matter
+    packing.initramfs(a, tmp_path / "a.cpio.gz")
+    packing.initramfs(b, tmp_path / "b.cpio.gz")
+    assert packing.sha256(tmp_path / "a.cpio.gz") == packing.sha256(tmp_path / "b.cpio.gz")
+    assert packing.tree_digest(a) == packing.tree_digest(b)
+    (b / "etc" / "sortie" / "agent.yaml").write_text("node_name: b2\n")
+    assert packing.tree_digest(a) != packing.tree_digest(b)
+    listing = subprocess.run(f"zcat {tmp_path / 'a.cpio.gz'} | cpio -t --quiet", shell=True,
+                             capture_output=True, text=True, check=True).stdout.split()
+    assert "etc/sortie/agent.yaml" in listing and "bin/link" in listing
+
+
+def test_disk_image_holds_the_tree_in_an_ext4_partition(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    small_tree(root)
+    img = tmp_path / "disk.img"
+    packing.disk_image(root, img, "seed")
+    table = json.loads(subprocess.run(["sfdisk", "--json", str(img)], capture_output=True,
+                                      text=True, check=True).stdout)["partitiontable"]
+    part = table["partitions"][0]
+    assert part["start"] == 2048 and part["type"] == "83" and part.get("bootable")
+    fs = tmp_path / "fs.img"
+    subprocess.run(["dd", f"if={img}", f"of={fs}", "bs=1M", "skip=1", "status=none"], check=True)
+    got = subprocess.run(["debugfs", "-R", "cat /etc/sortie/agent.yaml", str(fs)],
+                         capture_output=True, text=True, check=True).stdout
+    assert got == "node_name: b1\n"
+    label = subprocess.run(["e2label", str(fs)], capture_output=True, text=True,
+                           check=True).stdout.strip()
+    assert label == "sortie-root"
+
+
+def test_guest_reports_parse_and_qemu_gets_the_board_shape() -> None:
+    assert options("console=ttyS0 sortie.run_s=40 quiet sortie.report_s=2") == {
+        "sortie.run_s": "40", "sortie.report_s": "2"}
+    s = summary({"board": "b", "cgroup": {"version": "v2", "prefix": "nope"},
+                 "mission": {"name": "m", "generation": 3},
+                 "partitions": [{"name": "p", "usage": {"share": 0.2, "budget_share": 0.2},
+                                 "workloads": [{"name": "w", "state": "running"}]}]})
+    assert s["mission"] == {"name": "m", "generation": 3}
+    assert s["partitions"][0]["workloads"] == {"w": "running"}
+    manifest = {"qemu": {"binary": "qemu-system-aarch64", "machine": "virt",
+                         "cpu": "cortex-a53", "smp": 4, "memory_mib": 2048,
+                         "console": "ttyAMA0"},
+                "artifacts": {"kernel": {"file": "kernel"},
+                              "initramfs": {"file": "initramfs.cpio.gz"}}}
+    cmd = booting.command(Path("/img"), manifest, 30, 5, "tcg")
+    assert cmd[:3] == ["qemu-system-aarch64", "-M", "virt"]
+    assert cmd[cmd.index("-smp") + 1] == "4" and cmd[cmd.index("-m") + 1] == "2048"
+    assert cmd[cmd.index("-cpu") + 1] == "cortex-a53"
+    assert "console=ttyAMA0" in cmd[-1] and "sortie.run_s=30" in cmd[-1]
+
+
+def test_boot_refuses_a_directory_that_is_not_an_image(tmp_path: Path) -> None:
+    with pytest.raises(BoardError) as err:
+        booting.boot(tmp_path)
+    assert "not a built board image" in reasons(err)
+
+
+# -- real builds and boots (slow; a separate CI step) -----------------------------------
+def build(board: str, out: Path) -> dict[str, Any]:
+    res = subprocess.run([str(REPO / ".venv/bin/python"), "-m", "agent.cli", "board", "build",
+                          "--hw", str(HW / board), "--profiles", str(MISSION), "--out",
+                          str(out), "--cache", str(CACHE)], capture_output=True, text=True,
+                         cwd=REPO, timeout=900, check=False)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return json.loads((out / "manifest.json").read_text())
+
+
+def long_window_shares(statuses: list[dict[str, Any]]) -> dict[str, tuple[float, float]]:
+    """Per partition (measured share, budget) between the first and last status with
+    counters, from the kernel's usage_usec and the guest's uptime."""
+    with_counters = [s for s in statuses
+                     if all(p.get("usage_usec") is not None for p in s["partitions"])]
+    first, last = with_counters[1], with_counters[-1]  # the first may predate the workloads
+    dt = last["uptime_s"] - first["uptime_s"]
+    assert dt >= 20, f"only {dt:.1f} s between reports"
+    out = {}
+    for p0, p1 in zip(first["partitions"], last["partitions"], strict=True):
+        share = (p1["usage_usec"] - p0["usage_usec"]) / 1e6 / dt
+        out[p1["name"]] = (share, p1["budget"])
+    return out
+
+
+@pytest.mark.qemu
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("board", ["qemu-x86_64.yaml", "qemu-virt-aarch64.yaml"])
+def test_the_image_boots_and_flies_its_baked_mission_on_cgroup_v2(
+        tmp_path: Path, board: str) -> None:
+    out = tmp_path / "image"
+    manifest = build(board, out)
+    for a in manifest["artifacts"].values():
+        assert packing.sha256(out / a["file"]) == a["sha256"]
+    result = booting.boot(out, run_s=45, timeout_s=300, report_s=3)
+    assert result.clean and result.agent_rc == 0, "\n".join(result.console[-40:])
+    last = result.last
+    assert last is not None and last["cgroup"]["version"] == "v2"
+    assert last["mission"] == {"name": "qemu-check", "generation": 1}
+    assert not last["errors"]
+    shares = long_window_shares(result.statuses)
+    assert set(shares) == {"control", "analytics"}
+    for name, (share, budget) in shares.items():
+        assert abs(share - budget) <= 0.02, f"{name}: {share:.3f} vs budget {budget}"
+    print(f"{board}: first status {result.first_status_s:.1f} s; shares "
+          + ", ".join(f"{n} {s * 100:.2f}% (budget {b * 100:.0f}%)"
+                      for n, (s, b) in shares.items()))
+    # Nothing changed: the rebuild reuses the cache and the outputs.
+    t0 = time.monotonic()
+    again = build(board, out)
+    assert again == manifest and time.monotonic() - t0 < 60
+    # Reassembled from the same inputs: the same content.
+    (out / "disk.img").unlink()
+    rebuilt = build(board, out)
+    for name in ("kernel", "vmlinuz", "initramfs"):
+        assert rebuilt["artifacts"][name]["sha256"] == manifest["artifacts"][name]["sha256"]
+    assert rebuilt["rootfs_tree_sha256"] == manifest["rootfs_tree_sha256"]
+    assert hashlib.sha256(json.dumps(rebuilt["packages"]).encode()).digest() == \
+        hashlib.sha256(json.dumps(manifest["packages"]).encode()).digest()
