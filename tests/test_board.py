@@ -38,6 +38,16 @@ def test_an_unknown_board_is_refused(tmp_path: Path) -> None:
     assert "no such board profile" in reasons(err)
 
 
+def test_a_board_without_a_kernel_package_is_refused(tmp_path: Path) -> None:
+    doc = yaml.safe_load((HW / "qemu-virt-aarch64.yaml").read_text())
+    doc["arch"] = "riscv64"
+    hw = tmp_path / "riscv.yaml"
+    hw.write_text(yaml.safe_dump(doc))
+    with pytest.raises(BoardError) as err:
+        check(hw, None, None, None, tmp_path / "c", tmp_path / "o")
+    assert "arch" in reasons(err) and "x86_64" in reasons(err)
+
+
 def test_every_bad_input_is_reported_at_once_and_nothing_starts(tmp_path: Path,
                                                                 monkeypatch: Any) -> None:
     profiles = tmp_path / "profiles"
@@ -158,6 +168,22 @@ def test_guest_reports_parse_and_qemu_gets_the_board_shape() -> None:
     assert "console=ttyAMA0" in cmd[-1] and "sortie.run_s=30" in cmd[-1]
 
 
+def test_disk_boot_modules_come_with_their_dependencies_first(tmp_path: Path) -> None:
+    from agent.board.diskboot import module_order
+    mods = tmp_path / "kernel"
+    for name, deps in {"ext4": "mbcache,jbd2,crc16", "jbd2": "", "mbcache": "",
+                       "crc16": "", "virtio_blk": "virtio,virtio_ring", "virtio": "",
+                       "virtio_ring": "", "unrelated": ""}.items():
+        (mods / name).mkdir(parents=True)
+        (mods / name / f"{name}.ko").write_bytes(
+            b"\x7fELF junk\0license=GPL\0depends=" + deps.encode() + b"\0name=" +
+            name.encode() + b"\0")
+    order = [p.stem for p in module_order(mods, ("virtio_blk", "crc32c_generic", "ext4"))]
+    assert order.index("virtio") < order.index("virtio_blk")
+    assert order.index("jbd2") < order.index("ext4") and "unrelated" not in order
+    assert "crc32c_generic" not in order, "not a module here: built in"
+
+
 def test_boot_refuses_a_directory_that_is_not_an_image(tmp_path: Path) -> None:
     with pytest.raises(BoardError) as err:
         booting.boot(tmp_path)
@@ -223,3 +249,10 @@ def test_the_image_boots_and_flies_its_baked_mission_on_cgroup_v2(
     assert rebuilt["rootfs_tree_sha256"] == manifest["rootfs_tree_sha256"]
     assert hashlib.sha256(json.dumps(rebuilt["packages"]).encode()).digest() == \
         hashlib.sha256(json.dumps(manifest["packages"]).encode()).digest()
+    # The flashable disk, booted as a board boots it: systemd starts sortie.service.
+    disk = booting.boot(out, run_s=40, timeout_s=300, report_s=5, disk=True)
+    assert disk.clean and disk.agent_rc == 0, "\n".join(disk.console[-60:])
+    assert disk.last is not None and disk.last["mission"] == {"name": "qemu-check",
+                                                             "generation": 1}
+    assert all(p["workloads"] == {"hog": "running"} for p in disk.last["partitions"])
+    print(f"{board}: disk boot through systemd, first status {disk.first_status_s:.1f} s")

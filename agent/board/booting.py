@@ -43,25 +43,35 @@ class Boot:
 
 
 def command(image: Path, manifest: dict[str, Any], run_s: float, report_s: float,
-            accel: str) -> list[str]:
-    q = manifest["qemu"]
-    append = (f"console={q['console']} rdinit=/init panic=-1 quiet loglevel=3 "
-              f"sortie.run_s={run_s:g} sortie.report_s={report_s:g}")
+            accel: str, disk: bool = False) -> list[str]:
+    """QEMU for the initramfs path (rdinit=/init, no systemd), or with ``disk`` the raw
+    disk image as a virtio disk booted through systemd (a snapshot: the image is not
+    written)."""
+    q, art = manifest["qemu"], manifest["artifacts"]
+    sortie = f"sortie.run_s={run_s:g} sortie.report_s={report_s:g}"
+    if disk:
+        boot = ["-initrd", str(image / art["disk_initrd"]["file"]), "-drive",
+                f"file={image / art['disk']['file']},format=raw,if=virtio,snapshot=on"]
+        append = f"console={q['console']} root=/dev/vda1 rw panic=-1 quiet loglevel=3 {sortie}"
+    else:
+        boot = ["-initrd", str(image / art["initramfs"]["file"])]
+        append = f"console={q['console']} rdinit=/init panic=-1 quiet loglevel=3 {sortie}"
     return [q["binary"], "-M", q["machine"], "-cpu", q["cpu"], "-smp", str(q["smp"]),
             "-m", str(q["memory_mib"]), "-accel", accel, "-nographic", "-no-reboot",
-            "-net", "none", "-kernel", str(image / manifest["artifacts"]["kernel"]["file"]),
-            "-initrd", str(image / manifest["artifacts"]["initramfs"]["file"]),
+            "-net", "none", "-kernel", str(image / art["kernel"]["file"]), *boot,
             "-append", append]
 
 
-def load_manifest(image: Path) -> dict[str, Any]:
+def load_manifest(image: Path, disk: bool = False) -> dict[str, Any]:
     path = image / "manifest.json"
     try:
         doc: dict[str, Any] = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise BoardError([Violation(str(path), f"not a built board image ({exc}); run "
                                                "`sortie board build` first")]) from exc
-    for name in ("kernel", "initramfs"):
+    for name in ("kernel", "disk", "disk_initrd") if disk else ("kernel", "initramfs"):
+        if name not in doc["artifacts"]:
+            raise BoardError([Violation(str(path), f"no {name} in this build")])
         f = image / doc["artifacts"][name]["file"]
         if not f.exists():
             raise BoardError([Violation(str(f), "missing")])
@@ -72,9 +82,10 @@ def load_manifest(image: Path) -> dict[str, Any]:
 
 
 def boot(image: Path, run_s: float = 0, timeout_s: float = 600, report_s: float = 5,
-         accel: str = "tcg", echo: Callable[[str], None] | None = None) -> Boot:
-    manifest = load_manifest(image)
-    cmd = command(image, manifest, run_s, report_s, accel)
+         accel: str = "tcg", echo: Callable[[str], None] | None = None,
+         disk: bool = False) -> Boot:
+    manifest = load_manifest(image, disk)
+    cmd = command(image, manifest, run_s, report_s, accel, disk)
     result = Boot(cmd)
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -101,13 +112,15 @@ def boot(image: Path, run_s: float = 0, timeout_s: float = 600, report_s: float 
             for raw in lines:
                 line = raw.decode(errors="replace").rstrip("\r")
                 result.console.append(line)
-                if line.startswith(STATUS):
+                # Under systemd the console adds "[time] python3[pid]: " in front.
+                if (at := line.find(STATUS)) >= 0:
                     with contextlib.suppress(ValueError):  # a line cut short: skip it
-                        result.statuses.append(json.loads(line[len(STATUS):]))
+                        result.statuses.append(json.loads(line[at + len(STATUS):]))
                     if result.first_status_s is None:
                         result.first_status_s = time.monotonic() - t0
-                elif line.startswith(STOPPED):
-                    result.agent_rc = int(line[len(STOPPED):] or -1)
+                elif (at := line.find(STOPPED)) >= 0:
+                    with contextlib.suppress(ValueError):
+                        result.agent_rc = int(line[at + len(STOPPED):].split()[0])
                     result.clean = True
                 if echo is not None:
                     echo(line)

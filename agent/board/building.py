@@ -3,7 +3,9 @@
 Outputs in ``--out``: ``kernel`` (what QEMU boots: the uncompressed vmlinux on x86_64,
 the Image.gz on aarch64), ``vmlinuz`` (Debian's, for bootloaders), ``initramfs.cpio.gz``
 (the whole root filesystem without kernel modules: QEMU's path), ``disk.img`` (raw,
-flashable: MBR + ext4 root with modules, systemd and sortie.service), ``manifest.json``.
+flashable: MBR + ext4 root with modules, systemd and sortie.service),
+``disk-initrd.cpio.gz`` (boots ``disk.img`` under QEMU through systemd, as a board
+does), ``manifest.json``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import agent
-from agent.board import packing, rootfs
+from agent.board import diskboot, packing, rootfs
 from agent.board.fetching import PrivateApt, extract_deb, kernel_package
 from agent.board.inputs import BoardError, Inputs, check
 from agent.board.progress import Progress
@@ -30,7 +32,7 @@ def _code_digest() -> str:
     return h.hexdigest()
 
 
-def _kernel(inputs: Inputs, cache: Path, say: Progress) -> tuple[Path, str, str]:
+def _kernel(inputs: Inputs, cache: Path, say: Progress) -> tuple[Path, str, str, PrivateApt]:
     apt = PrivateApt(cache / f"apt-{inputs.arch}", inputs)
     say(f"kernel: apt update in a private state for {inputs.arch} (the host's apt is "
         "not touched)")
@@ -47,7 +49,7 @@ def _kernel(inputs: Inputs, cache: Path, say: Progress) -> tuple[Path, str, str]
         (kdir / ".complete").touch()
     else:
         say(f"kernel: cached {pkg} {version}")
-    return kdir, pkg, version
+    return kdir, pkg, version, apt
 
 
 def _packages(root: Path) -> dict[str, str]:
@@ -76,7 +78,7 @@ def build(hw: Path, profiles: Path | None, keys: Path | None, config: Path | Non
     inputs = check(hw, profiles, keys, config, cache, out)  # before any long step
     cache.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    kdir, kpkg, kver = _kernel(inputs, cache, say)
+    kdir, kpkg, kver, apt = _kernel(inputs, cache, say)
     base = rootfs.base_tarball(inputs, cache, say)
     wheels = rootfs.wheelhouse(inputs, cache, say)
     key = hashlib.sha256("|".join([inputs.digest(), _code_digest(), kpkg, kver, base.name,
@@ -117,11 +119,14 @@ def build(hw: Path, profiles: Path | None, keys: Path | None, config: Path | Non
     finally:
         parked.rename(modules)
         rootfs.normalize(modules.parent, shallow=True)
+    say("disk boot initrd: busybox + the modules a virtio disk with ext4 needs")
+    diskboot.boot_initrd(apt, kdir, cache, out / "disk-initrd.cpio.gz")
     say("disk image: MBR + ext4 root (mke2fs -d)")
     size = packing.disk_image(root, out / "disk.img", key)
     path = packing.write_manifest(out, {
         "kernel": out / "kernel", "vmlinuz": out / "vmlinuz",
-        "initramfs": out / "initramfs.cpio.gz", "disk": out / "disk.img"}, {
+        "initramfs": out / "initramfs.cpio.gz", "disk": out / "disk.img",
+        "disk_initrd": out / "disk-initrd.cpio.gz"}, {
         "build_key": key,
         "board": inputs.board.name, "arch": inputs.arch,
         "kernel_package": f"{kpkg} {kver}", "agent_version": agent.__version__,

@@ -100,8 +100,34 @@ def power_off() -> None:
         time.sleep(1)
 
 
+def report_under_systemd(run_s: float, report_s: float) -> None:
+    """Disk boots: systemd runs the agent (sortie.service); this only reports, and after
+    ``run_s`` stops the service and powers the guest off the way a board would."""
+    from agent.api.client import call
+    say(f"SORTIE-GUEST systemd uptime={uptime():.2f}s run_s={run_s or 'forever'}")
+    start = time.monotonic()
+    while run_s <= 0 or time.monotonic() - start < run_s:
+        if SOCKET.exists():
+            try:
+                say("SORTIE-STATUS " + json.dumps(summary(call(SOCKET, {"op": "status"},
+                                                               5.0)["status"])))
+            except Exception as exc:  # keep reporting
+                say(f"SORTIE-GUEST status unavailable: {exc}")
+        time.sleep(report_s)
+    subprocess.run(["systemctl", "stop", "sortie.service"], check=False)
+    rc = subprocess.run(["systemctl", "show", "-p", "ExecMainStatus", "--value",
+                         "sortie.service"], capture_output=True, text=True,
+                        check=False).stdout.strip()
+    say(f"SORTIE-STOPPED rc={rc or -1}")
+    subprocess.run(["systemctl", "poweroff"], check=False)
+
+
 def main() -> None:
     opts = options(Path("/proc/cmdline").read_text())
+    if "--systemd" in sys.argv:
+        report_under_systemd(float(opts.get("sortie.run_s", "0")),
+                             float(opts.get("sortie.report_s", "5")))
+        return
     run_s = float(opts.get("sortie.run_s", "0"))
     report_s = float(opts.get("sortie.report_s", "5"))
     say(f"SORTIE-GUEST init uptime={uptime():.2f}s run_s={run_s or 'forever'}")
@@ -141,6 +167,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    if "--systemd" in sys.argv:  # an ordinary service: failures are systemd's to log
+        main()
+        sys.exit(0)
     try:
         main()
     except BaseException as exc:  # PID 1 must not die

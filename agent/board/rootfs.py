@@ -47,6 +47,20 @@ TimeoutStopSec=20
 WantedBy=multi-user.target
 """
 
+REPORT_UNIT = f"""[Unit]
+Description=Sortie status on the console for a QEMU host (sortie.report_s on the cmdline)
+ConditionKernelCommandLine=sortie.report_s
+After=sortie.service
+
+[Service]
+Environment=PYTHONPATH=/{LIB}
+ExecStart=/usr/bin/python3 -m agent.board.guest --systemd
+StandardOutput=journal+console
+
+[Install]
+WantedBy=multi-user.target
+"""
+
 LAUNCHER = f"""#!/bin/sh
 PYTHONPATH=/{LIB} exec /usr/bin/python3 -m agent.cli "$@"
 """
@@ -160,9 +174,11 @@ def assemble(inputs: Inputs, base: Path, wheels: Path, root: Path, say: Progress
     _write(root / "etc/systemd/system/sortie.service", UNIT)
     wants = root / "etc/systemd/system/multi-user.target.wants"
     wants.mkdir(parents=True, exist_ok=True)
-    link = wants / "sortie.service"
-    if not link.is_symlink():
-        link.symlink_to("/etc/systemd/system/sortie.service")
+    _write(root / "etc/systemd/system/sortie-report.service", REPORT_UNIT)
+    for unit in ("sortie.service", "sortie-report.service"):
+        link = wants / unit
+        if not link.is_symlink():
+            link.symlink_to(f"/etc/systemd/system/{unit}")
     _write(root / "init", INIT, 0o755)
     _write(root / "usr/local/sbin/sortie-init", INIT, 0o755)
     _write(root / "etc/hostname", str(inputs.config.get("node_name", inputs.board.name)) + "\n")
