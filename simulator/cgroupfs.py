@@ -188,6 +188,18 @@ class FakeCgroup2Fs:
             raise _err(path, "kernel refused write: Invalid argument", errno.EINVAL, v)
         g.files["cpuset.cpus"] = v + "\n"
 
+    def _w_cpuset_cpus_partition(self, path: Path, g: _Group, v: str) -> None:
+        # Linux 6.1: a partition root needs a partition-root parent (the top is one);
+        # the write succeeds and the file says why the partition is invalid.
+        if v not in ("root", "member"):
+            raise _err(path, "kernel refused write: Invalid argument", errno.EINVAL, v)
+        parent = g.parent
+        parent_root = parent is None or parent is self.top or \
+            parent.files.get("cpuset.cpus.partition", "").strip() == "root"
+        if v == "root" and not parent_root:
+            v = "root invalid (Parent is not a partition root)"
+        g.files["cpuset.cpus.partition"] = v + "\n"
+
     def _w_cgroup_freeze(self, path: Path, g: _Group, v: str) -> None:
         if v not in ("0", "1"):
             raise _err(path, "kernel refused write: Invalid argument", errno.EINVAL, v)

@@ -103,3 +103,13 @@ def test_cpuset_outside_the_board_is_refused(v2: V2Backend) -> None:
     with pytest.raises(CgroupError, match=r"cpuset\.cpus"):
         v2.apply_partition("fc", PartitionLimits(frozenset({9}), "0", 20_000, 100_000, 0,
                                                  1 << 20, 8))
+
+
+def test_an_exclusive_partition_the_kernel_refuses_reads_back_as_not_exclusive(
+        v2: V2Backend, fs: FakeCgroup2Fs) -> None:
+    """Linux 6.1 answers "root invalid (Parent is not a partition root)" under a member
+    prefix (seen in the QEMU guests): the read-back must not claim exclusivity."""
+    import dataclasses
+    got = v2.apply_partition("fc", dataclasses.replace(LIMITS, exclusive=True))
+    assert got.exclusive is False and got.cpus == LIMITS.cpus, "the cores still apply"
+    assert "Parent is not a partition root" in fs.read(ROOT / "sortie/p-fc/cpuset.cpus.partition")

@@ -43,6 +43,16 @@ def cpu_stat(prefix: str, partition: str) -> dict[str, int]:
     return {}
 
 
+def cpuset(prefix: str, partition: str) -> dict[str, str]:
+    """Where the kernel really runs the partition: effective cpus and partition state."""
+    d = Path("/sys/fs/cgroup") / prefix / f"p-{partition}"
+    out = {}
+    for name in ("cpuset.cpus.effective", "cpuset.cpus.partition"):
+        with contextlib.suppress(OSError):
+            out[name.split(".", 1)[1]] = (d / name).read_text().strip()
+    return out
+
+
 def summary(status: dict[str, Any]) -> dict[str, Any]:
     """What the host needs from the agent's status, on one console line."""
     parts = []
@@ -53,6 +63,7 @@ def summary(status: dict[str, Any]) -> dict[str, Any]:
         parts.append({"name": p["name"], "criticality": p.get("criticality"),
                       "usage_usec": stat.get("usage_usec"),
                       "nr_throttled": stat.get("nr_throttled"),
+                      "cpuset": cpuset(prefix, p["name"]),
                       "budget": use.get("budget_share"), "share": use.get("share"),
                       "throttled_periods": use.get("throttled_periods"),
                       "periods": use.get("periods"),

@@ -139,7 +139,10 @@ class V2Backend:
                               str(limits.rt_runtime_us))
         part = d / "cpuset.cpus.partition"
         if self.fs.exists(part):
-            # The kernel answers "root invalid (...)" when it cannot; read-back shows it.
+            # The write succeeds and the kernel says "root invalid (why)" when it cannot:
+            # Linux 6.1 needs every ancestor up to the top to be a partition root, which
+            # this layout (the agent's OS-core groups under the prefix) does not give.
+            # Read-back shows exclusive=False and the engine warns (partition.adjusted).
             self.fs.write(part, "root" if limits.exclusive else "member")
         return self.read_limits(partition)
 
