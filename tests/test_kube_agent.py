@@ -363,3 +363,26 @@ async def test_health_actions_become_events_and_odd_metadata_is_tolerated(
             assert "Applied" in got, got
             # DAL C: a crash loop stops the partition (health table), said as an Event.
             assert any(r.startswith("Health") for r in got), got
+
+
+async def test_a_profile_recreated_under_the_same_name_starts_afresh(
+        tmp_path: Path, agent_config: AgentConfig, board: HardwareProfile) -> None:
+    with cluster(tmp_path) as c:
+        await kubectl(c, "apply", "-f", str(CRD))
+        async with on_cluster(c, agent_config, board) as (engine, src):
+            await kubectl(c, "apply", "-f", "-", stdin=profile("a", 3, partition("p3")))
+            await wait_for(lambda: engine.mission is not None
+                           and engine.mission.generation == 3, 10)
+            c.server.stop()
+            await wait_for(lambda: not src.connected, 10)
+            store = c.server.store
+            rt = store.types[("sortie.dev", "missionprofiles")]
+            store.delete(rt, "default", "a")
+            store.create(rt, "default", yaml.safe_load(profile("a", 1, partition("p1"))))
+            c.server.restart()
+            # A new object (new uid) under the old name: not an older generation of the
+            # old one, so the board withdraws the old and flies the new.
+            await wait_for(lambda: engine.mission is not None
+                           and engine.mission.generation == 1 and "p1" in engine.runners
+                           and "p3" not in engine.runners, 20)
+            await wait_for(lambda: mp_status(c, "a").get("state") == "Flying", 10, 0.2)

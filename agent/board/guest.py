@@ -111,19 +111,25 @@ def power_off() -> None:
         time.sleep(1)
 
 
+def report_once() -> None:
+    """One ``SORTIE-STATUS`` line, once the agent's socket exists."""
+    if not SOCKET.exists():
+        return
+    from agent.api.client import call
+    try:
+        say("SORTIE-STATUS " + json.dumps(summary(call(SOCKET, {"op": "status"},
+                                                       5.0)["status"])))
+    except Exception as exc:  # keep reporting: the host reads the next one
+        say(f"SORTIE-GUEST status unavailable: {exc}")
+
+
 def report_under_systemd(run_s: float, report_s: float) -> None:
     """Disk boots: systemd runs the agent (sortie.service); this only reports, and after
     ``run_s`` stops the service and powers the guest off the way a board would."""
-    from agent.api.client import call
     say(f"SORTIE-GUEST systemd uptime={uptime():.2f}s run_s={run_s or 'forever'}")
     start = time.monotonic()
     while run_s <= 0 or time.monotonic() - start < run_s:
-        if SOCKET.exists():
-            try:
-                say("SORTIE-STATUS " + json.dumps(summary(call(SOCKET, {"op": "status"},
-                                                               5.0)["status"])))
-            except Exception as exc:  # keep reporting
-                say(f"SORTIE-GUEST status unavailable: {exc}")
+        report_once()
         time.sleep(report_s)
     subprocess.run(["systemctl", "stop", "sortie.service"], check=False)
     rc = subprocess.run(["systemctl", "show", "-p", "ExecMainStatus", "--value",
@@ -148,7 +154,6 @@ def main() -> None:
     stop, done = threading.Event(), threading.Event()
     threading.Thread(target=reap, args=(agent.pid, done), daemon=True).start()
     threading.Thread(target=listen, args=(stop,), daemon=True).start()
-    from agent.api.client import call
     start = time.monotonic()
     while not stop.is_set() and (run_s <= 0 or time.monotonic() - start < run_s):
         if agent.poll() is not None:
@@ -157,12 +162,7 @@ def main() -> None:
                 for line in Path("/run/sortie-agent.log").read_text().splitlines()[-15:]:
                     say("  " + line)
             break
-        if SOCKET.exists():
-            try:
-                say("SORTIE-STATUS " + json.dumps(summary(call(SOCKET, {"op": "status"},
-                                                               5.0)["status"])))
-            except Exception as exc:  # PID 1 reports and carries on
-                say(f"SORTIE-GUEST status unavailable: {exc}")
+        report_once()
         stop.wait(report_s)
     rc = agent.poll()
     if rc is None:

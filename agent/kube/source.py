@@ -186,14 +186,17 @@ class KubeSource:
                     self._supersede(o, chosen)
             for k in [k for k in self.verdicts if k not in {ko.key(o) for o in mine}]:
                 del self.verdicts[k]  # deleted or aimed elsewhere: nothing to write
-            if chosen is None:
-                flying = self.engine.origin.get("object")
-                if self.engine.origin.get("source") == "kube":
-                    await self.engine.withdraw("kube", f"MissionProfile {flying} was "
-                                               "deleted or no longer targets this board")
+            origin = self.engine.origin
+            if origin.get("source") == "kube" and origin.get("uid") not in {
+                    o["metadata"].get("uid") for o in mine}:
+                # Its object is gone (or aims elsewhere): withdraw it before anything
+                # else flies, so a profile re-created under the same name starts afresh
+                # instead of being refused as an older generation.
+                await self.engine.withdraw("kube", f"MissionProfile {origin.get('object')} "
+                                           "was deleted or no longer targets this board")
                 self.handled.clear()
-                return
-            await self._decide(chosen)
+            if chosen is not None:
+                await self._decide(chosen)
 
     def _supersede(self, obj: Obj, chosen: Obj | None) -> None:
         meta = obj["metadata"]
@@ -437,4 +440,4 @@ class KubeSource:
                 "connected": self.connected, "resource_version": self.cache.resource_version,
                 "profiles_seen": len(self.cache.objects),
                 "targeting_this_board": sorted(self.verdicts),
-                "counters": self.count.__dict__ | {}, "last_error": self.last_error}
+                "counters": dict(vars(self.count)), "last_error": self.last_error}
