@@ -59,6 +59,7 @@ def test_every_bad_input_is_reported_at_once_and_nothing_starts(tmp_path: Path,
     cfg = tmp_path / "agent.yaml"
     cfg.write_text(yaml.safe_dump({"mqtt": {"url": "mqtts://planner:8883"},
                                    "accounting_period_ms": 5}))
+    monkeypatch.setattr(inputs.os, "geteuid", lambda: 1000)
     monkeypatch.setattr(inputs.shutil, "disk_usage",
                         lambda _p: shutil._ntuple_diskusage(100 << 20, 99 << 20, 1 << 20))
     with pytest.raises(BoardError) as err:
@@ -72,6 +73,7 @@ def test_every_bad_input_is_reported_at_once_and_nothing_starts(tmp_path: Path,
     assert "--keys: " in text and "not a directory" in text
     assert "--config: accounting_period_ms" in text
     assert "MiB free" in text
+    assert "needs root" in text
     assert not (tmp_path / "cache").exists() and not (tmp_path / "out").exists()
 
 

@@ -134,6 +134,7 @@ def boot(image: Path, run_s: float = 0, timeout_s: float = 600, report_s: float 
     finally:
         result.qemu_rc = proc.wait()
         sel.close()
-        proc.stdin.close()
-        proc.stdout.close()
+        for f in (proc.stdin, proc.stdout):
+            with contextlib.suppress(OSError):  # a dead QEMU: the flush may fail
+                f.close()
     return result

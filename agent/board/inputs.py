@@ -9,6 +9,7 @@ validate, missing tools, too little disk space.
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,6 +154,10 @@ def _config(path: Path | None, board: HardwareProfile, keys: dict[str, str],
 
 
 def _tools(arch: str, found: list[Violation]) -> None:
+    if os.geteuid() != 0:
+        found.append(Violation("host", "building an image needs root (mmdebstrap in root "
+                                       "mode, chroot, binfmt registration for foreign "
+                                       "architectures)"))
     need = dict(TOOLS)
     if arch != host_arch():
         tool = "qemu-aarch64-static" if arch == "arm64" else "qemu-x86_64-static"

@@ -201,8 +201,7 @@ class WindowEnforcer:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        proc.stdin.close()
-        proc.stdout.close()
+        _close_pipes(proc)
         for p in self._windowed:
             with contextlib.suppress(AgentError):
                 self.backend.freeze(p, None, False)
@@ -215,10 +214,18 @@ class WindowEnforcer:
         if proc is not None and proc.stdout is not None and proc.stdin is not None:
             with contextlib.suppress(ValueError, OSError):
                 get_running_loop().remove_reader(proc.stdout.fileno())
-            proc.stdin.close()
-            proc.stdout.close()
+            _close_pipes(proc)
             proc.returncode = 0  # not ours to reap any more; silences Popen's warning
 
     def status(self) -> dict[str, Any]:
         return {"mode": self.mode, "enforcing": self.running, "realtime": self.realtime,
                 "partitions": {p: s.to_dict() for p, s in self.stats.items()}}
+
+
+def _close_pipes(proc: subprocess.Popen[bytes]) -> None:
+    """Close both pipes even when the timekeeper is gone: closing stdin flushes, and a
+    broken pipe there must not leave stdout open."""
+    for f in (proc.stdin, proc.stdout):
+        if f is not None:
+            with contextlib.suppress(OSError):
+                f.close()
