@@ -389,7 +389,7 @@ def cmd_board(args: argparse.Namespace) -> int:
         from agent.board.booting import boot
         show = None if args.quiet or args.output else print
         result = boot(args.image, args.seconds or 0, args.timeout, args.report, args.accel,
-                      show, args.disk)
+                      show, args.disk, args.mission)
     except BoardError as exc:
         _print_violations("board:", exc.violations)
         return EXIT_REFUSED
@@ -569,6 +569,8 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--accel", default="tcg", choices=["tcg", "kvm"],
                     help="kvm only where it works (not on these build machines)")
     bt.add_argument("--quiet", action="store_true", help="do not show the serial console")
+    bt.add_argument("--mission", help="fly this baked mission instead of the configured "
+                    "one (initramfs boot)")
     bt.add_argument("--disk", action="store_true", help="boot disk.img through systemd "
                     "(as a flashed board does) instead of the initramfs")
     output(bt)

@@ -495,8 +495,11 @@ class Engine:
             return
         moved = self.backend.isolate_os(frozenset(self.board.reserved.cores))
         if not self._os_isolated:
-            self.events.emit("os.isolated", "agent", f"{moved} OS process(es) confined to "
-                             f"cores {sorted(self.board.reserved.cores)}")
+            how = ("the kernel confines everything outside the agent's cpuset partition"
+                   if getattr(self.backend, "partitioned", False)
+                   else f"{moved} OS process(es) confined")
+            self.events.emit("os.isolated", "agent",
+                             f"{how} to cores {sorted(self.board.reserved.cores)}")
         self._os_isolated = True
 
     async def _do(self, action: Action) -> None:

@@ -189,15 +189,22 @@ class FakeCgroup2Fs:
         g.files["cpuset.cpus"] = v + "\n"
 
     def _w_cpuset_cpus_partition(self, path: Path, g: _Group, v: str) -> None:
-        # Linux 6.1: a partition root needs a partition-root parent (the top is one);
-        # the write succeeds and the file says why the partition is invalid.
+        # Linux 6.1: a partition root needs a partition-root parent (the top is one), its
+        # own cpus, and the top (kernel threads) keeps at least one CPU. The write
+        # succeeds either way; the file says why a partition is invalid.
         if v not in ("root", "member"):
             raise _err(path, "kernel refused write: Invalid argument", errno.EINVAL, v)
-        parent = g.parent
-        parent_root = parent is None or parent is self.top or \
-            parent.files.get("cpuset.cpus.partition", "").strip() == "root"
-        if v == "root" and not parent_root:
-            v = "root invalid (Parent is not a partition root)"
+        parent = g.parent or self.top
+        cpus = parse_cpu_list(g.files.get("cpuset.cpus", "").strip() or "")
+        if v == "root":
+            if parent is not self.top and \
+                    parent.files.get("cpuset.cpus.partition", "").strip() != "root":
+                v = "root invalid (Parent is not a partition root)"
+            elif not cpus:
+                v = "root invalid (cpuset.cpus is empty)"
+            elif parent is self.top and cpus >= parse_cpu_list(
+                    self.top.files["cpuset.cpus.effective"]):
+                v = "root invalid (Parent unable to distribute cpu downstream)"
         g.files["cpuset.cpus.partition"] = v + "\n"
 
     def _w_cgroup_freeze(self, path: Path, g: _Group, v: str) -> None:

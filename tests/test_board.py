@@ -86,7 +86,7 @@ def test_keys_become_the_configs_trusted_planners(tmp_path: Path) -> None:
     got = check(HW / "qemu-x86_64.yaml", MISSION, keys, cfg, tmp_path / "c", tmp_path / "o")
     assert set(got.config["mqtt"]["trusted_keys"]) == {"ops"}
     assert got.config["hardware_profile"] == "/etc/sortie/hardware.yaml"
-    assert list(got.profiles) == ["check.yaml"] and got.arch == "amd64"
+    assert list(got.profiles) == ["check.yaml", "exclusive.yaml"] and got.arch == "amd64"
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(BoardError) as err:
@@ -195,7 +195,8 @@ def test_boot_refuses_a_directory_that_is_not_an_image(tmp_path: Path) -> None:
 # -- real builds and boots (slow; a separate CI step) -----------------------------------
 def build(board: str, out: Path) -> dict[str, Any]:
     res = subprocess.run([str(REPO / ".venv/bin/python"), "-m", "agent.cli", "board", "build",
-                          "--hw", str(HW / board), "--profiles", str(MISSION), "--out",
+                          "--hw", str(HW / board), "--profiles", str(MISSION), "--config",
+                          str(REPO / "tests" / "data" / "board-agent.yaml"), "--out",
                           str(out), "--cache", str(CACHE)], capture_output=True, text=True,
                          cwd=REPO, timeout=900, check=False)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -258,3 +259,15 @@ def test_the_image_boots_and_flies_its_baked_mission_on_cgroup_v2(
                                                              "generation": 1}
     assert all(p["workloads"] == {"hog": "running"} for p in disk.last["partitions"])
     print(f"{board}: disk boot through systemd, first status {disk.first_status_s:.1f} s")
+    if board != "qemu-x86_64.yaml":
+        return  # the exclusive-core check once is enough for the CI budget
+    # The other baked mission: a DAL A partition alone on core 1 as an exclusive cpuset
+    # partition: the kernel must say "root" (Linux 6.1 needs the prefix to be one too).
+    excl = booting.boot(out, run_s=36, timeout_s=200, report_s=3, mission="exclusive-check")
+    assert excl.clean and excl.last is not None, "\n".join(excl.console[-40:])
+    assert excl.last["mission"] == {"name": "exclusive-check", "generation": 1}
+    (flight,) = excl.last["partitions"]
+    assert flight["cpuset"] == {"cpus.effective": "1", "cpus.partition": "root"}, flight
+    share, budget = long_window_shares(excl.statuses)["flight"]
+    assert abs(share - budget) <= 0.02, (share, budget)
+    print(f"{board}: exclusive partition root on core 1, share {share * 100:.2f}%")

@@ -105,11 +105,36 @@ def test_cpuset_outside_the_board_is_refused(v2: V2Backend) -> None:
                                                  1 << 20, 8))
 
 
-def test_an_exclusive_partition_the_kernel_refuses_reads_back_as_not_exclusive(
+def test_the_prefix_is_a_partition_root_and_exclusive_partitions_are_roots(
         v2: V2Backend, fs: FakeCgroup2Fs) -> None:
-    """Linux 6.1 answers "root invalid (Parent is not a partition root)" under a member
-    prefix (seen in the QEMU guests): the read-back must not claim exclusivity."""
+    """Linux 6.1 makes a partition root only under partition roots: the prefix is one
+    over the cores not reserved for the OS, and the agent stays outside it (the kernel
+    keeps everything outside on the reserved cores)."""
     import dataclasses
+    assert v2.partitioned
+    assert fs.read(ROOT / "sortie/cpuset.cpus.partition") == "root\n"
+    assert fs.read(ROOT / "sortie/cpuset.cpus") == "1-3\n"
+    assert not fs.exists(ROOT / "sortie/agent"), "the agent stays outside the prefix"
+    assert v2.isolate_os(frozenset({0})) == 0 and not fs.exists(ROOT / "sortie/system")
+    got = v2.apply_partition("fc", dataclasses.replace(LIMITS, exclusive=True))
+    assert got.exclusive and got.cpus == LIMITS.cpus
+    assert fs.read(ROOT / "sortie/p-fc/cpuset.cpus.partition") == "root\n"
+    v2.remove_partition("fc")
+    v2.remove_base()
+    assert not fs.exists(ROOT / "sortie")
+
+
+def test_without_a_partition_root_exclusive_reads_back_as_not_exclusive() -> None:
+    """When the kernel cannot make the prefix a partition root (here: no core left for
+    the OS), the member layout stays, and an exclusive partition reads back as not
+    exclusive ("root invalid (Parent is not a partition root)", seen on 6.1) instead of
+    claiming it."""
+    import dataclasses
+    fs = FakeCgroup2Fs(ROOT, cpus="0-3")
+    v2 = V2Backend(ROOT, "sortie", fs)
+    v2.ensure_base(frozenset({0, 1, 2, 3}))
+    assert not v2.partitioned and fs.exists(ROOT / "sortie/agent")
     got = v2.apply_partition("fc", dataclasses.replace(LIMITS, exclusive=True))
     assert got.exclusive is False and got.cpus == LIMITS.cpus, "the cores still apply"
-    assert "Parent is not a partition root" in fs.read(ROOT / "sortie/p-fc/cpuset.cpus.partition")
+    assert "Parent is not a partition root" in fs.read(
+        ROOT / "sortie/p-fc/cpuset.cpus.partition")

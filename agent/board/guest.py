@@ -148,8 +148,15 @@ def main() -> None:
     run_s = float(opts.get("sortie.run_s", "0"))
     report_s = float(opts.get("sortie.report_s", "5"))
     say(f"SORTIE-GUEST init uptime={uptime():.2f}s run_s={run_s or 'forever'}")
+    config = CONFIG
+    if "sortie.mission" in opts:
+        # Fly another of the baked missions (QEMU tests of one image, several missions).
+        import yaml
+        doc = yaml.safe_load(Path(CONFIG).read_text()) | {"mission": opts["sortie.mission"]}
+        config = "/run/sortie-agent.yaml"
+        Path(config).write_text(yaml.safe_dump(doc))
     log = open("/run/sortie-agent.log", "ab")  # noqa: SIM115 - held for the agent's life
-    agent = subprocess.Popen(["/usr/local/bin/sortie", "run", "--config", CONFIG],
+    agent = subprocess.Popen(["/usr/local/bin/sortie", "run", "--config", config],
                              stdout=log, stderr=subprocess.STDOUT)
     stop, done = threading.Event(), threading.Event()
     threading.Thread(target=reap, args=(agent.pid, done), daemon=True).start()

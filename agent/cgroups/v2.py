@@ -2,6 +2,14 @@
 
 Processes live only in leaves (the workload groups and the agent's group), which keeps
 the "no internal processes" rule without special cases.
+
+Partition mode (preferred): the prefix is a cpuset partition root over the cores not
+reserved for the OS. Exclusive partitions can then be partition roots themselves (Linux
+6.1 needs every ancestor to be one), and the kernel itself keeps everything outside the
+prefix (the OS, the agent) on the reserved cores. The agent then stays outside the
+prefix. When the kernel refuses (another top-level cpuset overlaps, too few cores), the
+prefix stays a member with the agent's group inside, and exclusive partitions are
+dedicated by placement only (the engine warns: exclusive reads back False).
 """
 
 from __future__ import annotations
@@ -42,6 +50,10 @@ class V2Backend:
         self.root = root
         self.prefix = prefix
         self.fs: CgroupFs = fs or RealCgroupFs()
+        self.partitioned = False
+        """The prefix is a cpuset partition root (see the module docstring)."""
+        self.partition_state = ""
+        """What the kernel said when asked to make the prefix a partition root."""
         have = self.fs.read(root / "cgroup.controllers").split()
         missing = [c for c in NEEDED if c not in have]
         if missing:
@@ -62,7 +74,7 @@ class V2Backend:
         # v2 has no RT group scheduling; burst shows as cpu.max.burst in child groups.
         return KernelFeatures(
             rt_group_sched=False,
-            cfs_burst=self.fs.exists(self._dir(AGENT_GROUP) / "cpu.max.burst"),
+            cfs_burst=self.fs.exists(self._dir() / "cpu.max.burst"),
             sched_deadline=True,
             freezer=True,
         )
@@ -73,6 +85,8 @@ class V2Backend:
                               str(runtime_us))
 
     def isolate_os(self, cores: frozenset[int]) -> int:
+        if self.partitioned:
+            return 0  # the kernel already keeps everything outside the prefix on `cores`
         system = self._dir(SYSTEM_GROUP)
         self.fs.mkdir(system)
         self.fs.write(system / "cpuset.cpus", format_cpu_list(cores))
@@ -95,18 +109,33 @@ class V2Backend:
         self._enable(self.root)
         self.fs.mkdir(self._dir())
         self._enable(self._dir())
+        board = parse_cpu_list(self.fs.read(self.root / "cpuset.cpus.effective"))
+        part = self._dir("cpuset.cpus.partition")
         agent = self._dir(AGENT_GROUP)
+        if self.fs.exists(part) and board - agent_cpus and not self.fs.exists(agent):
+            if self.fs.read(part).strip() != "root":
+                self.fs.write(self._dir("cpuset.cpus"), format_cpu_list(board - agent_cpus))
+                self.fs.write(part, "root")
+            self.partition_state = self.fs.read(part).strip()
+            self.partitioned = self.partition_state == "root"
+            if self.partitioned:
+                return
+            self.fs.write(part, "member")  # refused: fall back to the member layout
+            self.fs.write(self._dir("cpuset.cpus"), format_cpu_list(board))
         self.fs.mkdir(agent)
         self.fs.write(agent / "cpuset.cpus", format_cpu_list(agent_cpus))
 
     def move_self(self) -> None:
+        if self.partitioned:
+            return  # outside the prefix the kernel keeps the agent on the reserved cores
         self.fs.write(self._dir(AGENT_GROUP) / "cgroup.procs", str(os.getpid()))
 
     def remove_base(self) -> None:
         agent, me = self._dir(AGENT_GROUP), str(os.getpid())
-        if self.fs.exists(agent) and me in self.fs.read(agent / "cgroup.procs").split():
-            self.fs.write(self.root / "cgroup.procs", me)  # leave before rmdir
-        self.fs.rmdir(agent)
+        if self.fs.exists(agent):
+            if me in self.fs.read(agent / "cgroup.procs").split():
+                self.fs.write(self.root / "cgroup.procs", me)  # leave before rmdir
+            self.fs.rmdir(agent)
         self.fs.rmdir(self._dir())
 
     # -- partitions --------------------------------------------------------------
