@@ -59,6 +59,17 @@ def condition(c: Cluster, name: str, ctype: str) -> dict[str, Any] | None:
                 None)
 
 
+def profiles_type(c: Cluster) -> Any:
+    """The simulator's MissionProfile resource, for changes made behind kubectl's back."""
+    return c.server.store.types[("sortie.dev", "missionprofiles")]
+
+
+async def fly(c: Cluster, engine: Engine, doc: str) -> None:
+    """kubectl apply, then wait until every workload of the mission runs."""
+    await kubectl(c, "apply", "-f", "-", stdin=doc)
+    await wait_for(lambda: engine.mission is not None and all(pids(engine).values()), 10)
+
+
 def kube_cfg(c: Cluster, **over: Any) -> KubeConfig:
     return KubeConfig(kubeconfig=c.kubeconfig, status_period_s=0.5, lease_renew_s=0.5,
                       watch_timeout_s=5, backoff_max_s=0.5, **over)
@@ -149,8 +160,7 @@ async def test_a_profile_that_is_invalid_or_does_not_fit_is_refused_and_nothing_
     with cluster(tmp_path) as c:
         await kubectl(c, "apply", "-f", str(CRD))
         async with on_cluster(c, agent_config, board) as (engine, _):
-            await kubectl(c, "apply", "-f", "-", stdin=profile("m", 1, partition("p")))
-            await wait_for(lambda: engine.mission is not None and all(pids(engine).values()), 10)
+            await fly(c, engine, profile("m", 1, partition("p")))
             before = pids(engine)
             # Does not fit: a core the board does not have, and too much of the pool.
             await kubectl(c, "apply", "-f", "-", stdin=profile(
@@ -186,8 +196,7 @@ async def test_the_board_flies_on_without_the_cluster_and_converges_when_it_retu
     with cluster(tmp_path) as c:
         await kubectl(c, "apply", "-f", str(CRD))
         async with on_cluster(c, agent_config, board) as (engine, src):
-            await kubectl(c, "apply", "-f", "-", stdin=profile("a", 1, partition("pa")))
-            await wait_for(lambda: engine.mission is not None and all(pids(engine).values()), 10)
+            await fly(c, engine, profile("a", 1, partition("pa")))
             flying = pids(engine)
             c.server.stop()
             await wait_for(lambda: not src.connected, 10)
@@ -197,8 +206,8 @@ async def test_the_board_flies_on_without_the_cluster_and_converges_when_it_retu
                                                   for p in flying.values())
             # While the board is away: "a" is deleted, "b" is created for it.
             store = c.server.store
-            store.delete(store.types[("sortie.dev", "missionprofiles")], "default", "a")
-            store.create(store.types[("sortie.dev", "missionprofiles")], "default",
+            store.delete(profiles_type(c), "default", "a")
+            store.create(profiles_type(c), "default",
                          yaml.safe_load(profile("b", 1, partition("pb"))))
             c.server.restart()
             await wait_for(lambda: engine.mission is not None and engine.mission.name == "b"
@@ -212,8 +221,7 @@ async def test_a_restarted_board_does_not_replay_a_profile_deleted_while_it_was_
     with cluster(tmp_path) as c:
         await kubectl(c, "apply", "-f", str(CRD))
         async with on_cluster(c, agent_config, board, teardown=False) as (engine, _):
-            await kubectl(c, "apply", "-f", "-", stdin=profile("a", 1, partition("pa")))
-            await wait_for(lambda: engine.mission is not None and all(pids(engine).values()), 10)
+            await fly(c, engine, profile("a", 1, partition("pa")))
         await kubectl(c, "delete", "missionprofile", "a")
         # The agent comes back: it flies its last-known-good "a" until the list says
         # "a" is gone, then withdraws it; a third start flies nothing.
@@ -235,8 +243,7 @@ async def test_api_errors_are_retried_and_the_mission_is_untouched(
     with cluster(tmp_path, history=20) as c:
         await kubectl(c, "apply", "-f", str(CRD))
         async with on_cluster(c, agent_config, board) as (engine, src):
-            await kubectl(c, "apply", "-f", "-", stdin=profile("m", 1, partition("p")))
-            await wait_for(lambda: engine.mission is not None and all(pids(engine).values()), 10)
+            await fly(c, engine, profile("m", 1, partition("p")))
             flying = pids(engine)
             lost: list[str] = []
 
@@ -351,7 +358,7 @@ async def test_health_actions_become_events_and_odd_metadata_is_tolerated(
             doc["metadata"]["managedFields"] = [{"manager": "x", "operation": "Apply"}]
             doc["metadata"]["futureField"] = {"nested": [1, 2]}
             store = c.server.store
-            store.create(store.types[("sortie.dev", "missionprofiles")], "default", doc)
+            store.create(profiles_type(c), "default", doc)
             await wait_for(lambda: engine.mission is not None, 10)
 
             def reasons() -> set[str]:
@@ -376,7 +383,7 @@ async def test_a_profile_recreated_under_the_same_name_starts_afresh(
             c.server.stop()
             await wait_for(lambda: not src.connected, 10)
             store = c.server.store
-            rt = store.types[("sortie.dev", "missionprofiles")]
+            rt = profiles_type(c)
             store.delete(rt, "default", "a")
             store.create(rt, "default", yaml.safe_load(profile("a", 1, partition("p1"))))
             c.server.restart()

@@ -81,7 +81,8 @@ def build(hw: Path, profiles: Path | None, keys: Path | None, config: Path | Non
     kdir, kpkg, kver, apt = _kernel(inputs, cache, say)
     base = rootfs.base_tarball(inputs, cache, say)
     wheels = rootfs.wheelhouse(inputs, cache, say)
-    key = hashlib.sha256("|".join([inputs.digest(), _code_digest(), kpkg, kver, base.name,
+    code = _code_digest()
+    key = hashlib.sha256("|".join([inputs.digest(), code, kpkg, kver, base.name,
                                    wheels.name]).encode()).hexdigest()
     manifest = out / "manifest.json"
     if manifest.exists():
@@ -130,7 +131,7 @@ def build(hw: Path, profiles: Path | None, keys: Path | None, config: Path | Non
         "build_key": key,
         "board": inputs.board.name, "arch": inputs.arch,
         "kernel_package": f"{kpkg} {kver}", "agent_version": agent.__version__,
-        "inputs_sha256": inputs.digest(), "agent_code_sha256": _code_digest(),
+        "inputs_sha256": inputs.digest(), "agent_code_sha256": code,
         "rootfs_tree_sha256": tree, "disk_bytes": size,
         "profiles": sorted(inputs.profiles), "keys": sorted(inputs.keys),
         "packages": _packages(root), "qemu": qemu_spec(inputs),

@@ -19,7 +19,7 @@ import yaml
 
 from agent.admission import admit
 from agent.errors import AgentError, ProfileError, Violation
-from agent.models import AgentConfig, HardwareProfile, MissionProfile, load_file
+from agent.models import AgentConfig, HardwareProfile, MissionProfile, load_file, load_text
 from agent.models.loading import validate
 
 DEBIAN_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
@@ -93,15 +93,16 @@ def _profiles(directory: Path | None, board: HardwareProfile,
     for path in sorted(directory.iterdir()):
         if path.suffix not in (".yaml", ".yml", ".json"):
             continue
+        data = path.read_bytes()
         try:
-            mission = load_file(MissionProfile, path)
+            mission = load_text(MissionProfile, data, path.name)
         except ProfileError as exc:
             found += [Violation(f"{path.name}: {v.path}" if v.path else path.name, v.reason)
                       for v in exc.violations]
             continue
         found += [Violation(f"{path.name}: {v.path}", f"does not fit {board.name}: {v.reason}")
                   for v in admit(mission, board)]
-        out[path.name] = path.read_bytes()
+        out[path.name] = data
     if not out and not any(v.path.startswith("--profiles") for v in found):
         found.append(Violation("--profiles", f"{directory}: no mission profile (*.yaml)"))
     return out

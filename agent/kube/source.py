@@ -184,7 +184,8 @@ class KubeSource:
             for o in mine:
                 if o is not chosen:
                     self._supersede(o, chosen)
-            for k in [k for k in self.verdicts if k not in {ko.key(o) for o in mine}]:
+            keys = {ko.key(o) for o in mine}
+            for k in [k for k in self.verdicts if k not in keys]:
                 del self.verdicts[k]  # deleted or aimed elsewhere: nothing to write
             origin = self.engine.origin
             if origin.get("source") == "kube" and origin.get("uid") not in {
