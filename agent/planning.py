@@ -10,7 +10,7 @@ import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from agent.admission import partition_cores, shared_pool
+from agent.admission import partition_cores, placement_pool
 from agent.cgroups import PartitionLimits
 from agent.models import HardwareProfile, MissionProfile, Partition, Workload
 from agent.timing.sched import SchedPolicy, policy_for
@@ -109,7 +109,7 @@ def partition_limits(part: Partition, cores: frozenset[int], mems: str) -> Parti
 def desired_state(mission: MissionProfile, board: HardwareProfile,
                   mems: str) -> dict[str, DesiredPartition]:
     """Per-partition desired state of an admitted mission. Pure."""
-    pool = shared_pool(mission, board)
+    pool = placement_pool(mission, board)
     out: dict[str, DesiredPartition] = {}
     for p in mission.partitions:
         limits = partition_limits(p, partition_cores(p, pool), mems)

@@ -461,6 +461,7 @@ class Engine:
             # Grow the prefix's RT reserve before partitions claim it, shrink it after.
             self.backend.reserve_rt(rt_after)
             self._rt_reserved = rt_after
+        self._place()
         phases: dict[int, list[Action]] = {}
         for a in actions:
             phases.setdefault(a.phase, []).append(a)
@@ -484,6 +485,19 @@ class Engine:
         self._isolate_os()
         self.errors = errors
         return errors
+
+    def _place(self) -> None:
+        """Give the desired partitions every core they name (see CgroupBackend.place)."""
+        cpus = frozenset(c for d in self.desired.values() for c in d.limits.cpus)
+        if not self.backend.place(cpus):
+            return
+        if self.config.agent_cgroup:
+            self.backend.move_self()
+        reserved = sorted(cpus & frozenset(self.board.reserved.cores))
+        self.events.emit("cgroup.layout", "agent",
+                         f"the shared pool needs reserved core(s) {reserved}: the agent's "
+                         "cgroup is no longer a cpuset partition root, so exclusive "
+                         "dedicated cores are kept by placement only", "warning")
 
     def _isolate_os(self) -> None:
         """Keep the OS off exclusive dedicated cores (if the config asks for it)."""

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.admission import admit, partition_cores, shared_pool
+from agent.admission import admit, partition_cores, placement_pool, shared_pool
 from agent.models import HardwareProfile, MissionProfile
 from tests.helpers import mission, partition, workload
 
@@ -92,6 +92,28 @@ def test_windows_inside_the_frame_and_apart_on_a_core(board: HardwareProfile) ->
     assert "schedules[0].windows[0].partition" in paths(unknown, board)
     bad_initial = mission(*parts, initial_schedule="nope")
     assert "initial_schedule" in paths(bad_initial, board)
+
+
+def test_pool_partitions_leave_the_os_cores_when_the_rest_carries_them() -> None:
+    """On a 4-core board with core 0 reserved, pool partitions go to cores 2-3 while
+    those carry their budgets (the OS keeps core 0), and share core 0 only when they must
+    (as admission counted it) or when SCHED_DEADLINE needs the whole root domain."""
+    fits = mission(partition("fc", cores=[1], quota=50_000, crit="A"),
+                   partition("a", quota=90_000), partition("b", quota=100_000))
+    assert admit(fits, BOARD4) == []
+    assert placement_pool(fits, BOARD4) == {2, 3}
+    needs_core0 = mission(partition("fc", cores=[1], quota=50_000, crit="A"),
+                          partition("a", quota=120_000), partition("b", quota=100_000))
+    assert admit(needs_core0, BOARD4) == []
+    assert placement_pool(needs_core0, BOARD4) == {0, 2, 3}
+    only_core0 = mission(partition("fc", cores=[1, 2, 3], quota=50_000, crit="A"),
+                         partition("a", quota=50_000))
+    assert placement_pool(only_core0, BOARD4) == {0}
+    dl = mission(partition("a", quota=20_000) | {"budget": {
+        "quota_us": 20_000, "period_us": 100_000, "mode": "deadline",
+        "deadline": {"runtime_us": 2_000, "deadline_us": 10_000, "period_us": 10_000}}})
+    assert admit(dl, BOARD4) == []
+    assert placement_pool(dl, BOARD4) == {0, 1, 2, 3}
 
 
 # -- properties --------------------------------------------------------------------

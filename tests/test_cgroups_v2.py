@@ -138,3 +138,37 @@ def test_without_a_partition_root_exclusive_reads_back_as_not_exclusive() -> Non
     assert got.exclusive is False and got.cpus == LIMITS.cpus, "the cores still apply"
     assert "Parent is not a partition root" in fs.read(
         ROOT / "sortie/p-fc/cpuset.cpus.partition")
+
+
+def test_a_pool_on_a_reserved_core_gives_up_the_partition_root(
+        v2: V2Backend, fs: FakeCgroup2Fs) -> None:
+    """A root prefix cannot share a core with the OS: when every other core is dedicated
+    and the shared pool is the reserved core, the prefix becomes a member again (with the
+    agent's group inside) so pool partitions run where admission put them."""
+    assert v2.place(frozenset({1, 2, 3})) is False and v2.partitioned
+    assert v2.place(frozenset({0, 1})) is True
+    assert not v2.partitioned
+    assert fs.read(ROOT / "sortie/cpuset.cpus.partition").startswith("member")
+    assert fs.read(ROOT / "sortie/cpuset.cpus") == "0-3\n"
+    assert fs.read(ROOT / "sortie/agent/cpuset.cpus") == "0\n"
+    got = v2.apply_partition("pool", PartitionLimits(frozenset({0}), "0", 50_000, 100_000,
+                                                     0, 1 << 20, 8))
+    assert got.cpus == frozenset({0})
+    assert fs.read(ROOT / "sortie/p-pool/cpuset.cpus.effective") == "0\n"
+    assert v2.place(frozenset({0, 1})) is False, "nothing left to change"
+
+
+def test_a_restart_keeps_the_member_layout_for_partitions_on_reserved_cores(
+        fs: FakeCgroup2Fs) -> None:
+    """A partition left running on a reserved core by the previous agent keeps its core
+    when the agent starts again: the prefix is not made a partition root under it."""
+    first = V2Backend(ROOT, "sortie", fs)
+    first.ensure_base(frozenset({0}))
+    first.place(frozenset({0}))
+    first.apply_partition("pool", PartitionLimits(frozenset({0}), "0", 50_000, 100_000, 0,
+                                                  1 << 20, 8))
+    fs.rmdir(ROOT / "sortie/agent")  # as after a crash that lost the agent's group
+    again = V2Backend(ROOT, "sortie", fs)
+    again.ensure_base(frozenset({0}))
+    assert not again.partitioned
+    assert fs.read(ROOT / "sortie/p-pool/cpuset.cpus.effective") == "0\n"

@@ -81,6 +81,11 @@ class CgroupBackend(Protocol):
         """Move the calling process into the agent's own cgroup."""
         ...
 
+    def place(self, cpus: frozenset[int]) -> bool:
+        """Make sure partitions can run on ``cpus`` (every core the desired partitions
+        name). True if the layout had to change for it."""
+        ...
+
     def remove_base(self) -> None:
         """Remove the agent's cgroup and the prefix (both must be empty)."""
         ...

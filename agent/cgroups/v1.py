@@ -122,6 +122,9 @@ class V1Backend:
         self.fs.write(agent / "cpuset.mems", self.board_mems())
         self.fs.write(agent / "cpuset.cpus", format_cpu_list(agent_cpus))
 
+    def place(self, cpus: frozenset[int]) -> bool:
+        return False  # the prefix spans the board: any core is available
+
     def reserve_rt(self, runtime_us: int) -> None:
         # Groups start with 0 RT runtime, and a child's budget must fit its parent's, so
         # the prefix holds exactly the sum of its partitions' (per 1 s period).

@@ -10,6 +10,11 @@ prefix (the OS, the agent) on the reserved cores. The agent then stays outside t
 prefix. When the kernel refuses (another top-level cpuset overlaps, too few cores), the
 prefix stays a member with the agent's group inside, and exclusive partitions are
 dedicated by placement only (the engine warns: exclusive reads back False).
+
+A partition root cannot share cores with the OS, so the shared pool loses the reserved
+cores there. When the pool needs one (every other core is dedicated), the member layout
+is used instead: chosen at start if a running partition already needs one, or taken
+from a root prefix when a mission that needs one is applied (``place``).
 """
 
 from __future__ import annotations
@@ -54,6 +59,8 @@ class V2Backend:
         """The prefix is a cpuset partition root (see the module docstring)."""
         self.partition_state = ""
         """What the kernel said when asked to make the prefix a partition root."""
+        self._board: frozenset[int] = frozenset()
+        self._agent_cpus: frozenset[int] = frozenset()
         have = self.fs.read(root / "cgroup.controllers").split()
         missing = [c for c in NEEDED if c not in have]
         if missing:
@@ -110,9 +117,11 @@ class V2Backend:
         self.fs.mkdir(self._dir())
         self._enable(self._dir())
         board = parse_cpu_list(self.fs.read(self.root / "cpuset.cpus.effective"))
+        self._board, self._agent_cpus = board, agent_cpus
         part = self._dir("cpuset.cpus.partition")
         agent = self._dir(AGENT_GROUP)
-        if self.fs.exists(part) and board - agent_cpus and not self.fs.exists(agent):
+        if (self.fs.exists(part) and board - agent_cpus and not self.fs.exists(agent)
+                and not self._in_use() & agent_cpus):
             if self.fs.read(part).strip() != "root":
                 self.fs.write(self._dir("cpuset.cpus"), format_cpu_list(board - agent_cpus))
                 self.fs.write(part, "root")
@@ -122,8 +131,32 @@ class V2Backend:
                 return
             self.fs.write(part, "member")  # refused: fall back to the member layout
             self.fs.write(self._dir("cpuset.cpus"), format_cpu_list(board))
+        self._member_layout()
+
+    def _in_use(self) -> frozenset[int]:
+        """Cores the partitions already under the prefix (a previous run's) ask for."""
+        cpus: set[int] = set()
+        for p in self.partitions():
+            cpus |= parse_cpu_list(self.fs.read(self._dir(partition_dir(p), "cpuset.cpus")))
+        return frozenset(cpus)
+
+    def _member_layout(self) -> None:
+        agent = self._dir(AGENT_GROUP)
         self.fs.mkdir(agent)
-        self.fs.write(agent / "cpuset.cpus", format_cpu_list(agent_cpus))
+        self.fs.write(agent / "cpuset.cpus", format_cpu_list(self._agent_cpus))
+
+    def place(self, cpus: frozenset[int]) -> bool:
+        prefix = self._board - self._agent_cpus
+        if not self.partitioned or cpus <= prefix:
+            return False
+        # The pool needs a reserved core: a partition root cannot share it with the OS.
+        part = self._dir("cpuset.cpus.partition")
+        self.fs.write(part, "member")
+        self.fs.write(self._dir("cpuset.cpus"), format_cpu_list(self._board))
+        self.partitioned = False
+        self.partition_state = self.fs.read(part).strip()
+        self._member_layout()
+        return True
 
     def move_self(self) -> None:
         if self.partitioned:
