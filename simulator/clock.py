@@ -18,7 +18,9 @@ class _JumpingSelector:
     def select(self, timeout: float | None = None) -> list[Any]:
         events = self._inner.select(0)
         if not events and timeout is not None and timeout > 0:
-            self._loop.advance(timeout)
+            # To the timer itself rather than by the timeout: now + (when - now) is not
+            # always ``when`` in floating point, and the model's slices sit on a grid.
+            self._loop.advance_to(self._loop.next_timer(self._loop.time() + timeout))
         return events
 
     def __getattr__(self, name: str) -> Any:
@@ -37,6 +39,14 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
 
     def advance(self, seconds: float) -> None:
         self._virtual_now += seconds
+
+    def advance_to(self, when: float) -> None:
+        """Jump to ``when`` itself (no float error piling up over many small steps)."""
+        self._virtual_now = max(self._virtual_now, when)
+
+    def next_timer(self, default: float) -> float:
+        scheduled = self._scheduled  # type: ignore[attr-defined]
+        return float(scheduled[0].when()) if scheduled else default
 
     def quiet_until(self) -> float:
         """Time of the next timer when no callback is ready, else now: until then,

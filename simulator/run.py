@@ -42,6 +42,9 @@ class SimResult:
     """Per core: [start_s, end_s, partition] spans of who ran."""
     marks: list[tuple[float, str]] = field(default_factory=list)
     """Faults, mode switches and sheds, for the timeline picture."""
+    throttling: dict[str, list[tuple[float, int, int, float]]] = field(default_factory=dict)
+    """Per partition: (time, periods, throttled periods, throttled seconds) in each
+    accounting period, as the agent read them from cpu.stat."""
 
     @property
     def speedup(self) -> float:
@@ -67,6 +70,7 @@ class _Sim:
         self.trace: list[tuple[float, str, str, str]] = []
         self.marks: list[tuple[float, str]] = []
         self.usage: dict[str, list[tuple[float, float, float]]] = {}
+        self.throttling: dict[str, list[tuple[float, int, int, float]]] = {}
         self.cores: dict[int, list[list[Any]]] = {c.id: [] for c in hw.cores}
         self.ops = SimOps(self.board, dict(sc.workloads))
         self.events = EventLog(capacity=512, clock=self.wall)
@@ -114,22 +118,23 @@ class _Sim:
         loop = asyncio.get_running_loop()
         self._handle = None
         slice_s = self.board.slice_us / 1e6
+        virtual = isinstance(loop, VirtualTimeLoop)
         while True:
             now = loop.time()
-            self.board.now_us = now * 1e6
+            self.board.now_us = round(now * 1e6, 3)  # to the ns: no float noise in "due yet?"
             try:
                 wake_us = self.board.step()
             except Exception as exc:  # a model bug must end the run, not freeze the board
                 self.failure = exc
                 self._done.set()
                 return
-            self._record(now)
+            self._record(now, now + slice_s)
             nxt = max(now + slice_s, min(wake_us / 1e6, now + self.MAX_SKIP_S))
             # Stay on the slice grid so runs with the same inputs take the same steps.
             nxt = round(nxt / slice_s) * slice_s if nxt > now + slice_s else now + slice_s
-            quiet = loop.quiet_until() if isinstance(loop, VirtualTimeLoop) else now
+            quiet = loop.quiet_until() if virtual else now  # type: ignore[attr-defined]
             if nxt < quiet - 1e-12:
-                loop.advance(nxt - now)  # type: ignore[attr-defined]
+                loop.advance_to(nxt)  # type: ignore[attr-defined]
                 continue
             self._handle = loop.call_at(nxt, self._tick)
             return
@@ -145,8 +150,7 @@ class _Sim:
             self._handle.cancel()
             self._handle = loop.call_at(soon, self._tick)
 
-    def _record(self, t: float) -> None:
-        end = t + self.board.slice_us / 1e6
+    def _record(self, t: float, end: float) -> None:
         for c, who in self.board.ran.items():
             spans = self.cores[c]
             if spans and spans[-1][2] == who and abs(spans[-1][1] - t) < 1e-9:
@@ -163,6 +167,8 @@ class _Sim:
             await self.engine.check_capacity()
             for p, u in self.engine.usage.items():
                 self.usage.setdefault(p, []).append((loop.time(), u.share, u.budget_share))
+                self.throttling.setdefault(p, []).append(
+                    (loop.time(), u.periods, u.throttled_periods, u.throttled_s))
 
     async def fault(self, f: Fault) -> None:
         self.events.emit(f"sim.{f.kind}", "board", f.model_dump_json(exclude_defaults=True),
@@ -201,6 +207,7 @@ class _Sim:
                     b.exit(task, f.exit_code)
                 elif f.kind == "workload-hang":
                     task.demand.hang()
+                    b.touch()
                 else:
                     task.demand.run_away()
                     b.touch()
@@ -322,7 +329,8 @@ def run(sc: Scenario, mission: MissionProfile, hw: HardwareProfile) -> SimResult
         sim = loop.run_until_complete(main())
         wall = time.perf_counter() - started
         return SimResult(sc.name, hw.name, sc.duration_s, wall, sim.trace,
-                         sim.result_partitions, sim.usage, sim.cores, sim.marks)
+                         sim.result_partitions, sim.usage, sim.cores, sim.marks,
+                         sim.throttling)
     finally:
         asyncio.set_event_loop(None)
         loop.close()

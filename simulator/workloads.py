@@ -64,6 +64,9 @@ class Demand:
         self._burst_until = 0.0
         self._next_burst = started_us + rng.expovariate(1 / (spec.idle_ms * 1000))
         self.hung = False
+        self.may_crash = spec.crash_at_s is not None
+        self.grows = spec.memory_growth_mib_s > 0
+        self.may_hang = spec.hang_at_s is not None
 
     def deadline_us(self) -> int:
         s = self.spec
@@ -141,6 +144,8 @@ class Demand:
 
     def memory_at(self, now_us: float) -> float:
         s = self.spec
+        if not s.memory_growth_mib_s:
+            return s.memory_mib
         return s.memory_mib + s.memory_growth_mib_s * max(0.0, now_us - self.started_us) / 1e6
 
     def crash_due(self, now_us: float) -> bool:

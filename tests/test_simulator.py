@@ -15,7 +15,7 @@ from agent.degraded import ORDER, degraded_board, fit
 from agent.errors import ProfileError
 from agent.models import HardwareProfile, MissionProfile, load_file
 from simulator import scenario
-from simulator.cpu import SimBoard
+from simulator.cpu import BANDWIDTH_SLICE_US, TICK_US, SimBoard
 from simulator.run import run
 from simulator.workloads import Demand, PatternSpec
 from tests.conftest import REPO
@@ -202,8 +202,76 @@ def test_usage_per_period_stays_within_the_budget(groups, seed) -> None:
         board.now_us = (step - 1) * 1000.0
         board.step()
         for i, (stt, quota) in enumerate(tracked):
-            # CPU time used inside the group's current period never exceeds its quota
-            # (each group's periods run on their own phase, as in the kernel).
-            assert stt.used_this <= quota + 1e-6, (i, stt.used_this, quota)
+            # Inside one period a group may use more than its quota by what the kernel
+            # lets through: a slice pulled to the core in an earlier period, and the
+            # overrun until the next tick (each group's periods have their own phase).
+            # (Both per core the group ran on: runtime is pulled per core.)
+            cores = max(1, len(stt.local))
+            assert stt.used_this <= quota + (BANDWIDTH_SLICE_US + TICK_US) * cores + 1e-6, \
+                (i, stt.used_this, quota)
+            # Over its periods it never gets more than the quota: the overrun is a debt
+            # paid from the next refill.
+            assert stt.usage_us <= (stt.nr_periods + 1) * quota + TICK_US * cores + 1e-6, \
+                (i, stt.usage_us, stt.nr_periods, quota)
         total = sum(stt.usage_us for stt, _ in tracked)
         assert total <= board.now_us * len(BOARD4.cores) + 1e-6
+
+
+# -- the CPU model against what Linux 6.18 measured on this machine ---------------------
+def _spinning_groups(quotas: list[int], offsets_us: list[float], seconds: float,
+                     seed: int = 0, cpus: str = "0") -> list:
+    """Groups with one spinning task each on ``cpus``; cpu.max written at the offsets
+    (the period timers' phases). Returns each group's model state after ``seconds``."""
+    board = SimBoard(BOARD4, Path("/sim"), seed=seed)
+    fs = board.fs
+    fs.write(Path("/sim/cgroup.subtree_control"), "+cpu +cpuset +memory +pids")
+    groups = []
+    for i, (quota, offset) in enumerate(zip(quotas, offsets_us, strict=True)):
+        d = Path(f"/sim/g{i}")
+        fs.mkdir(d)
+        fs.write(d / "cpuset.cpus", cpus)
+        board.now_us = offset
+        fs.write(d / "cpu.max", f"{quota} 100000")
+        groups.append(fs.group(d).sim)
+    for i in range(len(quotas)):
+        t = board.spawn(Demand(PatternSpec(pattern="runaway"), board.rng, 0.0, None), {})
+        fs.write(Path(f"/sim/g{i}/cgroup.procs"), str(t.pid))
+    for step in range(int(seconds * 1000)):
+        board.now_us = 30_000.0 + step * 1000.0
+        board.step()
+    return groups
+
+
+@pytest.mark.parametrize("offset_ms", [0, 3, 6, 9, 13, 22])
+def test_two_groups_filling_one_core_alternate_their_throttles(offset_ms: int) -> None:
+    """Measured (bench/sim_faithfulness.py, ftrace): two spinning groups at 50 % each on
+    one core take 4 ms turns at the tick, each uses exactly half the core, each is
+    throttled in about half its periods and loses no time to it (throttled_usec ~0),
+    whatever the phase of their period timers."""
+    a, b = _spinning_groups([50_000, 50_000], [0.0, offset_ms * 1000.0], 4.0)
+    for g in (a, b):
+        assert abs(g.usage_us / 4e6 - 0.5) < 0.005
+        assert 0.4 <= g.nr_throttled / g.nr_periods <= 0.6, (g.nr_throttled, g.nr_periods)
+        assert g.throttled_us < 0.01 * g.usage_us
+
+
+def test_a_lone_group_over_quota_is_throttled_every_period_for_the_rest_of_it() -> None:
+    """Measured: a spinner under 10 ms / 100 ms is throttled in every period, ~90 ms
+    each time (the tick lets it overrun by up to 4 ms, paid from the next refill)."""
+    (g,) = _spinning_groups([10_000], [0.0], 3.0, cpus="1")
+    assert abs(g.usage_us / 3e6 - 0.10) < 0.005
+    assert g.nr_throttled >= g.nr_periods - 1
+    assert 0.85 < g.throttled_us / (g.nr_throttled * 100_000) < 0.95
+
+
+@pytest.mark.parametrize("name", ["thermal", "workload-faults"])
+def test_the_fast_paths_change_nothing(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Repeated mid-tick slices and the one-task-per-core path are shortcuts: the same
+    scenario run without them gives the same trace and the same usage figures."""
+    fast = sim(name)
+    monkeypatch.setattr(SimBoard, "_repeat", lambda self, *a: False)
+    monkeypatch.setattr(SimBoard, "_serve_one", lambda self, core, item, now, tick, free,
+                        given: self._serve(core, [item], [], now, tick, free, given))
+    plain = sim(name)
+    assert fast.trace == plain.trace
+    assert fast.usage == plain.usage and fast.partitions == plain.partitions
