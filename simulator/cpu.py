@@ -3,21 +3,21 @@
 cpusets, freezing and SCHED_DEADLINE reservations.
 
 The model advances in fixed slices (1 ms by default). In each slice, every core offers
-``slice x speed x capacity`` of work; runnable tasks (alive, not frozen, not throttled)
-are served SCHED_DEADLINE first (earliest deadline), then CFS in order of least CPU
-received (fair over time), each on the allowed core with the most time left, at most
-one core at a time. CPU time is charged to the task's group and every ancestor.
+``slice x speed x capacity`` of work; runnable tasks are served SCHED_DEADLINE first
+(earliest deadline), then CFS: each task on its core unless another allowed core is
+less busy, and on a shared core the least CPU received first, re-picked at the tick.
+CPU time is charged to the task's group and every ancestor.
 
-CFS bandwidth follows the kernel's mechanism (kernel/sched/fair.c), because throttling
-counts depend on it: each group has a global pool refilled with its quota every period
-and a local runtime per core, pulled from the pool 5 ms at a time
+CFS bandwidth follows the kernel's mechanism (kernel/sched/fair.c, Linux 6.18), because
+throttling counts depend on it: each group has a pool refilled with its quota every
+period and a runtime per core, pulled from the pool 5 ms at a time
 (``sched_cfs_bandwidth_slice_us``). Runtime is charged at the scheduler tick (4 ms at
-Debian's HZ=250) and at switches, so a running task overruns its quota by up to a tick
-and the debt is paid from the next refill; on a shared core the CFS pick changes at
-ticks, not at every slice. A group whose local runtime is spent with the pool empty is
-throttled until the refill, and ``nr_throttled`` counts the period boundaries at which
-it was throttled. A core's unused local runtime beyond 1 ms goes back to the pool when
-the group's last task there sleeps.
+Debian's HZ=250), so a running task overruns its quota by up to a tick and the debt is
+paid from the next refill. A group whose runtime is spent with the pool empty is
+throttled until a refill pays its debt; ``nr_throttled`` counts the period boundaries at
+which it was throttled. Its tasks stay queued and are held back (and throttled time
+counted) only once one is due to run. A core's runtime beyond 1 ms goes back to the
+pool when the group's last task there sleeps. docs/simulator.md has the measurements.
 """
 
 from __future__ import annotations

@@ -64,6 +64,9 @@ class _Sim:
             accounting_period_ms=sc.accounting_period_ms)
         self.jump = 0.0
         self.link_up = True
+        self.kube_up = True
+        self.cluster: dict[str, MissionProfile] = {}
+        """MissionProfiles in the (simulated) cluster, by name."""
         self.held: list[MissionProfile] = []
         self.jobs: dict[str, list[int]] = {}
         self.memory: int | None = None
@@ -193,6 +196,9 @@ class _Sim:
             case "power-loss":
                 self.tear_state()
                 await self.restart_agent()
+            case "link-loss" if f.link == "api-server":
+                self.kube_up = False
+                asyncio.get_running_loop().call_at(f.at_s + f.for_s, self._relist)
             case "link-loss":
                 self.link_up = False
                 asyncio.get_running_loop().call_at(f.at_s + f.for_s, self._link_back)
@@ -214,6 +220,10 @@ class _Sim:
 
     def _push(self, push: Push) -> None:
         """A planner pushes; the broker holds it (QoS 1) while the board's link is down."""
+        if push.via == "kube":
+            self._kube(push)
+            return
+        assert push.mission is not None
         mission = load_file(MissionProfile, push.mission)
         self.events.emit("sim.push", "planner", f"{mission.name} generation "
                          f"{mission.generation}" + ("" if self.link_up else
@@ -235,6 +245,47 @@ class _Sim:
         for m in self.held:
             self._deliver(m)
         self.held.clear()
+
+    def _kube(self, push: Push) -> None:
+        """Someone applies or deletes a MissionProfile in the cluster. The board watches
+        it while the API server answers; otherwise it sees the cluster as it is when it
+        relists (changes in between are never seen)."""
+        if push.delete is not None:
+            self.cluster.pop(push.delete, None)
+            self.events.emit("sim.kube-delete", "cluster", f"MissionProfile {push.delete}")
+        else:
+            assert push.mission is not None
+            mission = load_file(MissionProfile, push.mission)
+            self.cluster[mission.name] = mission
+            self.events.emit("sim.kube-apply", "cluster", f"MissionProfile {mission.name} "
+                             f"generation {mission.generation}")
+        if self.kube_up:
+            self._reconcile_kube()
+
+    def _relist(self) -> None:
+        self.kube_up = True
+        self.events.emit("sim.api-server-up", "board",
+                         f"relisted: {len(self.cluster)} MissionProfile(s) in the cluster")
+        self._reconcile_kube()
+
+    def _reconcile_kube(self) -> None:
+        """What agent.kube.source does with the cluster's objects: the newest profile
+        flies; a deleted one that flies is withdrawn."""
+        newest = max(self.cluster.values(), key=lambda m: m.generation, default=None)
+
+        async def go() -> None:
+            origin = self.engine.origin
+            if origin.get("source") == "kube" and origin.get("object") not in {
+                    f"sim/{n}" for n in self.cluster}:
+                await self.engine.withdraw("kube", f"MissionProfile {origin.get('object')} "
+                                           "was deleted")
+            if newest is not None and (origin.get("object") != f"sim/{newest.name}"
+                                       or origin.get("objectGeneration")
+                                       != newest.generation):
+                await self.engine.submit(newest, {
+                    "source": "kube", "object": f"sim/{newest.name}",
+                    "uid": f"sim-{newest.name}", "objectGeneration": newest.generation})
+        self._tasks.append(asyncio.get_running_loop().create_task(go(), name="kube"))
 
     def _start_fault(self, f: Fault) -> None:
         loop = asyncio.get_running_loop()

@@ -38,16 +38,24 @@ class Fault(Frozen):
     exit_code: int = Field(default=1, ge=0, le=255)
     """workload-crash: the exit code."""
     for_s: float = Field(default=0.0, ge=0)
-    """link-loss: how long the planners' link stays down (pushes wait at the broker)."""
+    """link-loss: how long the link stays down."""
+    link: Literal["planners", "api-server"] = "planners"
+    """link-loss: the planners' broker (pushes wait there and all arrive in order) or the
+    Kubernetes API server (the board relists on return and sees only the latest)."""
 
 
 class Push(Frozen):
-    """A mission planner pushes a profile (as over MQTT) at ``at_s``."""
+    """A mission planner pushes a profile (over MQTT), or someone applies or deletes a
+    MissionProfile in the cluster (``via: kube``), at ``at_s``."""
 
     at_s: float = Field(ge=0)
     """Simulated time of the push."""
-    mission: Path
-    """Profile pushed, relative to the scenario file."""
+    mission: Path | None = None
+    """Profile pushed or applied, relative to the scenario file (not with ``delete``)."""
+    via: Literal["mqtt", "kube"] = "mqtt"
+    """How it reaches the board: the planners' broker or the Kubernetes API server."""
+    delete: str | None = None
+    """kube: the name of the MissionProfile deleted from the cluster."""
 
 
 class Scenario(Frozen):
@@ -74,6 +82,7 @@ class Scenario(Frozen):
 
 
 def pushed(sc_path: Path, push: Push) -> MissionProfile:
+    assert push.mission is not None
     p = push.mission if push.mission.is_absolute() else sc_path.parent / push.mission
     return load_file(MissionProfile, p)
 
@@ -104,17 +113,24 @@ def load(path: Path, board: HardwareProfile) -> tuple[Scenario, MissionProfile]:
             found.append(Violation(f"faults[{i}].workload",
                                    f"{f.workload!r} is not a workload of the mission"))
     for i, push in enumerate(sc.pushes):
-        try:
-            pushed(path, push)
-        except ProfileError as exc:
+        if push.delete is not None and push.via != "kube":
+            found.append(Violation(f"pushes[{i}].delete", "only a cluster object can be "
+                                   "deleted: needs via: kube"))
+        if (push.mission is None) == (push.delete is None):
             found.append(Violation(f"pushes[{i}].mission",
-                                   "; ".join(str(v) for v in exc.violations)))
+                                   "give either a mission or (via kube) delete"))
+        elif push.mission is not None:
+            try:
+                pushed(path, push)
+            except ProfileError as exc:
+                found.append(Violation(f"pushes[{i}].mission",
+                                       "; ".join(str(v) for v in exc.violations)))
         if push.at_s > sc.duration_s:
             found.append(Violation(f"pushes[{i}].at_s", "after the end of the run"))
     if found:
         raise ProfileError(str(path), found)
     # Paths made absolute: the run no longer needs to know where the file was.
-    absolute = [p.model_copy(update={"mission": p.mission if p.mission.is_absolute()
-                                     else (path.parent / p.mission).resolve()})
+    absolute = [p if p.mission is None or p.mission.is_absolute()
+                else p.model_copy(update={"mission": (path.parent / p.mission).resolve()})
                 for p in sc.pushes]
     return sc.model_copy(update={"pushes": absolute}), mission

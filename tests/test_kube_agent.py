@@ -29,6 +29,9 @@ from tests.helpers import mission_doc, partition, wait_for, wait_for_sync, workl
 from tests.kubesim import CRD, Cluster, cluster, kubectls
 
 pytestmark = needs_root_v1
+
+CUTS_CONNECTIONS = True
+"""conftest collects this module's cut connections after each test (see there)."""
 NODE = "test"
 
 

@@ -104,6 +104,38 @@ def test_link_loss_holds_pushes_and_the_mission_flies_on() -> None:
     assert r.partitions["flight-control"]["deadline_misses"] == 0
 
 
+def test_api_server_loss_flies_on_and_relists_to_the_latest() -> None:
+    """While the API server is away the board flies what it has; on return it relists
+    and sees the cluster as it is then: generation 4, never the 3 in between."""
+    r = sim("api-server-loss")
+    applied = [(e[0], e[3]) for e in kinds(r, "mission.applied")]
+    assert [t for t, _ in applied] == [4.0, 20.0], applied
+    assert "generation 2" in applied[0][1] and "generation 4" in applied[1][1]
+    assert not any("generation 3" in m for _, m in applied)
+    assert [e[0] for e in kinds(r, "sim.api-server-up")] == [20.0]
+    # 20 % for 4 s, 10 % until 20 s, then 5 %
+    expect = (4 * 0.2 + 16 * 0.1 + 10 * 0.05) / 30
+    assert abs(r.partitions["analytics"]["used"] - expect) < 0.01
+    assert r.partitions["flight-control"]["deadline_misses"] == 0
+
+
+def test_a_profile_deleted_while_the_api_server_is_away_is_withdrawn_on_return(
+        tmp_path: Path) -> None:
+    gen2 = str(SCENARIOS / "missions" / "demo-gen2.yaml")
+    path = write(tmp_path, duration_s=12, faults=[
+        {"at_s": 4, "kind": "link-loss", "link": "api-server", "for_s": 6}], pushes=[
+        {"at_s": 2, "via": "kube", "mission": gen2},
+        {"at_s": 6, "via": "kube", "delete": "demo"}])
+    board = load_file(HardwareProfile, RPI4)
+    sc, m = scenario.load(path, board)
+    r = run(sc, m, board)
+    assert [e[0] for e in kinds(r, "mission.applied")] == [2.0]
+    (gone,) = kinds(r, "mission.withdrawn")
+    assert gone[0] == 10.0, gone
+    removed = {e[2] for e in kinds(r, "partition.removed")}
+    assert removed >= {"partition/flight-control", "partition/analytics"}
+
+
 def write(tmp_path: Path, **changes) -> Path:
     doc = yaml.safe_load((SCENARIOS / "demo.yaml").read_text())
     doc["mission"] = str(REPO / "schedules" / "demo.yaml")
@@ -126,6 +158,10 @@ def write(tmp_path: Path, **changes) -> Path:
      "no workload"),
     ({"pushes": [{"at_s": 1, "mission": "/no/such.yaml"}]}, "pushes[0].mission",
      "cannot read"),
+    ({"pushes": [{"at_s": 1, "delete": "demo"}]}, "pushes[0].delete", "via: kube"),
+    ({"pushes": [{"at_s": 1, "via": "kube"}]}, "pushes[0].mission", "either a mission"),
+    ({"faults": [{"at_s": 1, "kind": "link-loss", "link": "wifi"}]}, "faults[0].link",
+     "Input should be"),
 ])
 def test_bad_scenarios_name_the_field(tmp_path: Path, changes, where, reason) -> None:
     board = load_file(HardwareProfile, RPI4)
