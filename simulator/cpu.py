@@ -207,8 +207,8 @@ class SimCgroupFs(FakeCgroup2Fs):
             st.period_us = float(period)
             # tg_set_cfs_bandwidth: refill, clear the cores' runtime, unthrottle, and
             # start the period timer if it is not running. Its phase is the kernel's
-            # choice: measured here, two groups written in the same millisecond got
-            # timers 25-50 ms apart, so the model draws it; later writes keep it.
+            # choice: measured here, groups written in the same millisecond got phases
+            # spread over the whole period, so the model draws it; later writes keep it.
             now = self.board.now_us
             st.runtime_left = st.runtime_snap = st.quota_us or 0.0
             st.local.clear()
