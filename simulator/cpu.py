@@ -467,6 +467,10 @@ class SimBoard:
             else:
                 spread.append(x)
         for t, chain in spread:
+            if t.core is not None and not dl and t.core in placed and not placed[t.core] \
+                    and t.core in t.cpus:
+                placed[t.core].append((t, chain))  # its own core is free: it stays
+                continue
             cpus = t.cpus if not dl else [c for c in t.cpus if free.get(c, 0) > 1e-9]
             if cpus:
                 # A task stays on its core unless another one is less busy (a load
