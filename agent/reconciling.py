@@ -493,6 +493,9 @@ class Engine:
             return
         if self.config.agent_cgroup:
             self.backend.move_self()
+        present = set(self.backend.partitions())
+        for p in [p for p in self.limits if p in present]:
+            self.limits[p] = self.backend.read_limits(p)  # exclusive ones are not now
         reserved = sorted(cpus & frozenset(self.board.reserved.cores))
         self.events.emit("cgroup.layout", "agent",
                          f"the shared pool needs reserved core(s) {reserved}: the agent's "

@@ -206,6 +206,14 @@ class FakeCgroup2Fs:
                     self.top.files["cpuset.cpus.effective"]):
                 v = "root invalid (Parent unable to distribute cpu downstream)"
         g.files["cpuset.cpus.partition"] = v + "\n"
+        # Child partition roots follow their parent: invalid under a member, valid again
+        # under a root.
+        for child in g.children.values():
+            state = child.files.get("cpuset.cpus.partition", "").strip()
+            stale = state.startswith("root invalid (Parent") if v == "root" \
+                else state == "root"
+            if stale:
+                self._w_cpuset_cpus_partition(path, child, "root")
 
     def _w_cgroup_freeze(self, path: Path, g: _Group, v: str) -> None:
         if v not in ("0", "1"):

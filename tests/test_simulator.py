@@ -311,3 +311,44 @@ def test_the_fast_paths_change_nothing(name: str, monkeypatch: pytest.MonkeyPatc
     plain = sim(name)
     assert fast.trace == plain.trace
     assert fast.usage == plain.usage and fast.partitions == plain.partitions
+
+
+def test_giving_up_the_partition_root_shows_in_what_the_engine_holds(tmp_path: Path) -> None:
+    """On the simulated cgroup v2 board the prefix starts as a partition root and an
+    exclusive dedicated core is one too. A new generation whose pool needs the OS's
+    core makes the agent give the root up (cgroup.layout): the exclusive partition,
+    unchanged and not re-applied, must then read as not exclusive, not as before."""
+    import asyncio
+
+    from agent.store import StoredMission
+    from simulator.clock import VirtualTimeLoop
+    from simulator.run import _Sim
+    from simulator.scenario import Scenario
+
+    parts = [partition("fc", cores=[1], quota=50_000, crit="A"),
+             partition("a", quota=90_000)]
+    first = mission(*parts)
+    second = mission(*parts, partition("b", quota=150_000), generation=2)
+    sc = Scenario.model_validate({"name": "t", "mission": "m.yaml", "duration_s": 1})
+    loop = VirtualTimeLoop()
+    asyncio.set_event_loop(loop)
+
+    async def go() -> None:
+        sim = _Sim(sc, first, BOARD4, tmp_path)
+        await sim.engine.start(StoredMission(first, {"source": "test"}))
+        try:
+            assert sim.backend.partitioned and sim.engine.limits["fc"].exclusive
+            assert sim.engine.limits["a"].cpus == {2, 3}, "the pool leaves the OS core"
+            decision = await sim.engine.submit(second, {"source": "test"})
+            assert decision.outcome == "applied", decision
+            assert not sim.backend.partitioned
+            assert sim.engine.events.of_kind("cgroup.layout")
+            assert sim.engine.limits["b"].cpus == {0, 2, 3}
+            assert not sim.engine.limits["fc"].exclusive
+        finally:
+            await sim.engine.shutdown(teardown=True)
+    try:
+        loop.run_until_complete(go())
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
