@@ -264,7 +264,8 @@ async def test_windows_keep_running_when_the_agent_dies(agent_config: AgentConfi
     for _ in range(40):
         await asyncio.sleep(0.01)
         seen.add(state.read_text().strip())
-    assert is_alive(keeper) and seen == {"FROZEN", "THAWED"}
+    # FREEZING is v1's state while a freeze is under way: a sample can catch it.
+    assert is_alive(keeper) and seen - {"FREEZING"} == {"FROZEN", "THAWED"}
     second = engine(agent_config, board)
     await second.start()
     await wait_for(lambda: not is_alive(keeper), 5)

@@ -178,3 +178,21 @@ def test_windows_need_a_freezer(board: HardwareProfile) -> None:
          "windows": [{"partition": "a", "offset_us": 0, "duration_us": 50_000}]}])
     assert admit(m, board) == []
     assert "cgroup freezer" in reasons(m, board, KernelFeatures(freezer=False))["schedules"]
+
+
+def test_the_timekeeper_skips_a_partition_removed_under_it(tmp_path) -> None:
+    """A partition the agent removed while the timekeeper runs (a mission change, a
+    teardown) is skipped from then on; the timekeeper does not die over it. Any other
+    error still stops it."""
+    from agent.timing import timekeeper
+    part = {"freeze": str(tmp_path / "gone" / "cgroup.freeze"), "thawed": "0",
+            "frozen": "1", "usage": str(tmp_path / "gone" / "cpu.stat"),
+            "usage_key": "usage_usec"}
+    timekeeper._set(part, False)
+    assert part["gone"] is True
+    assert timekeeper._usage_ns(part) == 0
+    timekeeper._set(part, True)  # skipped: nothing written, nothing raised
+    (tmp_path / "ro").mkdir()
+    denied = {"freeze": str(tmp_path / "ro"), "thawed": "0", "frozen": "1"}
+    with pytest.raises(IsADirectoryError):
+        timekeeper._set(denied, False)

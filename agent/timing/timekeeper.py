@@ -17,6 +17,7 @@ stdout: ``{"k": "thaw"|"freeze", "p": name, "s": sched_ns, "a": actual_ns, "u": 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import select
@@ -42,8 +43,22 @@ def _write(path: str, value: str) -> None:
     os.write(_fd(path, os.O_WRONLY), value.encode())
 
 
+def _gone(part: dict[str, Any], exc: OSError) -> None:
+    """The agent removed the partition under us (a mission change, a teardown): it has
+    nothing left to gate. Anything else is a real failure."""
+    if exc.errno not in (errno.ENODEV, errno.ENOENT):
+        raise exc
+    part["gone"] = True
+
+
 def _usage_ns(part: dict[str, Any]) -> int:
-    data = os.pread(_fd(part["usage"], os.O_RDONLY), 65536, 0)
+    if part.get("gone"):
+        return 0
+    try:
+        data = os.pread(_fd(part["usage"], os.O_RDONLY), 65536, 0)
+    except OSError as exc:
+        _gone(part, exc)
+        return 0
     key = part.get("usage_key")
     if key is None:
         return int(data)
@@ -55,7 +70,12 @@ def _usage_ns(part: dict[str, Any]) -> int:
 
 
 def _set(part: dict[str, Any], thawed: bool) -> None:
-    _write(part["freeze"], part["thawed"] if thawed else part["frozen"])
+    if part.get("gone"):
+        return
+    try:
+        _write(part["freeze"], part["thawed"] if thawed else part["frozen"])
+    except OSError as exc:
+        _gone(part, exc)
 
 
 _OUT: list[str] = []
