@@ -37,14 +37,12 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
     def time(self) -> float:
         return self._virtual_now
 
-    def advance(self, seconds: float) -> None:
-        self._virtual_now += seconds
-
     def advance_to(self, when: float) -> None:
         """Jump to ``when`` itself (no float error piling up over many small steps)."""
         self._virtual_now = max(self._virtual_now, when)
 
     def next_timer(self, default: float) -> float:
+        """When the earliest timer is due (``default`` when there is none)."""
         scheduled = self._scheduled  # type: ignore[attr-defined]
         return float(scheduled[0].when()) if scheduled else default
 
@@ -53,5 +51,4 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         nothing else can run, so a callback may move time forward on its own."""
         if self._ready:  # type: ignore[attr-defined]
             return self._virtual_now
-        scheduled = self._scheduled  # type: ignore[attr-defined]
-        return float(scheduled[0].when()) if scheduled else float("inf")
+        return self.next_timer(float("inf"))

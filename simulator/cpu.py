@@ -128,6 +128,9 @@ class Task:
     held_v: float | None = None
     """The core's virtual time when a throttle first kept the task from running."""
 
+    def throttled_groups(self) -> list[GroupState]:
+        return [st for st in self.limited if st.throttled_since is not None]
+
 
 class _Steady:
     """What a slice did, when the next one could repeat it (see ``SimBoard._repeat``)."""
@@ -406,9 +409,9 @@ class SimBoard:
                 wake = min(wake, t.wake_us)
                 continue
             blocked = None
-            for st in t.limited:
+            for st in t.limited:  # a loop: most slices find no group throttled
                 if st.throttled_since is not None:
-                    blocked = [x for x in t.limited if x.throttled_since is not None]
+                    blocked = t.throttled_groups()
                     break
             if blocked:  # waits for the refill that pays its debt
                 refill = max(st.period_end for st in blocked)
@@ -574,8 +577,7 @@ class SimBoard:
             # is charged like a tick and asks for a whole slice.
             target = BANDWIDTH_SLICE_US if t.pid in woken else 1e-3
             if (t.pid != cur or tick) and not self._pull(t, core, now, target):
-                self._hold(t, [st for st in t.limited if st.throttled_since is not None],
-                           now, vmin)
+                self._hold(t, t.throttled_groups(), now, vmin)
                 continue
             tau = min(left, self._cap(t, core, dt))
             if tau > 0:
@@ -608,8 +610,7 @@ class SimBoard:
                 self._pull(t, core, now, BANDWIDTH_SLICE_US)
         if (t.pid != cur or tick) and not self._pull(
                 t, core, now, BANDWIDTH_SLICE_US if woke else 1e-3):
-            self._hold(t, [st for st in t.limited if st.throttled_since is not None], now,
-                       t.vruntime)
+            self._hold(t, t.throttled_groups(), now, t.vruntime)
             free[core] = left
             return []
         tau = min(left, self._cap(t, core, self.slice_us))
