@@ -88,6 +88,12 @@ def cmd_run(args: argparse.Namespace) -> int:
               "  Run it as root (sudo sortie run ...), or check a profile without root "
               "with `sortie check PROFILE --hw hwprofiles/BOARD.yaml`.", file=sys.stderr)
         return EXIT_REFUSED
+    missing = [p for p in args.profile or [] if not (p.exists() or p.is_symlink())]
+    if missing:
+        # A typo here would boot a board that flies nothing: say so instead.
+        print(f"sortie run: --profile {missing[0]}: no such file or directory",
+              file=sys.stderr)
+        return EXIT_USAGE
     board = load_board(args.hw, config)
     paths = profile_paths(args.profile, config)
     print(f"sortie {__version__}: board {board.name}, profiles from "

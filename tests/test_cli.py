@@ -101,6 +101,16 @@ def test_run_without_root_explains_why(monkeypatch: pytest.MonkeyPatch,
     assert "needs root" in capsys.readouterr().err
 
 
+def test_run_with_a_missing_profile_is_a_usage_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(cli.os, "geteuid", lambda: 0)
+    cfg = write(tmp_path / "agent.yaml", {"state_dir": str(tmp_path / "state")})
+    code = cli.main(["run", "--config", str(cfg), "--profile", str(tmp_path / "nope.yaml")])
+    assert code == 2
+    assert "nope.yaml: no such file" in capsys.readouterr().err
+
+
 def test_bad_config_names_the_field(tmp_path: Path) -> None:
     cfg = write(tmp_path / "agent.yaml", {"cgroup_prefix": "Bad Prefix!", "colour": "red"})
     r = sortie("check", str(REPO / "schedules" / "demo.yaml"), "--config", str(cfg))

@@ -36,24 +36,33 @@ class Scan:
     errors: list[ProfileError]
 
 
-def profile_files(paths: list[Path]) -> list[Path]:
-    files: list[Path] = []
+def profile_files(paths: list[Path]) -> list[tuple[Path, Path | None]]:
+    """Each profile file with the directory it was found in (symlinks must stay there).
+    Non-regular entries are listed too, so that the scan names them instead of hanging
+    on them (a FIFO) or skipping them without a word."""
+    files: list[tuple[Path, Path | None]] = []
     for p in paths:
         if p.is_dir():
-            files += sorted(f for f in p.iterdir() if f.suffix in SUFFIXES and f.is_file())
-        elif p.exists():
-            files.append(p)
+            files += sorted((f, p) for f in p.iterdir()
+                            if f.suffix in SUFFIXES and not f.is_dir())
+        elif p.exists() or p.is_symlink():
+            files.append((p, None))
     return files
 
 
 def scan(paths: list[Path], wanted: str | None) -> Scan:
     missions: list[Candidate] = []
     errors: list[ProfileError] = []
-    for f in profile_files(paths):
+    for f, within in profile_files(paths):
         try:
-            m = load_file(MissionProfile, f)
+            m = load_file(MissionProfile, f, within)
         except ProfileError as exc:
             errors.append(exc)
+            continue
+        except Exception as exc:  # a bug of ours, not the file's: loud, but not fatal
+            log.exception("reading %s failed", f)
+            errors.append(ProfileError(str(f), [Violation(
+                "", f"internal error while reading ({type(exc).__name__}, logged)")]))
             continue
         missions.append(Candidate(m, {"source": "file", "path": str(f.resolve())}))
     if wanted is not None:
