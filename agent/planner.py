@@ -35,15 +35,21 @@ async def push(profile: Path, node: str, key: Path, kid: str, cfg: MqttConfig,
     envelope = seal(load_private(key), kid, node, mission.name, mission.generation, data,
                     ttl_s)
     t = topics(cfg.topic_root, node)
-    want = digest(data)
+    # A refusal before the profile was reached (key, signature) names the envelope.
+    want = {("digest", digest(data)), ("envelope", digest(envelope))}
     try:
         async with aiomqtt.Client(**client_args(cfg, f"planner-{kid}", None)) as client:
             await client.subscribe(t["acks"], qos=1)
             await client.publish(t["profiles"], envelope, qos=1)
             async with asyncio.timeout(timeout_s):
                 async for msg in client.messages:
-                    ack = json.loads(payload_bytes(msg.payload))
-                    if ack.get("ref", {}).get("digest") == want:
+                    try:
+                        ack = json.loads(payload_bytes(msg.payload))
+                        ref = ack.get("ref") or {}
+                        mine = any(ref.get(k) == v for k, v in want)
+                    except (ValueError, RecursionError, AttributeError):
+                        continue  # not an ack of ours
+                    if mine:
                         return dict(ack)
     except TimeoutError:
         return None

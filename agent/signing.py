@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -35,6 +36,14 @@ VERSION = 1
 DOMAIN = b"sortie-envelope-v1"
 MAX_CLOCK_SKEW_S = 300
 DEFAULT_MAX_BYTES = 256 * 1024
+DEFAULT_MAX_TTL_S = 86_400
+"""An envelope may be valid for a day at most: a captured push cannot be replayed for
+years (the replay ledger is the second line, and it can be lost with the disk)."""
+# The signed header joins its fields with newlines: names that cannot hold one (or any
+# other separator) keep that encoding unambiguous.
+KEY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+MAX_INT = 2**63 - 1
 
 
 class EnvelopeError(AgentError):
@@ -80,6 +89,15 @@ def _field(doc: Mapping[str, object], name: str, kind: type) -> object:
     value = doc.get(name)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise EnvelopeError(f"missing or not a {kind.__name__}", name)
+    if isinstance(value, int) and not 0 <= value <= MAX_INT:
+        raise EnvelopeError("out of range", name)
+    return value
+
+
+def _name(doc: Mapping[str, object], name: str, pattern: re.Pattern[str]) -> str:
+    value = str(_field(doc, name, str))
+    if not pattern.match(value):
+        raise EnvelopeError(f"not a valid name (must match {pattern.pattern})", name)
     return value
 
 
@@ -89,7 +107,8 @@ def parse(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> Envelope:
         raise EnvelopeError(f"{len(data)} bytes is over the {max_bytes} byte limit")
     try:
         doc = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:
+        # ValueError covers bad UTF-8, bad JSON and integers past Python's digit limit.
         raise EnvelopeError(f"not a JSON envelope ({type(exc).__name__})") from None
     if not isinstance(doc, dict):
         raise EnvelopeError("not a JSON object")
@@ -100,20 +119,26 @@ def parse(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> Envelope:
         sig = base64.b64decode(str(_field(doc, "sig", str)), validate=True)
     except binascii.Error:
         raise EnvelopeError("not valid base64", "payload/sig") from None
-    return Envelope(kid=str(_field(doc, "kid", str)), node=str(_field(doc, "node", str)),
-                    name=str(_field(doc, "name", str)),
+    return Envelope(kid=_name(doc, "kid", KEY_ID), node=_name(doc, "node", NAME),
+                    name=_name(doc, "name", NAME),
                     generation=int(_field(doc, "generation", int)),  # type: ignore[call-overload]
                     iat=int(_field(doc, "iat", int)),  # type: ignore[call-overload]
                     exp=int(_field(doc, "exp", int)),  # type: ignore[call-overload]
                     payload=payload, sig=sig)
 
 
+def is_revoked(kid: str, key: Ed25519PublicKey | None, revoked: set[str]) -> bool:
+    """Revocation names a key id or the public key itself (base64): the same key under
+    another id is revoked too."""
+    return kid in revoked or (key is not None and public_text(key) in revoked)
+
+
 def verify(env: Envelope, trusted: Mapping[str, Ed25519PublicKey], revoked: set[str],
-           node: str, now: float | None = None) -> None:
+           node: str, now: float | None = None, max_ttl_s: int = DEFAULT_MAX_TTL_S) -> None:
     """Raise EnvelopeError unless a trusted, unrevoked key signed it for this node, now."""
-    if env.kid in revoked:
-        raise EnvelopeError(f"key {env.kid!r} is revoked", "kid")
     key = trusted.get(env.kid)
+    if is_revoked(env.kid, key, revoked):
+        raise EnvelopeError(f"key {env.kid!r} is revoked", "kid")
     if key is None:
         raise EnvelopeError(f"key {env.kid!r} is not trusted by this board", "kid")
     try:
@@ -128,6 +153,9 @@ def verify(env: Envelope, trusted: Mapping[str, Ed25519PublicKey], revoked: set[
         raise EnvelopeError("issued in the future (clock skew?)", "iat")
     if env.exp <= t:
         raise EnvelopeError(f"expired {int(t - env.exp)} s ago", "exp")
+    if env.exp - env.iat > max_ttl_s:
+        raise EnvelopeError(f"valid for {env.exp - env.iat} s, longer than this board "
+                            f"accepts ({max_ttl_s} s)", "exp")
 
 
 # -- keys ----------------------------------------------------------------------------

@@ -40,8 +40,8 @@ def decode(data: bytes) -> dict[str, Any]:
     """Payload of a state document; ValueError says why it is not trustworthy."""
     try:
         doc = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"not JSON ({exc})") from exc
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"not JSON ({type(exc).__name__})") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise ValueError("not a sortie state file")
     if doc.get("version") != VERSION:

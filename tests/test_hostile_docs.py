@@ -34,6 +34,20 @@ def test_alias_bombs_are_refused() -> None:
     assert "alias" in reason
 
 
+def test_ordinary_aliases_still_load() -> None:
+    # yaml.safe_dump writes aliases for shared objects: such documents must keep loading.
+    text = GOOD.replace("budget: {quota_us: 2000, period_us: 10000}",
+                        "budget: &b {quota_us: 2000, period_us: 10000}") + """
+  - name: q
+    criticality: B
+    budget: *b
+    memory_mib: 16
+    workloads: [{name: w, command: [/bin/true]}]
+"""
+    m = load_text(MissionProfile, text, "t.yaml")
+    assert m.partitions[1].budget == m.partitions[0].budget
+
+
 def test_a_huge_integer_is_refused() -> None:
     text = GOOD.replace("generation: 1", "generation: " + "1" * 5000)
     (reason,) = refusal(text)

@@ -35,9 +35,19 @@ class MqttConfig(Frozen):
     trusted_keys: dict[str, str] = Field(default_factory=dict)
     """Planner keys: key id -> base64 Ed25519 public key (``sortie keygen`` prints it)."""
     revoked_keys: list[str] = Field(default_factory=list)
-    """Key ids refused even if listed as trusted."""
-    max_payload_bytes: int = Field(default=256 * 1024, ge=1024)
-    """Larger pushes are refused before anything is parsed."""
+    """Key ids, or base64 public keys, refused even if listed as trusted (a public key
+    is refused under any id)."""
+    max_payload_bytes: int = Field(default=256 * 1024, ge=1024, le=16 << 20)
+    """Larger pushes are refused before anything is parsed; the board announces it to
+    the broker (MQTT 5 Maximum Packet Size), which then never delivers a larger one."""
+    max_envelope_ttl_s: int = Field(default=86_400, ge=60)
+    """Longest validity (exp - iat) of an envelope this board accepts."""
+    max_queued_messages: int = Field(default=1000, ge=1)
+    """Incoming pushes waiting to be handled; a burst beyond that is dropped (counted in
+    status as ``dropped``; a planner without an answer pushes again)."""
+    max_queued_bytes: int = Field(default=256 * 1024, ge=1024)
+    """Payload bytes waiting to be handled, at most (one push is always taken): the
+    agent's memory under a flood of pushes is bounded by this, not by the flood."""
     insecure_lab_mode: bool = False
     """Accept unsigned profiles. Never on a flying board; logged loudly at every start."""
     backlog_events: int = Field(default=1000, ge=0)

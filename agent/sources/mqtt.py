@@ -24,14 +24,16 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
-from agent.errors import AgentError, ProfileError, Violation
+from agent.errors import AgentError, ProfileError, StoreError, Violation
 from agent.events import Event
 from agent.ledger import GenerationLedger
 from agent.models import MissionProfile
 from agent.models.config import MqttConfig
 from agent.models.loading import load_text
-from agent.signing import EnvelopeError, load_public, parse, verify
+from agent.signing import EnvelopeError, is_revoked, load_public, parse, verify
 
 if TYPE_CHECKING:
     from agent.reconciling import Engine
@@ -43,6 +45,11 @@ BACKOFF_MAX_S = 30.0
 # Nagle's algorithm holds small packets (an MQTT PUBLISH is tiny) up to ~40 ms waiting
 # for the previous ACK; a control link wants them on the wire at once.
 NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
+REFUSED_EVENTS_PER_S = 10
+MAX_INFLIGHT = 20
+"""Publishes awaiting their PUBACK at once (paho's default in-flight window)."""
+PACKET_OVERHEAD = 1024
+"""Fixed header, topic and properties of a PUBLISH around its payload."""
 
 
 def topics(root: str, node: str) -> dict[str, str]:
@@ -54,10 +61,16 @@ def client_args(cfg: MqttConfig, node: str, will: aiomqtt.Will | None) -> dict[s
     """aiomqtt.Client keyword arguments for this config (TLS, credentials, last will)."""
     url = urlparse(cfg.url)
     tls = url.scheme == "mqtts"
+    # MQTT 5 lets the client announce the largest packet it takes: the broker drops a
+    # larger message instead of sending it, so a 13 MB push never reaches our memory.
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    props.MaximumPacketSize = cfg.max_payload_bytes + PACKET_OVERHEAD
     args: dict[str, Any] = {
         "hostname": url.hostname, "port": url.port or (8883 if tls else 1883),
         "identifier": f"sortie-{node}", "keepalive": cfg.keepalive_s, "will": will,
         "socket_options": NODELAY, "timeout": 10.0,
+        "protocol": aiomqtt.ProtocolVersion.V5, "properties": props,
+        "max_queued_incoming_messages": cfg.max_queued_messages,
     }
     if cfg.username:
         args["username"] = cfg.username
@@ -74,6 +87,39 @@ def client_args(cfg: MqttConfig, node: str, will: aiomqtt.Will | None) -> dict[s
                                 str(cfg.key_file) if cfg.key_file else None)
         args["tls_context"] = ctx
     return args
+
+
+def counting_queue(dropped: list[int], max_bytes: int) -> type[asyncio.Queue[aiomqtt.Message]]:
+    """aiomqtt's incoming queue, bounded in messages and in payload bytes (a burst of
+    large pushes must not become hundreds of MiB), counting what a flood made it drop."""
+
+    class CountingQueue(asyncio.Queue[aiomqtt.Message]):
+        queued_bytes = 0
+
+        def put_nowait(self, item: aiomqtt.Message) -> None:
+            size = len(payload_bytes(item.payload))
+            if self.queued_bytes + size > max_bytes and not self.empty():
+                dropped[0] += 1
+                raise asyncio.QueueFull
+            try:
+                super().put_nowait(item)
+            except asyncio.QueueFull:
+                dropped[0] += 1
+                raise
+            self.queued_bytes += size
+
+        def get_nowait(self) -> aiomqtt.Message:
+            item = super().get_nowait()
+            self.queued_bytes -= len(payload_bytes(item.payload))
+            return item
+
+    return CountingQueue
+
+
+# aiomqtt warns once per dropped message and per pending publish: a flood of junk would
+# become a flood of log lines. The link counts both in its status instead.
+CLIENT_LOG = logging.getLogger("sortie.mqtt.client")
+CLIENT_LOG.setLevel(logging.ERROR)
 
 
 def payload_bytes(payload: object) -> bytes:
@@ -102,15 +148,65 @@ class MqttLink:
         self.connected = False
         self.last_push: dict[str, Any] | None = None
         self.pushes = {"applied": 0, "duplicate": 0, "rejected": 0}
-        self._pending: set[asyncio.Task[None]] = set()
+        self.internal_errors = 0
+        self._dropped = [0]
+        self._outbox: deque[tuple[str, dict[str, Any], bool]] = deque(
+            maxlen=max(1000, cfg.backlog_events))
+        self._wake_sender = asyncio.Event()
+        self._room = asyncio.Event()
+        self.publish_dropped = 0
+        self._refused_window = [0.0, 0]
+        self._refused_quiet = 0
         engine.events.subscribe(self._on_event)
         if cfg.insecure_lab_mode:
             log.warning("!!! mqtt.insecure_lab_mode is ON: UNSIGNED profiles are accepted. "
                         "Never fly a board like this. !!!")
+        revoked = self.revoked_origin()
+        if revoked is not None:
+            # The board keeps flying (grounding a flight-critical partition is not for a
+            # key list to decide), but says so in status and events until a trusted
+            # planner pushes a new generation.
+            engine.events.emit("mqtt.origin-revoked", "mqtt", revoked, "error")
 
     # -- pushes ----------------------------------------------------------------------
-    def verify_push(self, data: bytes) -> tuple[MissionProfile, dict[str, Any], str]:
-        """Check a push and parse its profile; EnvelopeError / ProfileError say why not."""
+    async def handle(self, data: bytes) -> dict[str, Any]:
+        """Answer one push. Never raises: bad input is a refusal with its reason, and a
+        bug of ours is logged with its traceback, counted, and answered as one."""
+        ref: dict[str, Any] = {"envelope": digest(data), "digest": digest(data)}
+        try:
+            return await self._handle(data, ref)
+        except EnvelopeError as exc:
+            self._refused(str(exc))
+            return self._ack("rejected", ref, [Violation(f"envelope.{exc.field}"
+                                                         if exc.field else "envelope",
+                                                         exc.reason)])
+        except ProfileError as exc:
+            self._refused(str(exc))
+            return self._ack("rejected", ref, exc.violations)
+        except Exception as exc:
+            log.exception("push %s: internal error", ref["envelope"])
+            self.internal_errors += 1
+            self.engine.events.emit("mqtt.internal-error", "mqtt",
+                                    f"push {ref['envelope']}: {type(exc).__name__}", "error")
+            return self._ack("rejected", ref, [Violation(
+                "", f"internal error on the board ({type(exc).__name__}, logged)")])
+
+    def _refused(self, why: str) -> None:
+        """An event per refused push, at most REFUSED_EVENTS_PER_S a second: a flood of
+        junk must not become a flood of events, log lines and publishes (each push still
+        gets its ack; the count of those left out is in the next event)."""
+        now = time.monotonic()
+        if now - self._refused_window[0] >= 1.0:
+            self._refused_window = [now, 0]
+        self._refused_window[1] += 1
+        if self._refused_window[1] > REFUSED_EVENTS_PER_S:
+            self._refused_quiet += 1
+            return
+        more = f" (+{self._refused_quiet} more refused, not shown)" if self._refused_quiet else ""
+        self._refused_quiet = 0
+        self.engine.events.emit("mqtt.push-refused", "mqtt", why + more, "warning")
+
+    async def _handle(self, data: bytes, ref: dict[str, Any]) -> dict[str, Any]:
         if len(data) > self.cfg.max_payload_bytes:
             raise EnvelopeError(f"{len(data)} bytes is over the "
                                 f"{self.cfg.max_payload_bytes} byte limit")
@@ -119,44 +215,58 @@ class MqttLink:
         except EnvelopeError:
             if not self.cfg.insecure_lab_mode:
                 raise
+            env = None
+        if env is None:
             mission = load_text(MissionProfile, data, "mqtt (unsigned)")
-            return mission, {"source": "mqtt", "kid": None, "signed": False,
-                             "generation": mission.generation}, digest(data)
-        verify(env, self.trusted, self.revoked, self.node)
-        d = digest(env.payload)
-        mission = load_text(MissionProfile, env.payload, f"mqtt:{env.kid}")
-        if (mission.name, mission.generation) != (env.name, env.generation):
-            raise EnvelopeError(f"profile says {mission.name!r} generation "
-                                f"{mission.generation}, the envelope {env.name!r} "
-                                f"generation {env.generation}", "payload")
-        return mission, {"source": "mqtt", "kid": env.kid, "signed": True,
-                         "generation": env.generation, "digest": d}, d
-
-    async def handle(self, data: bytes) -> dict[str, Any]:
-        """Answer one push (never raises for bad input)."""
-        ref: dict[str, Any] = {"digest": digest(data)}
-        try:
-            mission, origin, d = self.verify_push(data)
-            ref = {"name": mission.name, "generation": mission.generation,
-                   "kid": origin.get("kid"), "digest": d}
+            d = digest(data)
+            ref.update(name=mission.name, generation=mission.generation, kid=None, digest=d)
+            origin: dict[str, Any] = {"source": "mqtt", "kid": None, "signed": False,
+                                      "generation": mission.generation}
             verdict = self.ledger.check(mission.name, mission.generation, d)
-            if verdict.duplicate:
-                return self._ack("duplicate", ref, [])
-            if not verdict.fresh:
-                return self._ack("rejected", ref, [Violation("generation", verdict.reason)])
-            decision = await self.engine.submit(mission, origin)
-            if decision.outcome == "rejected":
-                return self._ack("rejected", ref, decision.violations)
+        else:
+            # Signature, key, node and freshness; then the replay ledger; only then is
+            # the profile itself parsed.
+            verify(env, self.trusted, self.revoked, self.node,
+                   max_ttl_s=self.cfg.max_envelope_ttl_s)
+            d = digest(env.payload)
+            ref.update(name=env.name, generation=env.generation, kid=env.kid, digest=d)
+            origin = {"source": "mqtt", "kid": env.kid, "signed": True,
+                      "generation": env.generation, "digest": d}
+            verdict = self.ledger.check(env.name, env.generation, d, env.iat)
+        if verdict.duplicate:
+            return self._ack("duplicate", ref, [])
+        if not verdict.fresh:
+            return self._ack("rejected", ref, [Violation("generation", verdict.reason)])
+        if env is not None:
+            mission = load_text(MissionProfile, env.payload, f"mqtt:{env.kid}")
+            if (mission.name, mission.generation) != (env.name, env.generation):
+                raise EnvelopeError(f"profile says {mission.name!r} generation "
+                                    f"{mission.generation}, the envelope {env.name!r} "
+                                    f"generation {env.generation}", "payload")
+        decision = await self.engine.submit(mission, origin)
+        if decision.outcome == "rejected":
+            return self._ack("rejected", ref, decision.violations)
+        errors = list(decision.errors)
+        try:
             self.ledger.record(mission.name, mission.generation, d)
-            return self._ack("applied", ref, [], errors=decision.errors)
-        except EnvelopeError as exc:
-            self.engine.events.emit("mqtt.push-refused", "mqtt", str(exc), "warning")
-            return self._ack("rejected", ref, [Violation(f"envelope.{exc.field}"
-                                                         if exc.field else "envelope",
-                                                         exc.reason)])
-        except ProfileError as exc:
-            self.engine.events.emit("mqtt.push-refused", "mqtt", str(exc), "warning")
-            return self._ack("rejected", ref, exc.violations)
+        except StoreError as exc:
+            # Applied and flying; the ledger holds it in memory until a restart.
+            errors.append(str(exc))
+            self.engine.events.emit("ledger.unsaved", "mqtt", str(exc), "error")
+        return self._ack("applied", ref, [], errors=errors)
+
+    def revoked_origin(self) -> str | None:
+        """Why the flying mission's signer is no longer trusted, if it came over MQTT."""
+        origin = self.engine.origin
+        kid = origin.get("kid")
+        if origin.get("source") != "mqtt" or not origin.get("signed") or kid is None:
+            return None
+        key = self.trusted.get(str(kid))
+        if is_revoked(str(kid), key, self.revoked):
+            return f"the flying mission was signed by key {kid!r}, revoked since"
+        if key is None:
+            return f"the flying mission was signed by key {kid!r}, no longer trusted"
+        return None
 
     def _ack(self, outcome: str, ref: dict[str, Any], reasons: list[Violation],
              errors: list[str] | None = None) -> dict[str, Any]:
@@ -178,22 +288,54 @@ class MqttLink:
             self._send(self.t["status"], self.status_message(), retain=True)
 
     def _send(self, topic: str, obj: dict[str, Any], retain: bool = False) -> None:
-        client = self.client
-        if client is None:
+        """Queue a message for the one sender task: a burst of pushes costs a bounded
+        outbox, not a task (and its memory) per message."""
+        if self.client is None:
             return
+        if len(self._outbox) == self._outbox.maxlen:
+            self.publish_dropped += 1
+        self._outbox.append((topic, obj, retain))
+        self._wake_sender.set()
 
-        async def go() -> None:
-            try:
-                await client.publish(topic, json.dumps(obj, default=str), qos=1,
-                                     retain=retain)
-            except aiomqtt.MqttError as exc:
-                log.info("publish to %s failed: %s", topic, exc)
-                if topic == self.t["events"]:
-                    self.backlog.append(obj)
+    async def _sender(self, client: aiomqtt.Client) -> None:
+        """Publish the outbox with at most MAX_INFLIGHT messages awaiting their PUBACK."""
+        inflight: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                await self._wake_sender.wait()
+                self._wake_sender.clear()
+                while self._outbox:
+                    while len(inflight) >= MAX_INFLIGHT:
+                        done, inflight = await asyncio.wait(
+                            inflight, return_when=asyncio.FIRST_COMPLETED)
+                        if any(t.exception() is not None for t in done):
+                            return  # the connection broke: the rest waits for the next
+                    topic, obj, retain = self._outbox.popleft()
+                    if len(self._outbox) < self._outbox.maxlen // 2:  # type: ignore[operator]
+                        self._room.set()
+                    inflight.add(asyncio.get_running_loop().create_task(
+                        self._publish(client, topic, obj, retain)))
+        finally:
+            for t in inflight:
+                t.cancel()
 
-        task = asyncio.get_running_loop().create_task(go(), name=f"publish {topic}")
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+    async def _publish(self, client: aiomqtt.Client, topic: str, obj: dict[str, Any],
+                       retain: bool) -> None:
+        try:
+            await client.publish(topic, json.dumps(obj, default=str), qos=1, retain=retain)
+        except aiomqtt.MqttError as exc:
+            log.info("publish to %s failed: %s", topic, exc)
+            if topic == self.t["events"]:
+                self.backlog.append(obj)
+            raise
+
+    async def _wait_for_room(self) -> None:
+        """Backpressure: a push is taken only when its answer has room in the outbox, so
+        every push handled is answered (a flood then fills the bounded incoming queue,
+        whose overflow is counted as dropped)."""
+        while len(self._outbox) >= self._outbox.maxlen // 2:  # type: ignore[operator]
+            self._room.clear()
+            await self._room.wait()
 
     def status_message(self) -> dict[str, Any]:
         s = self.engine.status()
@@ -221,16 +363,28 @@ class MqttLink:
         delay = BACKOFF_MIN_S
         while True:
             try:
-                async with aiomqtt.Client(**client_args(self.cfg, self.node, will)) as client:
+                args = client_args(self.cfg, self.node, will)
+                args.update(queue_type=counting_queue(self._dropped, self.cfg.max_queued_bytes),
+                            logger=CLIENT_LOG)
+                async with aiomqtt.Client(**args) as client:
                     self.client, self.connected, delay = client, True, BACKOFF_MIN_S
+                    # A plain task, not a TaskGroup: the group would wrap the MqttError
+                    # that ends a connection and the reconnect below would not see it.
+                    sender = asyncio.get_running_loop().create_task(
+                        self._sender(client), name="mqtt-sender")
                     self.engine.events.emit("mqtt.connected", "mqtt", self.cfg.url)
                     await client.subscribe(self.t["profiles"], qos=1)
                     self._send(self.t["status"], self.status_message(), retain=True)
                     while self.backlog:
                         self._send(self.t["events"], self.backlog.popleft())
-                    async for message in client.messages:
-                        ack = await self.handle(payload_bytes(message.payload))
-                        self._send(self.t["acks"], ack)
+                    try:
+                        async for message in client.messages:
+                            await self._wait_for_room()
+                            ack = await self.handle(payload_bytes(message.payload))
+                            self._send(self.t["acks"], ack)
+                    finally:
+                        sender.cancel()
+                        await asyncio.gather(sender, return_exceptions=True)
             except aiomqtt.MqttError as exc:
                 if self.connected:
                     self.engine.events.emit("mqtt.disconnected", "mqtt", str(exc), "warning")
@@ -243,17 +397,23 @@ class MqttLink:
                 self.connected, self.client = False, None
 
     async def close(self) -> None:
-        """Say goodbye (retained offline status) and flush what is in flight."""
+        """Flush what is queued (for a second at most), then say goodbye (retained
+        offline status)."""
+        deadline = time.monotonic() + 1.0
+        while self.connected and self._outbox and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)  # a bounded wait at shutdown: polling is the simple way
         if self.connected and self.client is not None:
             with contextlib.suppress(aiomqtt.MqttError, asyncio.TimeoutError):
                 await asyncio.wait_for(self.client.publish(
                     self.t["status"], json.dumps({"online": False, "node": self.node}),
                     qos=1, retain=True), 2.0)
-        for t in list(self._pending):
-            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-                await asyncio.wait_for(t, 1.0)
 
     def status(self) -> dict[str, Any]:
         return {"url": self.cfg.url, "connected": self.connected,
                 "backlog": len(self.backlog), "pushes": self.pushes,
-                "last_push": self.last_push, "insecure_lab_mode": self.cfg.insecure_lab_mode}
+                "internal_errors": self.internal_errors,
+                "dropped": self._dropped[0], "publish_dropped": self.publish_dropped,
+                "last_push": self.last_push, "insecure_lab_mode": self.cfg.insecure_lab_mode,
+                "flying_revoked": self.revoked_origin(),
+                "ledger_unsaved": self.ledger.unsaved,
+                "ledger_not_before": self.ledger.not_before or None}
