@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import yaml
 
 from agent.kube.crd import manifest, manifest_yaml
 from agent.models import MissionProfile
+from simulator.kubeapi.schema import structural_errors
 from tests.conftest import REPO
 
 CRD = REPO / "docs" / "kube" / "missionprofile-crd.yaml"
@@ -17,33 +16,13 @@ def test_the_shipped_crd_matches_the_model() -> None:
     assert CRD.read_text() == manifest_yaml(), "run: sortie kube crd > " + str(CRD)
 
 
-def structural_problems(node: Any, path: str = "") -> list[str]:
-    """Kubernetes' structural-schema rules, the ones a generated schema can break."""
-    out: list[str] = []
-    if not isinstance(node, dict):
-        return out
-    for banned in ("$ref", "$defs", "const", "title"):
-        if banned in node:
-            out.append(f"{path}: {banned}")
-    special = node.get("x-kubernetes-int-or-string") or node.get(
-        "x-kubernetes-preserve-unknown-fields")
-    if "type" not in node and not special:
-        out.append(f"{path}: no type")
-    if isinstance(node.get("exclusiveMinimum"), int | float) and not isinstance(
-            node.get("exclusiveMinimum"), bool):
-        out.append(f"{path}: numeric exclusiveMinimum")
-    for k, v in node.get("properties", {}).items():
-        out += structural_problems(v, f"{path}.{k}")
-    if isinstance(node.get("items"), dict):
-        out += structural_problems(node["items"], f"{path}[]")
-    if isinstance(node.get("additionalProperties"), dict):
-        out += structural_problems(node["additionalProperties"], f"{path}{{}}")
-    return out
-
-
 def test_the_schema_is_structural() -> None:
+    # The API server's rules, as the control-plane simulator encodes them
+    # (tests/test_kubeapi_schema.py holds the double to them).
     schema = manifest()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
-    assert structural_problems(schema) == []
+    unknown: list[str] = []
+    assert structural_errors(schema, "openAPIV3Schema", unknown) == []
+    assert unknown == []
 
 
 def test_every_mission_field_is_in_the_crd() -> None:

@@ -3,7 +3,11 @@ API server validates exactly what the agent accepts.
 
 pydantic emits JSON Schema 2020-12; Kubernetes wants a *structural* OpenAPI v3.0 schema:
 no ``$ref``/``$defs`` (inlined here), ``nullable: true`` instead of a ``null`` branch,
-boolean ``exclusiveMinimum`` next to ``minimum``, no ``title``/``const``.
+boolean ``exclusiveMinimum`` next to ``minimum``, only JSONSchemaProps keywords (no
+``title``, ``const``, ``propertyNames``), and no ``additionalProperties`` beside
+``properties``: pydantic's ``extra="forbid"`` says ``additionalProperties: false``, which
+every real API server refuses. The server prunes unknown fields instead (or refuses them
+under kubectl's strict field validation); the board's own parse stays strict.
 """
 
 from __future__ import annotations
@@ -42,8 +46,12 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
         return _structural(merged, defs)
     out: dict[str, Any] = {}
     for key, value in node.items():
-        if key in ("title", "$defs", "const"):
+        if key in ("title", "$defs", "const", "propertyNames"):
             continue
+        if key == "additionalProperties" and value is False:
+            continue  # structural schemas prune unknown fields instead
+        if key == "default" and value is None:
+            continue  # a null default says nothing a missing default does not
         if key == "anyOf":
             branches = [b for b in value if b.get("type") != "null"]
             nullable = len(branches) < len(value)

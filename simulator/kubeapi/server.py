@@ -2,11 +2,13 @@
 
 It serves what the Sortie agent and kubectl use (discovery, OpenAPI, namespaces, nodes,
 events, pods, leases, CRDs and their custom resources with status subresources) with the
-real server's semantics where a client can notice them: resourceVersions, 409 on a stale
-version, 410 Gone for watches older than the kept history, label and field selectors,
-server-rendered tables for ``kubectl get``. It is not Kubernetes: no admission chain,
-no schema validation or pruning of custom resources, no field ownership in server-side
-apply, no garbage collection. Faults (``Faults``) make it misbehave on purpose.
+real server's semantics where a client can notice them: CRDs held to the structural-
+schema rules and custom resources pruned, defaulted and validated against them with
+``fieldValidation`` (``schema.py``), resourceVersions, 409 on a stale version, 410 Gone
+for watches older than the kept history, label and field selectors, server-rendered
+tables for ``kubectl get``. It is not Kubernetes: no admission chain, no CEL rules, no
+field ownership in server-side apply, no garbage collection. Faults (``Faults``) make it
+misbehave on purpose.
 
     python -m simulator.kubeapi --port 6443 --kubeconfig /tmp/sim.kubeconfig
 """
@@ -30,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from simulator.kubeapi import certs, discovery, tables
+from simulator.kubeapi import certs, discovery, schema, tables
 from simulator.kubeapi.errors import ApiStatus
 from simulator.kubeapi.selectors import matches_fields, matches_labels
 from simulator.kubeapi.store import Change, ResourceType, Store
@@ -78,6 +80,9 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(code)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(data)))
+        for w in schema.REQUEST.warnings:
+            # RFC 7234 warn-code 299, no agent, the text quoted as Go's strconv.Quote does.
+            self.send_header("Warning", f"299 - {json.dumps(w)}")
         for k, v in (headers or {}).items():
             self.send_header(k, v)
         self.end_headers()
@@ -107,6 +112,7 @@ class Handler(BaseHTTPRequestHandler):
         url = urllib.parse.urlsplit(self.path)
         query = {k: v[-1] for k, v in urllib.parse.parse_qs(url.query).items()}
         self._consumed = False
+        schema.begin_request(query.get("fieldValidation"))
         try:
             self._authorize()
             self._inject_fault(url.path)

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from simulator.kubeapi import patching
+from simulator.kubeapi import patching, schema
 from simulator.kubeapi.errors import ApiStatus
 from simulator.kubeapi.selectors import matches_fields, matches_labels
 
@@ -179,6 +179,7 @@ class Store:
                                 f'{rt.plural} "{name}" already exists',
                                 {"name": name, "kind": rt.plural})
             obj = self._stamp_new(rt, ns, copy.deepcopy(obj))
+            obj = schema.admit(rt.schema, obj, rt.kind, obj["metadata"]["name"])
             if rt.gr == ("apiextensions.k8s.io", "customresourcedefinitions"):
                 obj = self._on_crd(obj)
             self.objects[self._key(rt, ns, obj["metadata"]["name"])] = obj
@@ -219,6 +220,7 @@ class Store:
             out["status"] = new.get("status")
             if out["status"] is None:
                 out.pop("status")
+            out = schema.admit(rt.schema, out, rt.kind, name)
         else:
             out = new
             if rt.status:
@@ -230,6 +232,10 @@ class Store:
                     if k in cur["metadata"]}
             out["metadata"] = {**meta, **keep}
             out["apiVersion"], out["kind"] = rt.api_version, rt.kind
+            # Pruned and defaulted before the generation is judged: a write that only
+            # omits defaulted fields changes nothing, as on a real server.
+            out = schema.admit(rt.schema, out, rt.kind, name,
+                               ("status",) if rt.status else ())
             if out.get("spec") != cur.get("spec"):
                 out["metadata"]["generation"] = cur["metadata"].get("generation", 1) + 1
         if out == cur:
@@ -260,6 +266,7 @@ class Store:
                     body = copy.deepcopy(body)
                     _meta(body)["name"] = name
                     obj = self._stamp_new(rt, ns, body)
+                    obj = schema.admit(rt.schema, obj, rt.kind, name)
                     self._check_namespace(rt, ns)
                     self.objects[self._key(rt, ns, name)] = obj
                     self._record(rt.gr, "ADDED", obj)
@@ -310,6 +317,27 @@ class Store:
         if crd["metadata"]["name"] != f"{plural}.{group}":
             raise ApiStatus(422, "Invalid", f"metadata.name: Invalid value: must be "
                             f"spec.names.plural+\".\"+spec.group ({plural}.{group})")
+        errs: list[str] = []
+        unknown: list[str] = []
+        for i, v in enumerate(spec.get("versions") or []):
+            where = ("spec.validation.openAPIV3Schema" if len(spec["versions"]) == 1
+                     else f"spec.versions[{i}].schema.openAPIV3Schema")
+            openapi = (v.get("schema") or {}).get("openAPIV3Schema")
+            if openapi is None:
+                errs.append(f"spec.versions[{i}].schema.openAPIV3Schema: Required value: "
+                            "schemas are required")
+                continue
+            errs += schema.structural_errors(openapi, where, unknown)
+        schema.unknown_fields(unknown, "CustomResourceDefinition")
+        if errs:
+            name = crd["metadata"]["name"]
+            msg = errs[0] if len(errs) == 1 else "[" + ", ".join(errs) + "]"
+            raise ApiStatus(422, "Invalid", f'CustomResourceDefinition.apiextensions.k8s.io '
+                            f'"{name}" is invalid: {msg}',
+                            {"name": name, "group": "apiextensions.k8s.io",
+                             "kind": "CustomResourceDefinition",
+                             "causes": [{"reason": "FieldValueInvalid", "message": e}
+                                        for e in errs]})
         ver = next((v for v in versions if v.get("storage")), versions[0])
         self.types[(group, plural)] = ResourceType(
             group, ver["name"], plural, kind, spec.get("scope") == "Namespaced",
