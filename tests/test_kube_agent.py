@@ -74,6 +74,7 @@ async def fly(c: Cluster, engine: Engine, doc: str) -> None:
 
 
 def kube_cfg(c: Cluster, **over: Any) -> KubeConfig:
+    over.setdefault("namespaces", ["default"])
     return KubeConfig(kubeconfig=c.kubeconfig, status_period_s=0.5, lease_renew_s=0.5,
                       watch_timeout_s=5, backoff_max_s=0.5, **over)
 
@@ -332,6 +333,7 @@ def test_sortie_run_joins_the_cluster(tmp_path: Path, prefix: str) -> None:
             "cgroup_prefix": prefix, "agent_cgroup": False, "isolate_os": False,
             "profile_dirs": [str(tmp_path / "profiles")], "report_socket": None,
             "kube": {"kubeconfig": str(c.kubeconfig), "status_period_s": 1,
+                     "namespaces": ["default"],
                      "lease_renew_s": 1}}))
         err = tmp_path / "agent.err"
         with err.open("wb") as sink:
@@ -409,3 +411,53 @@ async def test_a_profile_recreated_under_the_same_name_starts_afresh(
                            and engine.mission.generation == 1 and "p1" in engine.runners
                            and "p3" not in engine.runners, 20)
             await wait_for(lambda: mp_status(c, "a").get("state") == "Flying", 10, 0.2)
+
+
+@pytest.mark.parametrize("namespaces", [["default"], ["default", "ops"]],
+                         ids=["one-namespace", "cluster-wide"])
+async def test_profiles_outside_the_boards_namespaces_are_ignored(
+        tmp_path: Path, agent_config: AgentConfig, board: HardwareProfile,
+        namespaces: list[str]) -> None:
+    """A sandbox namespace cannot take the board over with a broad nodeSelector. One
+    namespace is watched alone (the board never sees the rest); with several the watch is
+    cluster-wide and what is out of scope is ignored with an event."""
+    with cluster(tmp_path) as c:
+        await kubectl(c, "apply", "-f", str(CRD))
+        await kubectl(c, "create", "namespace", "sandbox")
+        async with on_cluster(c, agent_config, board, namespaces=namespaces) as (engine, src):
+            await fly(c, engine, profile("ops", 1, partition("p")))
+            flying = pids(engine)
+            rogue = yaml.safe_load(profile("rogue", 9, partition("x"),
+                                           target={"nodeSelector": {"kubernetes.io/os":
+                                                                    "linux"}}))
+            rogue["metadata"]["namespace"] = "sandbox"
+            await kubectl(c, "apply", "-f", "-", stdin=yaml.safe_dump(rogue))
+            if len(namespaces) > 1:
+                await wait_for(lambda: engine.events.of_kind("kube.out-of-scope"), 10)
+                ev = engine.events.of_kind("kube.out-of-scope")[0]
+                assert "sandbox/rogue" in ev.subject and "'sandbox'" in ev.message
+            else:
+                await asyncio.sleep(1.5)
+                assert all(o["metadata"]["namespace"] == "default"
+                           for o in src.cache.objects.values())
+            assert engine.mission is not None and engine.mission.name == "ops"
+            assert pids(engine) == flying
+            assert "status" not in c.get_json("missionprofile", "rogue", "-n", "sandbox")
+
+
+async def test_root_workloads_from_kubernetes_need_the_switch(
+        tmp_path: Path, agent_config: AgentConfig, board: HardwareProfile) -> None:
+    as_root = profile("m", 1, partition("p", workloads=[workload("w", user="root")]))
+    with cluster(tmp_path) as c:
+        await kubectl(c, "apply", "-f", str(CRD))
+        async with on_cluster(c, agent_config, board) as (engine, _s):
+            await kubectl(c, "apply", "-f", "-", stdin=as_root)
+            await wait_for(lambda: (condition(c, "m", "Admitted") or {}).get("reason")
+                           == "RootNotAllowed", 10, 0.2)
+            msg = condition(c, "m", "Admitted")["message"]  # type: ignore[index]
+            assert "spec.partitions[0].workloads[0].user" in msg
+            assert engine.mission is None
+        async with on_cluster(c, agent_config, board, allow_root_workloads=True) as (
+                engine, _s):
+            await wait_for(lambda: engine.mission is not None and all(pids(engine).values()),
+                           10)

@@ -81,7 +81,9 @@ class KubeApi:
         # Typed as Any: its overloads do not cover generic resources built at run time.
         self.client: Any = AsyncClient(self.single, field_manager="sortie",
                                   timeout=httpx.Timeout(timeout_s))
-        self.namespace = cfg.namespace
+        # One namespace: watched alone (namespaced RBAC suffices); several: cluster-wide,
+        # the source keeps what is in scope.
+        self.namespace = cfg.namespaces[0] if len(cfg.namespaces) == 1 else None
 
     async def close(self) -> None:
         await self.client.close()

@@ -141,6 +141,15 @@ def mission_of(obj: Obj) -> MissionProfile:
                                                   v.reason) for v in exc.violations]) from exc
 
 
+def root_workloads(mission: MissionProfile) -> list[Violation]:
+    """Workloads that would run as root (uid 0, host or container)."""
+    return [Violation(f"spec.partitions[{i}].workloads[{j}].user",
+                      "runs as root; a board flies root workloads from Kubernetes only "
+                      "with kube.allow_root_workloads")
+            for i, p in enumerate(mission.partitions) for j, w in enumerate(p.workloads)
+            if w.user in ("root", 0)]
+
+
 def origin(obj: Obj) -> Obj:
     meta = obj["metadata"]
     return {"source": "kube", "object": key(obj), "uid": meta.get("uid"),

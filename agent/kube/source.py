@@ -95,6 +95,8 @@ class KubeSource:
         self._node_written: tuple[float, str] = (0.0, "")
         self._attempt = 0
         """Failed connection attempts in a row (the watch resets it on every event)."""
+        self._ignored: set[tuple[str, str, int]] = set()
+        """Out-of-scope profiles already reported (key, uid, generation)."""
         engine.events.subscribe(self._on_engine_event)
 
     # -- tasks -------------------------------------------------------------------------
@@ -176,10 +178,23 @@ class KubeSource:
                     await stream.aclose()
 
     # -- deciding ----------------------------------------------------------------------
+    def _in_scope(self, obj: Obj) -> bool:
+        ns = obj["metadata"].get("namespace")
+        if ns in self.cfg.namespaces:
+            return True
+        meta = obj["metadata"]
+        ident = (ko.key(obj), meta.get("uid", ""), int(meta.get("generation", 0)))
+        if ident not in self._ignored:
+            self._ignored.add(ident)
+            self.engine.events.emit("kube.out-of-scope", f"missionprofile/{ko.key(obj)}",
+                                    f"namespace {ns!r} is not one this board reads "
+                                    f"({', '.join(self.cfg.namespaces)}): ignored", "warning")
+        return False
+
     async def _reconcile(self) -> None:
         async with self._lock:
             mine = [o for o in self.cache.objects.values()
-                    if ko.targets(o, self.node_name, self.labels)]
+                    if ko.targets(o, self.node_name, self.labels) and self._in_scope(o)]
             chosen = ko.choose(mine)
             for o in mine:
                 if o is not chosen:
@@ -225,6 +240,13 @@ class KubeSource:
             self._verdict(obj, "Rejected", (False, "InvalidSpec", why), (False, "NotAdmitted",
                                                                          "nothing applied"))
             self._send(k, "Rejected", f"invalid spec: {why}", True)
+            return
+        root = [] if self.cfg.allow_root_workloads else ko.root_workloads(mission)
+        if root:
+            why = _why(root)
+            self._verdict(obj, "Rejected", (False, "RootNotAllowed", why),
+                          (False, "NotAdmitted", "nothing applied"))
+            self._send(k, "Rejected", why, True)
             return
         decision = await self.engine.submit(mission, ko.origin(obj))
         self.count.decisions[decision.outcome] = self.count.decisions.get(decision.outcome,

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from agent.models._base import Frozen
+from agent.models._base import Frozen, Name
 
 
 def _hostname() -> str:
@@ -63,8 +63,13 @@ class KubeConfig(Frozen):
     """kubeconfig file; ``None``: the in-cluster service account."""
     context: str | None = None
     """kubeconfig context; ``None``: its current context."""
-    namespace: str | None = None
-    """Namespace whose MissionProfiles this board reads; ``None``: every namespace."""
+    namespaces: list[Name] = Field(default_factory=lambda: ["sortie-missions"], min_length=1)
+    """Namespaces whose MissionProfiles this board reads; profiles elsewhere are ignored
+    (with an event). One namespace is watched alone, so the board needs rights in that
+    namespace only; several mean a cluster-wide watch (and cluster-wide read rights)."""
+    allow_root_workloads: bool = False
+    """Fly missions from Kubernetes whose workloads run as root. Off: such a profile is
+    refused (MissionProfiles are not signed; whoever may write one would own the board)."""
     node_labels: dict[str, str] = Field(default_factory=dict)
     """Extra labels on this board's Node (missions select boards by label)."""
     lease_duration_s: int = Field(default=40, ge=10)
