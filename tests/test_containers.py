@@ -199,3 +199,8 @@ def test_image_cli(tmp_path: Path, layout) -> None:
     bad = cli("import", str(tmp_path / "nope"))
     assert bad.returncode == 1 and "no such directory" in bad.stderr
     assert ProfileError  # the CLI maps image errors like any AgentError
+
+
+def test_container_ids_cannot_collide() -> None:
+    from agent.runtime.containers import container_id
+    assert container_id("flight-ctl", "loop") != container_id("flight", "ctl-loop")

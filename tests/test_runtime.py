@@ -156,9 +156,43 @@ async def test_adopted_process_exit_is_noticed(part: V1Backend, logs: Path) -> N
     assert b.last_exit is not None and b.last_exit.code is None  # unknown for an adoptee
 
 
+@needs_root_v1
+async def test_a_workload_inherits_no_descriptor_and_no_new_privileges(
+        part: V1Backend, logs: Path) -> None:
+    leak_r, leak_w = os.pipe()
+    os.set_inheritable(leak_w, True)  # what a careless library in the agent might leave
+    try:
+        r = runner(part, logs, command=["/bin/sh", "-c",
+                                        "ls /proc/self/fd; grep NoNewPrivs /proc/self/status"],
+                   restart={"policy": "never"})
+        r.start()
+        await wait_for(lambda: r.state == RunnerState.STOPPED)
+    finally:
+        os.close(leak_r)
+        os.close(leak_w)
+    out = r.log_file.read_text().split()
+    fds = sorted(int(x) for x in out[:out.index("NoNewPrivs:")])
+    # 0, 1, 2 and the one ls opens to list the directory
+    assert fds[:3] == [0, 1, 2] and len(fds) == 4, out
+    assert out[-2:] == ["NoNewPrivs:", "1"]
+
+
 def test_log_rotation_keeps_one_bounded_copy(tmp_path: Path) -> None:
     log = tmp_path / "w.log"
-    log.write_bytes(b"x" * 10_000)
+    log.write_bytes(b"x" * 6_000 + b"y" * 4096)
     assert rotate_if_large(log, 4096)
-    assert log.stat().st_size == 0 and (tmp_path / "w.log.1").stat().st_size == 10_000
+    rotated = (tmp_path / "w.log.1").read_bytes()
+    assert log.stat().st_size == 0 and rotated == b"y" * 4096, "the newest part is kept"
     assert not rotate_if_large(log, 4096)
+
+
+def test_a_huge_sparse_log_is_rotated_in_bounded_time(tmp_path: Path) -> None:
+    log = tmp_path / "w.log"
+    with open(log, "wb") as f:
+        f.truncate(1 << 40)  # what a hostile workload can do to its own log: 1 TiB of holes
+    import time
+    t0 = time.monotonic()
+    assert rotate_if_large(log, 1 << 20)
+    took = time.monotonic() - t0
+    assert (tmp_path / "w.log.1").stat().st_size == 1 << 20 and log.stat().st_size == 0
+    assert took < 0.5, took

@@ -43,7 +43,9 @@ USERS = {"root": 0, "nobody": 65534}
 
 
 def container_id(partition: str, workload: str) -> str:
-    return f"sortie-{partition}-{workload}"
+    """runc's id for a workload. Names may hold '-' but never '_' (DNS labels), so '_'
+    keeps ``flight-ctl/loop`` and ``flight/ctl-loop`` apart."""
+    return f"sortie_{partition}_{workload}"
 
 
 def user_ids(user: str | int, group: str | int | None) -> tuple[int, int]:

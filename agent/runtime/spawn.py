@@ -9,6 +9,7 @@ The agent is single-threaded, which is what makes fork without exec-safe helpers
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 from collections.abc import Mapping, Sequence
@@ -18,6 +19,19 @@ from agent.errors import WorkloadError
 from agent.runtime.identity import DEFAULT_PATH, Identity
 from agent.timing.sched import SchedPolicy
 from agent.timing.syscalls import deadline_attr, sched_setattr_self
+
+_LIBC = ctypes.CDLL(None, use_errno=True)
+PR_SET_NO_NEW_PRIVS = 38
+MAX_FD = os.sysconf("SC_OPEN_MAX")
+
+
+def _no_new_privs() -> None:
+    """setuid binaries and file capabilities grant nothing from here on (kept across exec
+    and fork): a workload can only lose privileges, never gain them."""
+    if _LIBC.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
 
 # What the kernel's refusals mean for a scheduling policy, in a person's words.
 _SCHED_HINTS = {
@@ -61,6 +75,11 @@ def _child(req: SpawnRequest, env: dict[str, str], err_w: int, dl_attr: bytes | 
         os.dup2(devnull, 0)
         os.dup2(req.log_fd, 1)
         os.dup2(req.log_fd, 2)
+        # Nothing of the agent's leaks in: whatever a library left inheritable (pipes,
+        # sockets, cgroup files) is closed. err_w is close-on-exec and still needed.
+        step = "close descriptors"
+        os.closerange(3, err_w)
+        os.closerange(err_w + 1, MAX_FD)
         step = f"chdir {req.working_dir}"
         os.chdir(req.working_dir)
         if os.getuid() == 0:
@@ -68,6 +87,8 @@ def _child(req: SpawnRequest, env: dict[str, str], err_w: int, dl_attr: bytes | 
             os.setgroups(list(req.identity.groups))
             os.setgid(req.identity.gid)
             os.setuid(req.identity.uid)
+        step = "set no_new_privs"
+        _no_new_privs()
         # Python ignores SIGPIPE; an exec'd program must get the default back.
         for sig in (signal.SIGPIPE, signal.SIGXFSZ):
             signal.signal(sig, signal.SIG_DFL)
