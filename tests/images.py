@@ -25,8 +25,10 @@ def _blob(layout: Path, data: bytes) -> dict:
     return {"digest": f"sha256:{digest}", "size": len(data)}
 
 
-def busybox_layout(layout: Path, arch: str = "amd64", name: str = "busybox") -> str:
-    """Write an OCI layout with one busybox image; returns the manifest digest."""
+def busybox_layout(layout: Path, arch: str = "amd64", name: str = "busybox",
+                   extra: dict[str, bytes] | None = None) -> str:
+    """Write an OCI layout with one busybox image (and ``extra`` executables, by path);
+    returns the manifest digest."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for d in ("bin", "etc", "tmp", "proc", "dev", "sys"):
@@ -42,6 +44,8 @@ def busybox_layout(layout: Path, arch: str = "amd64", name: str = "busybox") -> 
             tar.addfile(info)
         _add(tar, "etc/passwd", b"root:x:0:0:root:/:/bin/sh\nnobody:x:65534:65534::/:/bin/sh\n")
         _add(tar, "etc/group", b"root:x:0:\nnogroup:x:65534:\n")
+        for path, data in (extra or {}).items():
+            _add(tar, path, data, 0o755)
     layer = buf.getvalue()
     layer_desc = {"mediaType": "application/vnd.oci.image.layer.v1.tar", **_blob(layout, layer)}
     config = json.dumps({"architecture": arch, "os": "linux",

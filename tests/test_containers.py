@@ -201,6 +201,86 @@ def test_image_cli(tmp_path: Path, layout) -> None:
     assert ProfileError  # the CLI maps image errors like any AgentError
 
 
-def test_container_ids_cannot_collide() -> None:
-    from agent.runtime.containers import container_id
-    assert container_id("flight-ctl", "loop") != container_id("flight", "ctl-loop")
+@needs_root_v1
+@needs_runc
+async def test_two_workloads_whose_names_join_alike_both_run(
+        agent_config: AgentConfig, board: HardwareProfile, layout) -> None:
+    path, digest = layout
+    e = engine(agent_config, board)
+    e.images.import_path(path)  # type: ignore[union-attr]
+    await e.start()
+    sleeper = {"command": ["/bin/sleep", "3600"], "image": digest, "stop_grace_ms": 200}
+    try:
+        d = await e.submit(mission(
+            partition("flight-ctl", quota=10_000, workloads=[workload("loop", **sleeper)]),
+            partition("flight", quota=10_000, workloads=[workload("ctl-loop", **sleeper)])),
+            {})
+        assert d.outcome == "applied", d
+        a, b = e.runners["flight-ctl"]["loop"].pid, e.runners["flight"]["ctl-loop"].pid
+        assert a and b and a != b
+        await asyncio.sleep(0.5)
+        assert Path(f"/proc/{a}").exists() and Path(f"/proc/{b}").exists()
+    finally:
+        await e.shutdown(teardown=True)
+
+
+NS_PROBE = r"""
+#define _GNU_SOURCE
+#include <errno.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+int main(void) {
+    long r = syscall(SYS_clone3, (void *)0, 0);
+    printf("clone3 %ld %d\n", r, r < 0 ? errno : 0);
+    int flags[] = {CLONE_NEWUSER, CLONE_NEWNS, CLONE_NEWNET, CLONE_NEWPID};
+    for (int i = 0; i < 4; i++) {
+        long pid = syscall(SYS_clone, flags[i] | SIGCHLD, 0, 0, 0, 0);
+        if (pid == 0) _exit(0);
+        if (pid > 0) waitpid(pid, 0, 0);
+        printf("clone-ns %ld %d\n", pid, pid < 0 ? errno : 0);
+    }
+    long pid = syscall(SYS_clone, SIGCHLD, 0, 0, 0, 0);
+    if (pid == 0) _exit(0);
+    if (pid > 0) waitpid(pid, 0, 0);
+    printf("clone-plain %d\n", pid > 0);
+    fflush(stdout);
+    pause();
+}
+"""
+
+
+@needs_root_v1
+@needs_runc
+async def test_a_container_cannot_make_namespaces_with_clone(
+        tmp_path: Path, agent_config: AgentConfig, board: HardwareProfile) -> None:
+    src = tmp_path / "probe.c"
+    src.write_text(NS_PROBE)
+    subprocess.run(["gcc", "-static", "-O1", "-o", str(tmp_path / "probe"), str(src)],
+                   check=True, capture_output=True)
+    digest = busybox_layout(tmp_path / "layout",
+                            extra={"bin/nsprobe": (tmp_path / "probe").read_bytes()})
+    e = engine(agent_config, board)
+    e.images.import_path(tmp_path / "layout")  # type: ignore[union-attr]
+    await e.start()
+    try:
+        # CAP_SYS_ADMIN kept on purpose: only the seccomp filter stands in the way.
+        d = await e.submit(mission(partition("c", workloads=[workload(
+            "p", command=["/bin/nsprobe"], image=digest, user="root",
+            capabilities=["CAP_SYS_ADMIN"], stop_grace_ms=200)])), {})
+        assert d.outcome == "applied", d
+        log = e.runners["c"]["p"].log_file
+        await asyncio.sleep(0.1)
+        for _ in range(50):
+            if "clone-plain" in log.read_text():
+                break
+            await asyncio.sleep(0.1)
+        lines = log.read_text().splitlines()
+        assert "clone3 -1 38" in lines, lines
+        assert [ln for ln in lines if ln.startswith("clone-ns")] == ["clone-ns -1 1"] * 4
+        assert "clone-plain 1" in lines
+    finally:
+        await e.shutdown(teardown=True)

@@ -40,6 +40,26 @@ DENIED_SYSCALLS = [
     "setns", "settimeofday", "swapoff", "swapon", "umount2", "unshare", "userfaultfd",
     "fsopen", "fsmount", "fsconfig", "fspick"]
 USERS = {"root": 0, "nobody": 65534}
+# clone() with any namespace flag is what unshare/setns would give: refused (EPERM), one
+# rule per flag since seccomp compares masked values for equality. clone3 passes its
+# flags in memory seccomp cannot read: it answers ENOSYS, and the C library falls back to
+# clone (as Docker's and Podman's default profiles do).
+NAMESPACE_FLAGS = {"CLONE_NEWNS": 0x00020000, "CLONE_NEWCGROUP": 0x02000000,
+                   "CLONE_NEWUTS": 0x04000000, "CLONE_NEWIPC": 0x08000000,
+                   "CLONE_NEWUSER": 0x10000000, "CLONE_NEWPID": 0x20000000,
+                   "CLONE_NEWNET": 0x40000000}
+ENOSYS = 38
+
+
+def seccomp_profile() -> dict[str, Any]:
+    rules: list[dict[str, Any]] = [
+        {"names": DENIED_SYSCALLS, "action": "SCMP_ACT_ERRNO", "errnoRet": 1},
+        {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": ENOSYS}]
+    rules += [{"names": ["clone"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1,
+               "args": [{"index": 0, "value": flag, "valueTwo": flag,
+                         "op": "SCMP_CMP_MASKED_EQ"}]}
+              for flag in NAMESPACE_FLAGS.values()]
+    return {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": rules}
 
 
 def container_id(partition: str, workload: str) -> str:
@@ -101,8 +121,7 @@ def oci_config(req: Launch, rootfs: Path, cgroups_path: str) -> dict[str, Any]:
                             "/proc/sched_debug", "/sys/firmware"],
             "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys",
                               "/proc/sysrq-trigger"],
-            "seccomp": {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
-                {"names": DENIED_SYSCALLS, "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]},
+            "seccomp": seccomp_profile(),
         },
     }
 
