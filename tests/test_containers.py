@@ -259,8 +259,9 @@ async def test_a_container_cannot_make_namespaces_with_clone(
         tmp_path: Path, agent_config: AgentConfig, board: HardwareProfile) -> None:
     src = tmp_path / "probe.c"
     src.write_text(NS_PROBE)
-    subprocess.run(["gcc", "-static", "-O1", "-o", str(tmp_path / "probe"), str(src)],
-                   check=True, capture_output=True)
+    await asyncio.to_thread(subprocess.run, ["gcc", "-static", "-O1", "-o",
+                                             str(tmp_path / "probe"), str(src)],
+                            check=True, capture_output=True)
     digest = busybox_layout(tmp_path / "layout",
                             extra={"bin/nsprobe": (tmp_path / "probe").read_bytes()})
     e = engine(agent_config, board)
