@@ -84,7 +84,9 @@ def test_metadata_may_only_restrict_name_and_generate_name() -> None:
                for e in errors(s))
 
 
-def test_unknown_keywords_are_named_and_pruned() -> None:
+def test_unknown_keywords_are_dropped_without_a_word() -> None:
+    # kube-apiserver 1.36 stored a CRD with propertyNames under fieldValidation=Strict,
+    # the keyword gone: JSONSchemaProps decoding drops what it does not know.
     s = obj_schema(h={"type": "object", "propertyNames": {"enum": ["a"]},
                       "additionalProperties": {"type": "string"}})
     unknown: list[str] = []
@@ -100,7 +102,8 @@ SCHEMA = manifest()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
 def admit(spec: Any, mode: str = "Warn") -> dict[str, Any]:
     schema.begin_request(mode)
     return schema.admit(SCHEMA, {"apiVersion": "sortie.dev/v1alpha1", "kind": "MissionProfile",
-                                 "metadata": {"name": "m"}, "spec": spec}, "MissionProfile", "m")
+                                 "metadata": {"name": "m"}, "spec": spec}, "MissionProfile", "m",
+                        group="sortie.dev", version="v1alpha1")
 
 
 def test_unknown_fields_are_pruned_with_a_warning() -> None:
@@ -115,7 +118,12 @@ def test_unknown_fields_are_pruned_with_a_warning() -> None:
     assert schema.REQUEST.warnings == []
     with pytest.raises(schema.ApiStatus) as exc:
         admit(spec, "Strict")
-    assert exc.value.code == 400 and 'unknown field "spec.surprise"' in exc.value.message
+    assert exc.value.code == 400
+    # word for word what kube-apiserver 1.36 answered
+    assert exc.value.message == (
+        'MissionProfile in version "v1alpha1" cannot be handled as a MissionProfile: strict '
+        'decoding error: unknown field "spec.partitions[0].budget.extra", unknown field '
+        '"spec.surprise"')
 
 
 def test_defaults_fill_what_exists() -> None:
@@ -149,6 +157,37 @@ def test_invalid_values_are_refused_with_the_servers_words(change: Any, expect: 
     with pytest.raises(schema.ApiStatus) as exc:
         admit(spec)
     assert exc.value.code == 422 and expect in exc.value.message, exc.value.message
+
+
+def test_every_cause_in_one_answer_as_the_real_server_gives_it() -> None:
+    spec = copy.deepcopy(SPEC)
+    spec.update(generation="one", name="Bad Name")
+    spec["partitions"][0].update(criticality="Z")
+    spec["partitions"][0]["budget"]["quota_us"] = 0
+    with pytest.raises(schema.ApiStatus) as exc:
+        admit(spec)
+    # what kube-apiserver 1.36 answered for the same object (kubectl lists the causes)
+    assert [c["message"] for c in exc.value.details["causes"]] == [
+        'spec.generation: Invalid value: "string": spec.generation in body must be of type '
+        'integer: "string"',
+        "spec.name: Invalid value: \"Bad Name\": spec.name in body should match "
+        "'^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$'",
+        "spec.partitions[0].budget.quota_us: Invalid value: 0: spec.partitions[0].budget."
+        "quota_us in body should be greater than 0",
+        'spec.partitions[0].criticality: Unsupported value: "Z": supported values: "A", "B", '
+        '"C", "D", "E"']
+    assert exc.value.message.startswith('MissionProfile.sortie.dev "m" is invalid: [')
+
+
+def test_defaults_as_the_real_server_stored_them() -> None:
+    out = admit(copy.deepcopy(SPEC))["spec"]
+    # kube-apiserver 1.36 stored exactly this for the same spec
+    assert out["description"] == "" and out["partitions"][0]["budget"] == {
+        "burst_us": 0, "mode": "cfs", "period_us": 100_000, "quota_us": 20_000}
+    assert out["partitions"][0]["pids_max"] == 64
+    assert out["partitions"][0]["workloads"][0] == {
+        "command": ["/bin/sleep", "3600"], "name": "w", "network": "none",
+        "stop_grace_ms": 5000, "user": "nobody", "working_dir": "/"}
 
 
 def test_nullable_fields_take_null() -> None:

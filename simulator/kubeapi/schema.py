@@ -18,7 +18,8 @@ validation code, with the same messages where a client can see them:
   and every property named there is also specified outside;
 - ``metadata`` at the root may only restrict ``name`` and ``generateName``;
 - a ``default`` must itself validate against its schema;
-- keywords that are not JSONSchemaProps fields are unknown fields of the CRD object.
+- keywords that are not JSONSchemaProps fields are dropped without a word, even under
+  ``fieldValidation=Strict`` (seen on kube-apiserver 1.36 with ``propertyNames``).
 
 Custom resources: fields the schema does not specify are pruned (``fieldValidation``
 ``Strict`` refuses them with 400 instead, ``Warn`` - the server's default - answers a
@@ -78,8 +79,8 @@ def begin_request(mode: str | None) -> None:
 # -- the CRD's schema -------------------------------------------------------------------
 def structural_errors(schema: Any, path: str, unknown: list[str] | None = None) -> list[str]:
     """Every reason a real API server refuses this openAPIV3Schema, as it words them.
-    Keywords that are not JSONSchemaProps fields are removed and named in ``unknown``
-    (unknown fields of the CRD object: the caller applies fieldValidation to them)."""
+    Keywords that are not JSONSchemaProps fields are removed (the real server drops them
+    silently) and named in ``unknown`` for the caller's information."""
     errs: list[str] = []
     if not isinstance(schema, dict):
         return [f"{path}: Required value: must be an object"]
@@ -185,21 +186,22 @@ def _outside(branch: Schema, parent: Schema, path: str, errs: list[str]) -> None
                     "logical junctor")
 
 
-def unknown_fields(unknown: list[str], kind: str) -> None:
+def unknown_fields(unknown: list[str], kind: str, version: str) -> None:
     """Apply the request's fieldValidation to unknown fields (already pruned)."""
     if not unknown:
         return
+    unknown = sorted(unknown)
     if REQUEST.mode == "Strict":
         fields = ", ".join(f'unknown field "{u}"' for u in unknown)
-        raise ApiStatus(400, "BadRequest", f"{kind} in version cannot be handled as a "
-                        f"{kind}: strict decoding error: {fields}")
+        raise ApiStatus(400, "BadRequest", f'{kind} in version "{version}" cannot be handled '
+                        f"as a {kind}: strict decoding error: {fields}")
     if REQUEST.mode == "Warn":
         REQUEST.warnings += [f'unknown field "{u}"' for u in unknown]
 
 
 # -- custom resources -------------------------------------------------------------------
 def admit(schema: Schema | None, obj: dict[str, Any], kind: str, name: str,
-          keep: tuple[str, ...] = ()) -> dict[str, Any]:
+          keep: tuple[str, ...] = (), group: str = "", version: str = "") -> dict[str, Any]:
     """Prune, default and validate a custom resource as the server stores it. ``keep``
     names top-level fields not judged here (``status`` on a main-resource write)."""
     if schema is None:
@@ -207,12 +209,13 @@ def admit(schema: Schema | None, obj: dict[str, Any], kind: str, name: str,
     unknown: list[str] = []
     judged = {k: copy.deepcopy(v) for k, v in obj.items() if k not in keep}
     _prune(judged, schema, "", unknown, root=True)
-    unknown_fields(unknown, kind)
+    unknown_fields(unknown, kind, version)
     _default(judged, schema)
-    errs = validate_value(judged, schema, "", root=True)
+    errs = sorted(validate_value(judged, schema, "", root=True))
     if errs:
         msg = errs[0] if len(errs) == 1 else "[" + ", ".join(errs) + "]"
-        raise ApiStatus(422, "Invalid", f'{kind} "{name}" is invalid: {msg}',
+        qualified = f"{kind}.{group}" if group else kind
+        raise ApiStatus(422, "Invalid", f'{qualified} "{name}" is invalid: {msg}',
                         {"name": name, "kind": kind,
                          "causes": [{"reason": "FieldValueInvalid", "message": e,
                                      "field": e.split(":", 1)[0]} for e in errs]})

@@ -179,7 +179,8 @@ class Store:
                                 f'{rt.plural} "{name}" already exists',
                                 {"name": name, "kind": rt.plural})
             obj = self._stamp_new(rt, ns, copy.deepcopy(obj))
-            obj = schema.admit(rt.schema, obj, rt.kind, obj["metadata"]["name"])
+            obj = schema.admit(rt.schema, obj, rt.kind, obj["metadata"]["name"],
+                               group=rt.group, version=rt.version)
             if rt.gr == ("apiextensions.k8s.io", "customresourcedefinitions"):
                 obj = self._on_crd(obj)
             self.objects[self._key(rt, ns, obj["metadata"]["name"])] = obj
@@ -220,7 +221,8 @@ class Store:
             out["status"] = new.get("status")
             if out["status"] is None:
                 out.pop("status")
-            out = schema.admit(rt.schema, out, rt.kind, name)
+            out = schema.admit(rt.schema, out, rt.kind, name, group=rt.group,
+                               version=rt.version)
         else:
             out = new
             if rt.status:
@@ -235,7 +237,7 @@ class Store:
             # Pruned and defaulted before the generation is judged: a write that only
             # omits defaulted fields changes nothing, as on a real server.
             out = schema.admit(rt.schema, out, rt.kind, name,
-                               ("status",) if rt.status else ())
+                               ("status",) if rt.status else (), rt.group, rt.version)
             if out.get("spec") != cur.get("spec"):
                 out["metadata"]["generation"] = cur["metadata"].get("generation", 1) + 1
         if out == cur:
@@ -266,7 +268,8 @@ class Store:
                     body = copy.deepcopy(body)
                     _meta(body)["name"] = name
                     obj = self._stamp_new(rt, ns, body)
-                    obj = schema.admit(rt.schema, obj, rt.kind, name)
+                    obj = schema.admit(rt.schema, obj, rt.kind, name, group=rt.group,
+                                       version=rt.version)
                     self._check_namespace(rt, ns)
                     self.objects[self._key(rt, ns, name)] = obj
                     self._record(rt.gr, "ADDED", obj)
@@ -328,7 +331,6 @@ class Store:
                             "schemas are required")
                 continue
             errs += schema.structural_errors(openapi, where, unknown)
-        schema.unknown_fields(unknown, "CustomResourceDefinition")
         if errs:
             name = crd["metadata"]["name"]
             msg = errs[0] if len(errs) == 1 else "[" + ", ".join(errs) + "]"
