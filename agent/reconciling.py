@@ -43,8 +43,9 @@ from agent.planning import (
 )
 from agent.platform import Platform, Runner
 from agent.preflight import host_violations
-from agent.reporting import ReportSocket
+from agent.reporting import ReportHub
 from agent.runtime.containers import ContainerOps
+from agent.runtime.identity import resolve_identity
 
 if TYPE_CHECKING:
     from agent.images.store import ImageStore
@@ -154,7 +155,7 @@ class Engine:
         self.windows = self.platform.make_windows(backend, self.events,
                                                   sorted(board.reserved.cores))
         self.monitor = HealthMonitor(self)
-        self.reports: ReportSocket | None = None
+        self.reports: ReportHub | None = None
         self.sources: dict[str, Callable[[], dict[str, Any]]] = {}
         """Status of each desired-state source (files, mqtt, ...), shown in status."""
         self.ready_after_s: float | None = None
@@ -352,21 +353,17 @@ class Engine:
         return actions, errors
 
     def _open_reports(self) -> None:
-        path = self.config.report_socket
+        path = self.config.report_dir
         if path is None or self.reports is not None:
             return
         try:
-            self.reports = ReportSocket(path, self.backend.prefix, self.monitor.on_job)
+            self.reports = ReportHub(path, self.backend.prefix, self.monitor.on_job)
         except OSError as exc:
             self.events.emit("reports.unavailable", str(path), exc.strerror or str(exc),
                              "warning")
-            return
-        asyncio.get_running_loop().add_reader(self.reports.sock.fileno(), self.reports.drain)
 
     def _close_reports(self) -> None:
         if self.reports is not None:
-            with contextlib.suppress(ValueError, OSError):
-                asyncio.get_running_loop().remove_reader(self.reports.sock.fileno())
             self.reports.close()
             self.reports = None
 
@@ -432,10 +429,25 @@ class Engine:
 
     def _runner(self, partition: str, spec: Workload, sched: SchedPolicy | None) -> Runner:
         return WorkloadRunner(partition, spec, self.backend, self.config.log_dir, self.events,
-                              sched, self._report_path(), self.platform.ops)
+                              sched, self._report_path(partition, spec), self.platform.ops)
 
-    def _report_path(self) -> str | None:
-        return str(self.config.report_socket) if self.reports is not None else None
+    def _report_path(self, partition: str, spec: Workload) -> str | None:
+        """The workload's own report socket (host workloads: a container would not see
+        the path)."""
+        if self.reports is None or spec.image is not None:
+            return None
+        try:
+            who = resolve_identity(spec.user, spec.group)
+            return self.reports.open(partition, spec.name, who.uid, who.gid)
+        except (LookupError, OSError) as exc:
+            # The start reports a missing user itself; the workload runs without reports.
+            self.events.emit("reports.unavailable", f"workload/{partition}/{spec.name}",
+                             str(exc), "warning")
+            return None
+
+    def _retain_reports(self) -> None:
+        if self.reports is not None:
+            self.reports.retain({(p, w) for p, ws in self.runners.items() for w in ws})
 
     def all_runners(self) -> list[Runner]:
         return [r for ws in self.runners.values() for r in ws.values()]
@@ -483,6 +495,7 @@ class Engine:
                 # next apply shrinks the reserve again.
                 log.info("RT reserve stays at %d us for now: %s", self._rt_reserved, exc)
         self._isolate_os()
+        self._retain_reports()
         self.errors = errors
         return errors
 
@@ -650,6 +663,7 @@ class Engine:
                 "origin": self.origin},
             "ready_after_s": self.ready_after_s,
             "windows": self.windows.status(),
+            "reports": None if self.reports is None else self.reports.status(),
             "sources": {name: f() for name, f in self.sources.items()},
             "degraded": {"capacity": self.capacity, "memory_mib": self.memory_mib,
                          "shed": self.shed},

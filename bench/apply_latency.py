@@ -93,7 +93,7 @@ async def main(n: int) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="sortie-bench-"))
     cfg = AgentConfig(state_dir=tmp / "state", run_dir=tmp / "run", log_dir=tmp / "logs",
                       cgroup_prefix=prefix, agent_cgroup=False, isolate_os=False,
-                      report_socket=tmp / "report.sock")
+                      report_dir=tmp / "report")
     tmp.chmod(0o755)
     engine = Engine(cfg, BOARD, V1Backend(CGROUP_ROOT, prefix), StateStore(cfg.state_dir))
     try:

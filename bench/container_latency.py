@@ -56,7 +56,7 @@ async def main(n: int) -> None:
     prefix = f"sortie-bench-{uuid.uuid4().hex[:6]}"
     cfg = AgentConfig(state_dir=tmp / "state", run_dir=tmp / "run", log_dir=tmp / "logs",
                       cgroup_prefix=prefix, agent_cgroup=False, isolate_os=False,
-                      report_socket=None)
+                      report_dir=None)
     engine = Engine(cfg, BOARD, V1Backend(CGROUP_ROOT, prefix), StateStore(cfg.state_dir))
     assert engine.images is not None
     image = busybox_layout(tmp / "layout")

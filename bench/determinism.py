@@ -48,7 +48,7 @@ class Bench:
         self.tmp.chmod(0o755)
         cfg = AgentConfig(state_dir=self.tmp / "state", run_dir=self.tmp / "run",
                           log_dir=self.tmp / "logs", cgroup_prefix=self.prefix,
-                          agent_cgroup=False, report_socket=self.tmp / "report.sock",
+                          agent_cgroup=False, report_dir=self.tmp / "report",
                           **{"isolate_os": False, **config})
         self.engine = Engine(cfg, board, V1Backend(CGROUP_ROOT, self.prefix),
                              StateStore(cfg.state_dir))

@@ -66,7 +66,7 @@ def demo_cold_start(tmp: Path) -> float:
     cfg.write_text(yaml.safe_dump({
         "state_dir": str(tmp / "demo-state"), "run_dir": str(tmp / "demo-run"),
         "log_dir": str(tmp / "demo-logs"), "cgroup_prefix": prefix,
-        "report_socket": str(tmp / "demo-report.sock"),
+        "report_dir": str(tmp / "demo-report"),
         "profile_dirs": [str(REPO / "schedules" / "demo.yaml")]}))
     p = subprocess.Popen([sys.executable, "-m", "agent.cli", "--log-level", "warning", "run",
                           "--config", str(cfg), "--teardown"], cwd=REPO)
@@ -93,7 +93,7 @@ def main(seconds: float) -> None:
     cfg.write_text(yaml.safe_dump({
         "state_dir": str(tmp / "state"), "run_dir": str(tmp / "run"),
         "log_dir": str(tmp / "logs"), "cgroup_prefix": prefix, "isolate_os": False,
-        "report_socket": str(tmp / "report.sock"),
+        "report_dir": str(tmp / "report"),
         "profile_dirs": [str(tmp / "profiles")]}))
     n = N_PARTITIONS * PER_PARTITION
     cmd = [sys.executable, "-m", "agent.cli", "--log-level", "warning", "run", "--config",

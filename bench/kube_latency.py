@@ -72,7 +72,7 @@ def start_agent(tmp: Path, prefix: str, kube: dict[str, Any] | None,
            "state_dir": str(tmp / f"state-{prefix}"), "run_dir": str(tmp / f"run-{prefix}"),
            "log_dir": str(tmp / f"logs-{prefix}"), "cgroup_prefix": prefix,
            "agent_cgroup": False, "isolate_os": False, "profile_dirs": [str(profiles)],
-           "report_socket": None} | ({"kube": kube} if kube else {})
+           "report_dir": None} | ({"kube": kube} if kube else {})
     path = tmp / f"agent-{prefix}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--config", str(path),

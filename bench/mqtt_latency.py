@@ -82,7 +82,7 @@ async def measure(n: int, nodelay: bool) -> None:
                 nagle[nd].append(await first_publish_ms(broker.port, nd))
         cfg = AgentConfig(state_dir=tmp / "state", run_dir=tmp / "run", log_dir=tmp / "logs",
                           cgroup_prefix=prefix, agent_cgroup=False, isolate_os=False,
-                          report_socket=None)
+                          report_dir=None)
         engine = Engine(cfg, BOARD, V1Backend(CGROUP_ROOT, prefix), StateStore(cfg.state_dir))
         await engine.start()
         link = MqttLink(MqttConfig(url=broker.url, trusted_keys={

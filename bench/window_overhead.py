@@ -49,7 +49,7 @@ def measure(seconds: float, windows: bool) -> tuple[float, float]:
     cfg = tmp / "agent.yaml"
     cfg.write_text(yaml.safe_dump({
         "state_dir": str(tmp / "s"), "run_dir": str(tmp / "r"), "log_dir": str(tmp / "l"),
-        "cgroup_prefix": prefix, "isolate_os": False, "report_socket": None,
+        "cgroup_prefix": prefix, "isolate_os": False, "report_dir": None,
         "profile_dirs": [str(tmp / "p")]}))
     agent = subprocess.Popen([sys.executable, "-m", "agent.cli", "--log-level", "warning",
                               "run", "--config", str(cfg), "--teardown"], cwd=REPO)

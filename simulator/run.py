@@ -60,7 +60,7 @@ class _Sim:
         self.config = AgentConfig(
             node_name="sim", state_dir=workdir / "state", run_dir=workdir / "run",
             log_dir=workdir / "logs", cgroup_root=ROOT, cgroup_prefix=PREFIX,
-            cgroup_version="v2", agent_cgroup=False, isolate_os=False, report_socket=None,
+            cgroup_version="v2", agent_cgroup=False, isolate_os=False, report_dir=None,
             accounting_period_ms=sc.accounting_period_ms)
         self.jump = 0.0
         self.link_up = True

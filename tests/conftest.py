@@ -126,7 +126,7 @@ def agent_config(tmp_path: Path, prefix: str) -> Iterator[AgentConfig]:
     yield AgentConfig(node_name="test", state_dir=tmp_path / "state", run_dir=tmp_path / "run",
                       log_dir=logs, cgroup_prefix=prefix, agent_cgroup=False,
                       accounting_period_ms=200, profile_dirs=[tmp_path / "profiles"],
-                      isolate_os=False, report_socket=Path(f"/tmp/{prefix}-report.sock"))
+                      isolate_os=False, report_dir=Path(f"/tmp/{prefix}-report"))
     shutil.rmtree(logs, ignore_errors=True)
 
 

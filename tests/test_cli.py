@@ -130,7 +130,7 @@ def agent_env(tmp_path: Path, prefix: str) -> Iterator[dict]:
     cfg = {"node_name": "t", "state_dir": str(tmp_path / "state"),
            "run_dir": str(tmp_path / "run"), "log_dir": str(logs),
            "cgroup_prefix": prefix, "agent_cgroup": True, "accounting_period_ms": 200,
-           "isolate_os": False, "report_socket": f"/tmp/{prefix}-report.sock",
+           "isolate_os": False, "report_dir": f"/tmp/{prefix}-report",
            "profile_dirs": [str(tmp_path / "profiles")]}
     (tmp_path / "profiles").mkdir()
     write(tmp_path / "agent.yaml", cfg)

@@ -249,7 +249,7 @@ def test_sortie_run_survives_every_hostile_message(tmp_path: Path, prefix: str) 
         cfg = {"node_name": NODE, "state_dir": str(tmp_path / "state"),
                "run_dir": str(tmp_path / "run"), "log_dir": str(logs),
                "cgroup_prefix": prefix, "agent_cgroup": False, "isolate_os": False,
-               "report_socket": None, "profile_dirs": [str(tmp_path / "profiles")],
+               "report_dir": None, "profile_dirs": [str(tmp_path / "profiles")],
                "mqtt": {"url": broker.url, "trusted_keys": {"planner": PUB}}}
         (tmp_path / "agent.yaml").write_text(yaml.safe_dump(cfg))
         (tmp_path / "profiles").mkdir()

@@ -331,7 +331,7 @@ def test_sortie_run_joins_the_cluster(tmp_path: Path, prefix: str) -> None:
             "node_name": NODE, "hardware_profile": str(hw), "state_dir": str(tmp_path / "s"),
             "run_dir": str(tmp_path / "r"), "log_dir": f"/tmp/{prefix}-logs",
             "cgroup_prefix": prefix, "agent_cgroup": False, "isolate_os": False,
-            "profile_dirs": [str(tmp_path / "profiles")], "report_socket": None,
+            "profile_dirs": [str(tmp_path / "profiles")], "report_dir": None,
             "kube": {"kubeconfig": str(c.kubeconfig), "status_period_s": 1,
                      "namespaces": ["default"],
                      "lease_renew_s": 1}}))

@@ -337,7 +337,7 @@ def test_sortie_run_flies_what_a_planner_pushes(tmp_path: Path, prefix: str) -> 
             "node_name": NODE, "state_dir": str(tmp_path / "state"),
             "run_dir": str(tmp_path / "run"), "log_dir": str(logs), "cgroup_prefix": prefix,
             "agent_cgroup": False, "isolate_os": False, "accounting_period_ms": 200,
-            "report_socket": None, "profile_dirs": [str(tmp_path / "none")],
+            "report_dir": None, "profile_dirs": [str(tmp_path / "none")],
             "mqtt": {"url": broker.url, "trusted_keys": {
                 "planner": (keys / "planner.pub").read_text().strip()}}}))
         (tmp_path / "none").mkdir()

@@ -116,9 +116,9 @@ class AgentConfig(Frozen):
     isolate_os: bool = True
     """Move the OS's own processes onto the reserved cores while a partition holds
     dedicated cores exclusively (kernel threads stay where they are)."""
-    report_socket: Path | None = Path("/run/sortie-report.sock")
-    """Datagram socket where workloads report completed jobs (deadline misses);
-    ``None`` disables it. Senders are identified by their cgroup."""
+    report_dir: Path | None = Path("/run/sortie-report")
+    """Directory of the workloads' job-report sockets (deadline misses), one per workload,
+    each owned by its workload's user; ``None`` disables reports (docs/determinism.md)."""
     saturation_periods: int = Field(default=5, ge=1)
     """Accounting periods of full-budget use and throttling that flag a runaway."""
     accounting_period_ms: int = Field(default=1_000, ge=100)
