@@ -285,3 +285,68 @@ async def test_a_container_cannot_make_namespaces_with_clone(
         assert "clone-plain 1" in lines
     finally:
         await e.shutdown(teardown=True)
+
+
+# -- hostile image files -----------------------------------------------------------------
+def _tar(path: Path, members: dict[str, bytes], gz: bool = True) -> Path:
+    import io
+    with tarfile.open(path, "w:gz" if gz else "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_a_tar_that_is_not_a_layout_is_refused_before_anything_is_written(
+        tmp_path: Path) -> None:
+    bomb = _tar(tmp_path / "bomb.tar.gz", {"zeros": b"\0" * (64 << 20)})
+    assert bomb.stat().st_size < 200_000
+    store = ImageStore(tmp_path / "store")
+    with pytest.raises(ImageError, match="'zeros' is not part of an OCI image layout"):
+        store.import_path(bomb)
+    left = [p for p in (tmp_path / "store").rglob("*") if p.is_file()]
+    assert left == [], left
+
+
+def test_an_import_past_the_size_limit_is_refused_from_its_headers(tmp_path: Path) -> None:
+    blob = "blobs/sha256/" + "0" * 64
+    big = _tar(tmp_path / "big.tar.gz", {"oci-layout": b"{}", blob: b"\0" * (8 << 20)})
+    store = ImageStore(tmp_path / "store", max_import_bytes=1 << 20)
+    with pytest.raises(ImageError, match="unpacks to more than 1048576 bytes"):
+        store.import_path(big)
+    assert not [p for p in (tmp_path / "store").rglob("*") if p.is_file()]
+
+
+@pytest.mark.parametrize("index", [
+    {"manifests": 3}, {"manifests": [3]}, {"manifests": [{"digest": 5}]},
+    {"manifests": [{"digest": "sha256:" + "0" * 64, "annotations": ["x"]}]},
+    {"manifests": [{"digest": "sha256:" + "0" * 64, "size": "big"}]}, [], "text",
+])
+def test_wrong_json_types_in_an_index_are_an_image_error(tmp_path: Path, index: object) -> None:
+    layout = tmp_path / "layout"
+    layout.mkdir()
+    (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    (layout / "index.json").write_text(json.dumps(index))
+    with pytest.raises(ImageError):
+        ImageStore(tmp_path / "store").import_path(layout)
+
+
+@pytest.mark.parametrize("manifest", [
+    {"config": "x", "layers": []}, {"config": None}, {"layers": {"a": 1}, "config": {}},
+    [1, 2],
+])
+def test_wrong_json_types_in_a_manifest_are_an_image_error(tmp_path: Path,
+                                                           manifest: object) -> None:
+    import hashlib
+    layout = tmp_path / "layout"
+    (layout / "blobs" / "sha256").mkdir(parents=True)
+    data = json.dumps(manifest).encode()
+    digest = hashlib.sha256(data).hexdigest()
+    (layout / "blobs" / "sha256" / digest).write_bytes(data)
+    (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    (layout / "index.json").write_text(json.dumps({"manifests": [
+        {"mediaType": "application/vnd.oci.image.manifest.v1+json",
+         "digest": f"sha256:{digest}", "size": len(data)}]}))
+    with pytest.raises(ImageError):
+        ImageStore(tmp_path / "store").import_path(layout)

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import platform
+import re
 import shutil
 import subprocess
 import tarfile
@@ -26,6 +27,11 @@ MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 INDEX = "application/vnd.oci.image.index.v1+json"
 ARCH = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
 CHUNK = 1 << 20
+MAX_IMPORT_BYTES = 2 << 30
+"""An imported tar may unpack to this much at most (checked from its headers first)."""
+_BLOB_NAME = re.compile(r"^blobs/sha256/[0-9a-f]{64}$")
+_LAYOUT_FILES = {"oci-layout", "index.json"}
+_LAYOUT_DIRS = {"blobs", "blobs/sha256"}
 
 
 class ImageError(AgentError):
@@ -58,16 +64,79 @@ def _hex(digest: str) -> str:
     return hexd
 
 
-def _read_json(path: Path, what: str) -> Any:
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    """A JSON object from the layout (an index, a manifest, a config), shape-checked."""
     try:
-        return json.loads(path.read_bytes())
-    except (OSError, ValueError) as exc:
-        raise ImageError(f"{what}: cannot read {path.name}: {exc}") from exc
+        doc = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError) as exc:
+        raise ImageError(f"{what}: cannot read {path.name}: {type(exc).__name__}") from None
+    if not isinstance(doc, dict):
+        raise ImageError(f"{what} {path.name}: not a JSON object")
+    return doc
+
+
+def _descriptors(doc: dict[str, Any], key: str, what: str) -> list[dict[str, Any]]:
+    """``doc[key]``: a list of OCI descriptors (digest, optional size, mediaType,
+    annotations), each checked for type before anything trusts it."""
+    items = doc.get(key, [])
+    if not isinstance(items, list):
+        raise ImageError(f"{what}: {key} is not a list")
+    for i, d in enumerate(items):
+        _descriptor(d, f"{what}: {key}[{i}]")
+    return items
+
+
+def _descriptor(d: Any, what: str) -> dict[str, Any]:
+    if not isinstance(d, dict):
+        raise ImageError(f"{what}: not a descriptor object")
+    if not isinstance(d.get("digest"), str):
+        raise ImageError(f"{what}: digest missing or not a string")
+    if "size" in d and (not isinstance(d["size"], int) or isinstance(d["size"], bool)
+                        or d["size"] < 0):
+        raise ImageError(f"{what}: size is not a non-negative integer")
+    if not isinstance(d.get("mediaType", ""), str):
+        raise ImageError(f"{what}: mediaType is not a string")
+    ann = d.get("annotations", {})
+    if not isinstance(ann, dict) or not all(isinstance(v, str) for v in ann.values()):
+        raise ImageError(f"{what}: annotations is not a map of strings")
+    return d
+
+
+def _name(desc: dict[str, Any]) -> str:
+    return str(desc.get("annotations", {}).get("org.opencontainers.image.ref.name", ""))
+
+
+def safe_extract(path: Path, into: Path, max_bytes: int = MAX_IMPORT_BYTES) -> None:
+    """Extract an OCI layout tar, refusing before anything is written what is not one:
+    only ``oci-layout``, ``index.json`` and ``blobs/sha256/HEX`` regular files, at most
+    ``max_bytes`` in all (from the headers; a compressed bomb stops at the first header
+    past the limit)."""
+    try:
+        with tarfile.open(path) as tar:
+            wanted, total = [], 0
+            for m in tar:
+                name = m.name.removeprefix("./").rstrip("/")
+                if m.isdir() and name in ({"", "."} | _LAYOUT_DIRS):
+                    continue
+                if not m.isreg() or not (name in _LAYOUT_FILES or _BLOB_NAME.match(name)):
+                    raise ImageError(f"{path}: {m.name!r} is not part of an OCI image "
+                                     "layout (only oci-layout, index.json, blobs/sha256/*)")
+                total += m.size
+                if total > max_bytes:
+                    raise ImageError(f"{path}: unpacks to more than {max_bytes} bytes")
+                m.name = name
+                wanted.append(m)
+            if "oci-layout" not in {m.name for m in wanted}:
+                raise ImageError(f"{path}: not an OCI image layout (no oci-layout file)")
+            tar.extractall(into, members=wanted, filter="data")
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise ImageError(f"{path}: not a readable tar: {exc}") from exc
 
 
 class ImageStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, max_import_bytes: int = MAX_IMPORT_BYTES) -> None:
         self.root = root
+        self.max_import_bytes = max_import_bytes
         self.layout = root / "layout"
         self.rootfs_dir = root / "rootfs"
 
@@ -88,13 +157,13 @@ class ImageStore:
     def _manifests(self, layout: Path) -> list[tuple[dict[str, Any], str]]:
         index = _read_json(layout / "index.json", "layout")
         out: list[tuple[dict[str, Any], str]] = []
-        for desc in index.get("manifests", []):
-            name = desc.get("annotations", {}).get("org.opencontainers.image.ref.name", "")
+        for desc in _descriptors(index, "manifests", "index.json"):
             if desc.get("mediaType") == INDEX:
                 nested = _read_json(self._blob(layout, desc, "index"), "index")
-                out += [(d, name) for d in nested.get("manifests", [])]
+                out += [(d, _name(desc)) for d in _descriptors(nested, "manifests",
+                                                                  f"index {desc['digest']}")]
             else:
-                out.append((desc, name))
+                out.append((desc, _name(desc)))
         return out
 
     def verify(self, layout: Path) -> list[tuple[str, str, list[Path]]]:
@@ -110,13 +179,16 @@ class ImageStore:
                 continue
             mpath = self._blob(layout, desc, "manifest")
             manifest = _read_json(mpath, "manifest")
-            cpath = self._blob(layout, manifest.get("config", {}), "config")
+            what = f"manifest {desc['digest']}"
+            cpath = self._blob(layout, _descriptor(manifest.get("config"), f"{what}: config"),
+                               "config")
             config = _read_json(cpath, "config")
             arch, os_ = config.get("architecture"), config.get("os")
             if (arch, os_) != (ARCH, "linux"):
-                other.append(f"{desc['digest']} is {os_}/{arch}")
+                other.append(f"{desc['digest']} is {os_!s}/{arch!s}"[:200])
                 continue
-            layers = [self._blob(layout, ld, "layer") for ld in manifest.get("layers", [])]
+            layers = [self._blob(layout, ld, "layer")
+                      for ld in _descriptors(manifest, "layers", what)]
             found.append((str(desc["digest"]), name, [mpath, cpath, *layers]))
         if not found:
             why = "; ".join(other) or "no image manifests"
@@ -143,12 +215,10 @@ class ImageStore:
     def import_path(self, path: Path) -> list[str]:
         """Verify and import an OCI layout (directory or tar); returns manifest digests."""
         if path.is_file():
-            with tempfile.TemporaryDirectory(prefix="sortie-import-") as tmp:
-                try:
-                    with tarfile.open(path) as tar:
-                        tar.extractall(tmp, filter="data")
-                except (tarfile.TarError, OSError) as exc:
-                    raise ImageError(f"{path}: not a readable tar: {exc}") from exc
+            # Unpacked beside the store (its disk, not a RAM-backed TMPDIR), checked first.
+            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            with tempfile.TemporaryDirectory(prefix=".import-", dir=self.root) as tmp:
+                safe_extract(path, Path(tmp), self.max_import_bytes)
                 return self._import_dir(Path(tmp))
         if not path.is_dir():
             raise ImageError(f"{path}: no such directory or tar file")
@@ -208,8 +278,9 @@ class ImageStore:
         entry = next(m for m in self._index()["manifests"] if m["digest"] == digest)
         mpath = self._blob(self.layout, entry, "manifest")
         manifest = _read_json(mpath, "manifest")
-        self._blob(self.layout, manifest["config"], "config")
-        for ld in manifest.get("layers", []):
+        self._blob(self.layout, _descriptor(manifest.get("config"), f"{digest}: config"),
+                   "config")
+        for ld in _descriptors(manifest, "layers", digest):
             self._blob(self.layout, ld, "layer")
 
     def images(self) -> list[ImageInfo]:
