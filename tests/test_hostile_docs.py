@@ -102,3 +102,44 @@ def test_a_file_that_breaks_the_parser_in_any_way_is_only_an_error(tmp_path: Pat
     (d / "c.yaml").write_text(GOOD)
     s = scan([d], None)
     assert s.chosen is not None and len(s.errors) == 2
+
+
+# -- the local API ---------------------------------------------------------------------------
+async def test_the_local_api_answers_hostile_requests_and_keeps_serving(
+        tmp_path: Path) -> None:
+    import asyncio
+    import json
+
+    from agent.api.server import serve
+
+    async def boom(_: dict) -> dict:
+        raise KeyError("a bug")
+
+    async def ok(_: dict) -> dict:
+        return {"fine": True}
+
+    path = tmp_path / "run" / "sortie.sock"
+    task = asyncio.create_task(serve(path, {"boom": boom, "ok": ok}))
+    try:
+        for _ in range(100):
+            if path.exists():
+                break
+            await asyncio.sleep(0.01)
+
+        async def ask(data: bytes) -> dict:
+            reader, writer = await asyncio.open_unix_connection(str(path))
+            writer.write(data)
+            await writer.drain()
+            line = await reader.readline()
+            writer.close()
+            await writer.wait_closed()
+            return json.loads(line)
+
+        deep = await ask(b'{"op":' + b"[" * 100_000 + b"\n")
+        assert deep["ok"] is False and "nested too deeply" in deep["error"]
+        bug = await ask(b'{"op": "boom"}\n')
+        assert bug == {"ok": False, "error": "internal error (KeyError, logged)"}
+        assert (await ask(b'{"op": "ok"}\n')) == {"ok": True, "fine": True}
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

@@ -4,6 +4,7 @@ the list/watch cache (never backwards) and the backoff."""
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -97,3 +98,16 @@ def test_backoff_is_jittered_exponential_capped_and_honours_retry_after() -> Non
     assert delays[0] < 0.31 and max(delays[8:]) > 14, delays
     assert backoff_s(0, 30.0, retry_after_s=7, rng=rng) >= 7
     assert len({round(backoff_s(3, 30.0), 6) for _ in range(20)}) > 1, "jitter"
+
+
+def test_a_broken_kubeconfig_never_quotes_its_token(tmp_path: Path) -> None:
+    from agent.errors import AgentError
+    from agent.kube.api import load_config
+    from agent.models.config import KubeConfig
+    kc = tmp_path / "kubeconfig"
+    kc.write_text("apiVersion: v1\nusers:\n- name: board\n  user:\n"
+                  "    token: s3cr3t-t0ken: [oops\n")
+    with pytest.raises(AgentError) as exc:
+        load_config(KubeConfig(kubeconfig=kc))
+    assert "s3cr3t" not in str(exc.value) and "line 5" in str(exc.value)
+    assert exc.value.__cause__ is None and exc.value.__context__ is not None

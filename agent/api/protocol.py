@@ -13,7 +13,11 @@ def encode(obj: dict[str, Any]) -> bytes:
 
 
 def decode(line: bytes) -> dict[str, Any]:
-    obj = json.loads(line)
+    """A request object; ValueError says why not (bad JSON, too deep, not an object)."""
+    try:
+        obj = json.loads(line)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
     if not isinstance(obj, dict):
         raise ValueError("expected a JSON object")
     return obj

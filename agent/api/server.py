@@ -18,6 +18,8 @@ from agent.errors import AgentError, ProfileError
 log = logging.getLogger("sortie.api")
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+READ_TIMEOUT_S = 10.0
+"""A client that connects and says nothing is let go after this."""
 
 
 async def serve(path: Path, handlers: dict[str, Handler]) -> None:
@@ -29,7 +31,8 @@ async def serve(path: Path, handlers: dict[str, Handler]) -> None:
 
     async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            line = await reader.readuntil(b"\n")
+            async with asyncio.timeout(READ_TIMEOUT_S):
+                line = await reader.readuntil(b"\n")
             req = decode(line)
             op = req.get("op")
             handler = handlers.get(op) if isinstance(op, str) else None
@@ -38,8 +41,8 @@ async def serve(path: Path, handlers: dict[str, Handler]) -> None:
                                          f"known: {sorted(handlers)}"}
             else:
                 reply = {"ok": True, **await handler(req)}
-        except (asyncio.LimitOverrunError, asyncio.IncompleteReadError):
-            reply = {"ok": False, "error": "request too large or incomplete"}
+        except (asyncio.LimitOverrunError, asyncio.IncompleteReadError, TimeoutError):
+            reply = {"ok": False, "error": "request too large, incomplete or too slow"}
         except (ValueError, json.JSONDecodeError) as exc:
             reply = {"ok": False, "error": f"bad request: {exc}"}
         except ProfileError as exc:
@@ -48,6 +51,9 @@ async def serve(path: Path, handlers: dict[str, Handler]) -> None:
                                     for v in exc.violations]}
         except AgentError as exc:
             reply = {"ok": False, "error": str(exc)}
+        except Exception as exc:  # a bug of ours: loud in the log, an answer to the client
+            log.exception("local API request failed")
+            reply = {"ok": False, "error": f"internal error ({type(exc).__name__}, logged)"}
         try:
             writer.write(encode(reply))
             await writer.drain()

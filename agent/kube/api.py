@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx2 as httpx
 import lightkube
+import yaml
 from lightkube import ALL_NS, ApiError, AsyncClient, KubeConfig
 from lightkube.config.kubeconfig import SingleConfig
 from lightkube.generic_resource import create_global_resource, create_namespaced_resource
@@ -68,8 +69,16 @@ def load_config(cfg: KubeSettings) -> SingleConfig:
             single = KubeConfig.from_file(Path(cfg.kubeconfig)).get(cfg.context)
         else:
             single = KubeConfig.from_service_account().get()
+    except yaml.YAMLError as exc:
+        # Never the YAML library's own message: it quotes the offending line, and in a
+        # kubeconfig that line may be the bearer token.
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise AgentError(f"kube.kubeconfig: cannot load {where}: malformed YAML{at}") \
+            from None
     except Exception as exc:  # lightkube raises plain exceptions for bad files
-        raise AgentError(f"kube.kubeconfig: cannot load {where}: {exc}") from exc
+        raise AgentError(f"kube.kubeconfig: cannot load {where}: "
+                         f"{type(exc).__name__}") from None
     if single is None:
         raise AgentError(f"kube.context: {cfg.context!r} is not in {where}")
     return single
