@@ -92,3 +92,18 @@ def test_remove_partition_removes_every_hierarchy(v1: V1Backend, prefix: str) ->
         assert not (CGROUP_ROOT / c / prefix / "p-fc").exists()
     v1.remove_base()
     assert not (CGROUP_ROOT / "cpu" / prefix).exists()
+
+
+@needs_root_v1
+def test_a_foreign_exclusive_cpuset_is_named_at_start(prefix: str) -> None:
+    foreign = CGROUP_ROOT / "cpuset" / f"{prefix}-foreign"
+    foreign.mkdir()
+    try:
+        for f, v in (("cpuset.mems", "0"), ("cpuset.cpus", "1"), ("cpuset.cpu_exclusive", "1")):
+            with open(foreign / f, "w") as fh:
+                fh.write(v)
+        with pytest.raises(CgroupError) as exc:
+            V1Backend(CGROUP_ROOT, prefix).ensure_base(frozenset({0}))
+        assert f"{prefix}-foreign (cpus 1) holds some of them exclusively" in str(exc.value)
+    finally:
+        foreign.rmdir()

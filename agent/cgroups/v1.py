@@ -6,6 +6,7 @@ a new cpuset group needs ``cpuset.cpus`` and ``cpuset.mems`` before any task joi
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from pathlib import Path
@@ -115,12 +116,39 @@ class V1Backend:
             self.fs.mkdir(d)
         top = self._dir("cpuset")
         self.fs.write(top / "cpuset.mems", self.board_mems())
-        self.fs.write(top / "cpuset.cpus", self._board_cpus())
+        try:
+            self.fs.write(top / "cpuset.cpus", self._board_cpus())
+        except CgroupError as exc:
+            holders = self._exclusive_holders(top, parse_cpu_list(self._board_cpus()))
+            if exc.errno != errno.EINVAL or not holders:
+                raise
+            raise CgroupError(str(top / "cpuset.cpus"), "the kernel refused the board's "
+                              f"cores: {', '.join(holders)} holds some of them exclusively "
+                              "(cpuset.cpu_exclusive); give them back or reserve them in "
+                              "the hardware profile", self._board_cpus(), exc.errno) from exc
         for _, d in self._dirs(AGENT_GROUP):
             self.fs.mkdir(d)
         agent = self._dir("cpuset", AGENT_GROUP)
         self.fs.write(agent / "cpuset.mems", self.board_mems())
         self.fs.write(agent / "cpuset.cpus", format_cpu_list(agent_cpus))
+
+    def _exclusive_holders(self, group: Path, cpus: frozenset[int]) -> list[str]:
+        """Sibling cpusets that hold some of ``cpus`` exclusively (what makes the kernel
+        refuse them to ``group`` with a bare EINVAL)."""
+        parent = group.parent
+        found = []
+        for name in self.fs.subdirs(parent):
+            d = parent / name
+            if d == group:
+                continue
+            try:
+                exclusive = self.fs.read(d / "cpuset.cpu_exclusive").strip() == "1"
+                theirs = parse_cpu_list(self.fs.read(d / "cpuset.cpus"))
+            except CgroupError:
+                continue
+            if exclusive and theirs & cpus:
+                found.append(f"{d} (cpus {format_cpu_list(theirs)})")
+        return found
 
     def place(self, cpus: frozenset[int]) -> bool:
         return False  # the prefix spans the board: any core is available
