@@ -118,7 +118,10 @@ async def run(config: AgentConfig, board: HardwareProfile, opts: RunOptions) -> 
     loop.add_signal_handler(signal.SIGHUP, rescan.set)
 
     async def on_files_changed() -> None:
-        await _load_files(engine, opts, config.mission, scan_state)
+        try:
+            await _load_files(engine, opts, config.mission, scan_state)
+        except Exception as exc:  # never the end of the files task (and of the agent)
+            events.internal_error("files", "applying changed profile files", exc)
 
     async def telemetry() -> None:
         while True:

@@ -34,6 +34,8 @@ class EventLog:
         self._ring: deque[Event] = deque(maxlen=capacity)
         self._clock = clock
         self._subscribers: list[Callable[[Event], None]] = []
+        self.internal_errors: dict[str, int] = {}
+        """Bugs of ours contained at an input boundary, per source (status shows them)."""
 
     def subscribe(self, fn: Callable[[Event], None]) -> None:
         """Call ``fn`` with every event emitted from now on (health monitor, telemetry)."""
@@ -47,6 +49,14 @@ class EventLog:
         for fn in self._subscribers:
             fn(ev)
         return ev
+
+    def internal_error(self, source: str, what: str, exc: BaseException) -> None:
+        """A bug of ours met while handling input: loud (the traceback is logged, the
+        count is in status) but contained, so that input can never stop the agent."""
+        log.error("%s: internal error while %s", source, what, exc_info=exc)
+        self.internal_errors[source] = self.internal_errors.get(source, 0) + 1
+        self.emit("agent.internal-error", source, f"while {what}: {type(exc).__name__} "
+                  "(traceback in the log)", "error")
 
     def recent(self, limit: int = 50) -> list[Event]:
         return list(self._ring)[-limit:]

@@ -664,6 +664,7 @@ class Engine:
             "ready_after_s": self.ready_after_s,
             "windows": self.windows.status(),
             "reports": None if self.reports is None else self.reports.status(),
+            "internal_errors": dict(self.events.internal_errors),
             "sources": {name: f() for name, f in self.sources.items()},
             "degraded": {"capacity": self.capacity, "memory_mib": self.memory_mib,
                          "shed": self.shed},

@@ -15,7 +15,6 @@ has accepted before, and that the profile says the same name and generation.
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import re
 import time
@@ -112,12 +111,13 @@ def parse(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> Envelope:
         raise EnvelopeError(f"not a JSON envelope ({type(exc).__name__})") from None
     if not isinstance(doc, dict):
         raise EnvelopeError("not a JSON object")
-    if doc.get("v") != VERSION:
-        raise EnvelopeError(f"unsupported envelope version {doc.get('v')!r}", "v")
+    v = doc.get("v")
+    if type(v) is not int or v != VERSION:
+        raise EnvelopeError(f"unsupported envelope version {str(v)[:20]!r}", "v")
     try:
         payload = base64.b64decode(str(_field(doc, "payload", str)), validate=True)
         sig = base64.b64decode(str(_field(doc, "sig", str)), validate=True)
-    except binascii.Error:
+    except ValueError:  # binascii.Error, and non-ASCII text
         raise EnvelopeError("not valid base64", "payload/sig") from None
     return Envelope(kid=_name(doc, "kid", KEY_ID), node=_name(doc, "node", NAME),
                     name=_name(doc, "name", NAME),
@@ -182,7 +182,7 @@ def load_public(text: str) -> Ed25519PublicKey:
     try:
         raw = base64.b64decode(text.strip(), validate=True)
         return Ed25519PublicKey.from_public_bytes(raw)
-    except (binascii.Error, ValueError) as exc:
+    except ValueError as exc:  # binascii.Error is one
         raise AgentError(f"not an Ed25519 public key (base64 of 32 bytes): {exc}") from exc
 
 

@@ -30,8 +30,31 @@ def micro_time(now: float) -> str:
     return dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+_META_TYPES: dict[str, type] = {"name": str, "namespace": str, "uid": str,
+                                "resourceVersion": str, "generation": int,
+                                "creationTimestamp": str}
+
+
+def well_formed(obj: Any) -> bool:
+    """An object whose metadata has the types every API server gives it (the rest of the
+    source trusts them): anything else is dropped at the door, whatever sent it."""
+    if not isinstance(obj, dict):
+        return False
+    meta = obj.get("metadata")
+    if not isinstance(meta, dict) or not isinstance(meta.get("name"), str) \
+            or not meta["name"]:
+        return False
+    for k, kind in _META_TYPES.items():
+        v = meta.get(k)
+        if v is not None and (not isinstance(v, kind) or isinstance(v, bool)):
+            return False
+    return isinstance(obj.get("spec", {}), dict)
+
+
 def key(obj: Obj) -> str:
-    meta = obj.get("metadata") or {}
+    meta = obj.get("metadata")
+    if not isinstance(meta, dict):
+        meta = {}
     return f"{meta.get('namespace', '')}/{meta.get('name', '')}"
 
 
@@ -40,7 +63,7 @@ def rv_int(obj: Obj) -> int | None:
     simulator use integers; ``None`` when one is not, and then nothing is compared."""
     try:
         return int((obj.get("metadata") or {}).get("resourceVersion", ""))
-    except ValueError:
+    except (ValueError, TypeError, AttributeError):
         return None
 
 
@@ -108,7 +131,8 @@ def lease(name: str, node_uid: str | None, duration_s: int, now: float) -> Obj:
 # -- which missions are ours -----------------------------------------------------------------
 def targets(obj: Obj, node_name: str, labels: dict[str, str]) -> bool:
     """A MissionProfile aims at a board by node name, or by labels it must all carry."""
-    target = (obj.get("spec") or {}).get("target") or {}
+    spec = obj.get("spec")
+    target = spec.get("target") if isinstance(spec, dict) else None
     if not isinstance(target, dict):
         return False
     if target.get("nodeName"):

@@ -137,7 +137,7 @@ class KubeSource:
                                                 f"listed {len(items)} MissionProfile(s) at "
                                                 f"resourceVersion {rv}")
                     self.connected, need_list, self._attempt = True, False, 0
-                    await self._reconcile()
+                    await self._reconcile_contained()
                     self._wake_events.set()
                 await self._watch()
             except KubeError as exc:
@@ -167,8 +167,14 @@ class KubeSource:
                     async with asyncio.timeout(2 * self.cfg.watch_timeout_s):
                         etype, obj = await anext(stream)
                     self._attempt = 0
-                    if self.cache.apply(etype, obj):
-                        await self._reconcile()
+                    try:
+                        changed = self.cache.apply(etype, obj)
+                    except Exception as exc:  # an object of a shape no server sends
+                        self.engine.events.internal_error("kube", f"reading a {etype} "
+                                                          "event", exc)
+                        continue
+                    if changed:
+                        await self._reconcile_contained()
             except TimeoutError:
                 self.count.stalls += 1
             except StopAsyncIteration:
@@ -190,6 +196,16 @@ class KubeSource:
                                     f"namespace {ns!r} is not one this board reads "
                                     f"({', '.join(self.cfg.namespaces)}): ignored", "warning")
         return False
+
+    async def _reconcile_contained(self) -> None:
+        """Decide, with any bug of ours met on the way contained: an object must never
+        end the sync task (and with it the agent)."""
+        try:
+            await self._reconcile()
+        except (KubeError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            self.engine.events.internal_error("kube", "deciding on MissionProfiles", exc)
 
     async def _reconcile(self) -> None:
         async with self._lock:

@@ -7,7 +7,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.kube.objects import key, rv_int
+from agent.kube.objects import key, rv_int, well_formed
 
 Obj = dict[str, Any]
 
@@ -32,14 +32,20 @@ class ProfileCache:
     def reset(self, items: list[Obj], resource_version: str) -> None:
         """A (re)list: the complete truth at ``resource_version``. Objects deleted while
         the board was away are simply absent."""
-        self.objects = {key(o): o for o in items}
+        self.objects = {key(o): o for o in items if well_formed(o)}
         self.resource_version = resource_version
 
     def apply(self, etype: str, obj: Obj) -> bool:
-        """One watch event; True when the known objects changed."""
-        rv = (obj.get("metadata") or {}).get("resourceVersion")
+        """One watch event; True when the known objects changed. An object of a shape no
+        API server sends is ignored."""
+        meta = obj.get("metadata") if isinstance(obj, dict) else None
+        rv = meta.get("resourceVersion") if isinstance(meta, dict) else None
+        if not isinstance(rv, str):
+            rv = None
         if etype == "BOOKMARK":
             self._advance(rv)
+            return False
+        if not well_formed(obj):
             return False
         k = key(obj)
         old = self.objects.get(k)

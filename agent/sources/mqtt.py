@@ -184,10 +184,8 @@ class MqttLink:
             self._refused(str(exc))
             return self._ack("rejected", ref, exc.violations)
         except Exception as exc:
-            log.exception("push %s: internal error", ref["envelope"])
             self.internal_errors += 1
-            self.engine.events.emit("mqtt.internal-error", "mqtt",
-                                    f"push {ref['envelope']}: {type(exc).__name__}", "error")
+            self.engine.events.internal_error("mqtt", f"handling push {ref['envelope']}", exc)
             return self._ack("rejected", ref, [Violation(
                 "", f"internal error on the board ({type(exc).__name__}, logged)")])
 
