@@ -89,10 +89,11 @@ class Counts:
     """Malformed, or sent from outside the workload's cgroup."""
     throttled: int = 0
     """Times a socket was left unread for the rest of a second (over RATE_PER_S)."""
+    internal_errors: int = 0
 
     def to_dict(self) -> dict[str, int]:
         return {"accepted": self.accepted, "rejected": self.rejected,
-                "throttled": self.throttled}
+                "throttled": self.throttled, "internal_errors": self.internal_errors}
 
 
 @dataclass
@@ -203,7 +204,11 @@ class ReportHub:
                 self.count.rejected += 1
                 continue
             self.count.accepted += 1
-            self.sink(s.key[0], s.key[1], *job)
+            try:
+                self.sink(s.key[0], s.key[1], *job)
+            except Exception:  # a bug of ours: loud, counted, and the socket stays read
+                log.exception("report from %s/%s: internal error", *s.key)
+                self.count.internal_errors += 1
         # Over the rate: leave the socket unread for the rest of this second.
         self.count.throttled += 1
         self._loop.remove_reader(s.sock.fileno())

@@ -16,6 +16,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from agent.errors import ProfileError
 from tests.fuzzing import Rig, Surface, seeds
 
 EXAMPLES = int(os.environ.get("SORTIE_FUZZ_EXAMPLES", "150"))
@@ -140,3 +141,42 @@ def test_mutated_documents(rig: Rig, name: str, data: st.DataObject) -> None:
     except (ValueError, yaml.YAMLError):
         return
     feed(surface(rig, name), doc)
+
+
+# -- Kubernetes objects through the control-plane simulator --------------------------------
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from tests.kubesim import CRD, cluster
+    with cluster(tmp_path_factory.mktemp("fuzz-kube")) as c:
+        c.kubectl("apply", "-f", str(CRD))
+        yield c
+
+
+@FUZZ
+@given(data=st.data())
+def test_kube_objects_through_the_simulator(sim: Any, rig: Rig, data: st.DataObject) -> None:
+    """Whatever is written to the API server is answered (never a 5xx); what it stores
+    (pruned, defaulted, validated) is what a board reads, and the board's decision on it is
+    a mission or a refusal, never an exception."""
+    from agent.kube import objects as ko
+    from agent.kube.crd import PLURAL
+    from tests.test_kubeapi import call
+    seed = SEEDS["kube-object"][0]
+    doc = json.loads(data.draw(mutated_documents(seed)))
+    if not isinstance(doc, dict):
+        return
+    doc.setdefault("metadata", {})
+    if isinstance(doc["metadata"], dict):
+        doc["metadata"]["name"] = f"f{data.draw(st.integers(0, 10**9))}"
+        doc["metadata"].pop("namespace", None)
+        doc["metadata"].pop("resourceVersion", None)
+    code, obj, _ = call(sim, "POST", f"/apis/sortie.dev/v1alpha1/namespaces/default/{PLURAL}",
+                        doc)
+    assert code < 500, (code, obj)
+    if code != 201:
+        assert obj["kind"] == "Status" and obj["message"]
+        return
+    assert ko.well_formed(obj)
+    with contextlib.suppress(ProfileError):
+        ko.mission_of(obj)
+    rig.cache.apply("ADDED", obj)

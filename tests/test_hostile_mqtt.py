@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -304,6 +305,20 @@ def test_sortie_run_survives_every_hostile_message(tmp_path: Path, prefix: str) 
             print(f"RSS {rss0} KiB before 1000 hostile messages, grew {grown} KiB")
             assert grown <= 2048, grown
             assert status(env)["sources"]["mqtt"]["internal_errors"] == 0
+
+            # hostile profile files while it flies: each refused, none stops it
+            prof = tmp_path / "profiles"
+            (prof / "deep.yaml").write_text("[" * 3000)
+            secret = tmp_path / "shadow"
+            secret.write_text("root:$y$j9T$secretsalt$hash:19000:0:99999:7:::\n")
+            (prof / "shadow.yaml").symlink_to(secret)
+            os.mkfifo(prof / "fifo.yaml")
+            wait_for_sync(lambda: len(status(env)["sources"]["files"]["invalid"]) >= 3, 10)
+            st = status(env)
+            assert agent.poll() is None and pids(st) == before
+            assert "secretsalt" not in json.dumps(st)
+            for f in ("deep.yaml", "shadow.yaml", "fifo.yaml"):
+                (prof / f).unlink()
 
             # restart: the retained message is delivered again and changes nothing
             agent.terminate()
