@@ -41,7 +41,7 @@ def child(surface: str, mode: str, seconds: float, corpus: Path, out: Path) -> N
 
     with atheris.instrument_imports(include=["agent", "yaml"]):
         from tests.fuzzing import Rig, seeds
-    rig = Rig()
+    rig = Rig(corpus.parent)  # inside the parent's work dir: libFuzzer's exit() skips cleanup
     target = next(s for s in rig.surfaces() if s.name == surface)
     counts = {"inputs": 0, "failures": {}, "seconds": 0.0}
     examples: dict[str, str] = {}
@@ -68,13 +68,13 @@ def child(surface: str, mode: str, seconds: float, corpus: Path, out: Path) -> N
         counts["seconds"] = time.monotonic() - t0
         out.write_text(json.dumps({**counts, "examples": examples}))
 
+    corpus.mkdir(parents=True, exist_ok=True)
     if mode == "random":
         rng = random.Random(1)
         while time.monotonic() - t0 < seconds:
             one(rng.randbytes(rng.randint(0, 4096)))
         save()
         return
-    corpus.mkdir(parents=True, exist_ok=True)
     for i, seed in enumerate(seeds()[surface]):
         (corpus / f"seed-{i}").write_bytes(seed)
     atheris.Setup([sys.argv[0], f"-max_total_time={int(seconds)}", "-max_len=8192",

@@ -33,6 +33,7 @@ from agent.reconciling import Decision
 from agent.reporting import parse as parse_report
 from agent.signing import public_text, seal
 from agent.store import StateStore, encode
+from tests.test_models import GOOD
 
 NODE = "fuzz-board"
 KEY = Ed25519PrivateKey.generate()
@@ -74,8 +75,9 @@ class Surface:
 class Rig:
     """One of each boundary, built once, fed many inputs."""
 
-    def __init__(self) -> None:
-        self.tmp = Path(tempfile.mkdtemp(prefix="sortie-fuzz-", dir=_fast_tmp()))
+    def __init__(self, root: Path | None = None) -> None:
+        self.tmp = Path(tempfile.mkdtemp(prefix="sortie-fuzz-",
+                                         dir=str(root) if root else _fast_tmp()))
         self.loop = asyncio.new_event_loop()
         self.engine = FakeEngine()
         from agent.sources.mqtt import MqttLink
@@ -214,15 +216,7 @@ def _fast_tmp() -> str | None:
 
 
 # -- seeds: one valid input per surface, for mutation to start from --------------------------
-GOOD_PROFILE = b"""name: m
-generation: 1
-partitions:
-  - name: p
-    criticality: A
-    budget: {quota_us: 2000, period_us: 10000}
-    memory_mib: 16
-    workloads: [{name: w, command: [/bin/true]}]
-"""
+GOOD_PROFILE = GOOD.encode()
 GOOD_HW = b"""name: b
 arch: x86_64
 cores: [{id: 0}, {id: 1}]
