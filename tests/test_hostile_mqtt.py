@@ -328,14 +328,16 @@ def test_sortie_run_survives_every_hostile_message(tmp_path: Path, prefix: str) 
                           20)
             assert agent.poll() is None and pids(status(env)) == before
         finally:
-            mpub(broker.port, f"sortie/v1/{NODE}/profiles", b"", "-r")  # clear retained
-            for p in agents:
+            for p in agents:  # first: nothing below may keep an agent alive
                 if p.poll() is None:
                     p.terminate()
                     try:
                         p.wait(15)
                     except subprocess.TimeoutExpired:
                         p.kill()
+                        p.wait()
+            with contextlib.suppress(subprocess.SubprocessError, OSError):
+                mpub(broker.port, f"sortie/v1/{NODE}/profiles", b"", "-r")  # clear retained
             acks.terminate()
             out = acks.communicate(timeout=10)[0]
             log.close()
