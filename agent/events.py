@@ -34,6 +34,8 @@ class EventLog:
         self._ring: deque[Event] = deque(maxlen=capacity)
         self._clock = clock
         self._subscribers: list[Callable[[Event], None]] = []
+        self._pending: deque[Event] = deque()
+        self._delivering = False
         self.internal_errors: dict[str, int] = {}
         """Bugs of ours contained at an input boundary, per source (status shows them)."""
 
@@ -42,12 +44,28 @@ class EventLog:
         self._subscribers.append(fn)
 
     def emit(self, kind: str, subject: str, message: str, severity: Severity = "info") -> Event:
+        """Record and deliver an event. Subscribers see every event in the order it was
+        emitted: one emitted by a subscriber while it handles another (a health verdict
+        on a crash) is queued behind it, so every subscriber sees the cause first."""
         ev = Event(self._clock(), kind, subject, message, severity)
         self._ring.append(ev)
         level = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
         log.log(level[severity], "%s %s: %s", kind, subject, message)
-        for fn in self._subscribers:
-            fn(ev)
+        self._pending.append(ev)
+        if not self._delivering:
+            self._delivering = True
+            try:
+                while self._pending:
+                    queued = self._pending.popleft()
+                    for fn in list(self._subscribers):
+                        try:
+                            fn(queued)
+                        except Exception:  # one subscriber's bug must not starve the rest
+                            log.exception("event subscriber %r failed on %s", fn, queued.kind)
+                            self.internal_errors["events"] = (
+                                self.internal_errors.get("events", 0) + 1)
+            finally:
+                self._delivering = False
         return ev
 
     def internal_error(self, source: str, what: str, exc: BaseException) -> None:
