@@ -22,24 +22,113 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from agent.accounting import Usage
 from agent.models import Criticality, Partition
-from agent.models.mission import HealthErrorKind
 
-_CRITICAL: dict[str, str] = {
-    "crash": "restart-workload", "crash-loop": "log", "budget-saturation": "log",
-    "deadline-miss": "log", "oom": "restart-workload", "pids-exhausted": "log",
-    "window-overrun": "log"}
-_MIDDLE = {**_CRITICAL, "crash-loop": "stop-partition"}
-_BEST_EFFORT = {**_MIDDLE, "deadline-miss": "ignore", "oom": "stop-partition",
-                "pids-exhausted": "stop-partition"}
-DEFAULTS: dict[Criticality, dict[str, str]] = {
+
+class ErrorKind(StrEnum):
+    """What the health monitor detects (the keys of a partition's ``health`` table)."""
+
+    CRASH = "crash"
+    CRASH_LOOP = "crash-loop"
+    BUDGET_SATURATION = "budget-saturation"
+    DEADLINE_MISS = "deadline-miss"
+    OOM = "oom"
+    PIDS_EXHAUSTED = "pids-exhausted"
+    WINDOW_OVERRUN = "window-overrun"
+
+
+@dataclass(frozen=True)
+class Ignore:
+    """Nothing: not even an event."""
+
+    def __str__(self) -> str:
+        return "ignore"
+
+
+@dataclass(frozen=True)
+class Log:
+    """The event alone (the kernel already holds the partition to its limits)."""
+
+    def __str__(self) -> str:
+        return "log"
+
+
+@dataclass(frozen=True)
+class RestartWorkload:
+    """Restart the workload that erred (for a crash: its restart policy does)."""
+
+    def __str__(self) -> str:
+        return "restart-workload"
+
+
+@dataclass(frozen=True)
+class RestartPartition:
+    """Restart every workload of the partition."""
+
+    def __str__(self) -> str:
+        return "restart-partition"
+
+
+@dataclass(frozen=True)
+class StopPartition:
+    """Stop the partition's workloads until a new mission generation."""
+
+    def __str__(self) -> str:
+        return "stop-partition"
+
+
+@dataclass(frozen=True)
+class SwitchMode:
+    """Switch the window schedule (at the next major-frame boundary)."""
+
+    mode: str
+
+    def __str__(self) -> str:
+        return f"switch-mode:{self.mode}"
+
+
+HealthAction = Ignore | Log | RestartWorkload | RestartPartition | StopPartition | SwitchMode
+_NAMED: dict[str, HealthAction] = {str(a): a for a in (
+    Ignore(), Log(), RestartWorkload(), RestartPartition(), StopPartition())}
+
+
+def parse_action(text: str) -> HealthAction:
+    """A table entry as the profile writes it (validated by the model's pattern)."""
+    if text.startswith("switch-mode:"):
+        return SwitchMode(text.split(":", 1)[1])
+    return _NAMED[text]
+
+
+_CRITICAL: dict[ErrorKind, HealthAction] = {
+    ErrorKind.CRASH: RestartWorkload(), ErrorKind.CRASH_LOOP: Log(),
+    ErrorKind.BUDGET_SATURATION: Log(), ErrorKind.DEADLINE_MISS: Log(),
+    ErrorKind.OOM: RestartWorkload(), ErrorKind.PIDS_EXHAUSTED: Log(),
+    ErrorKind.WINDOW_OVERRUN: Log()}
+_MIDDLE = {**_CRITICAL, ErrorKind.CRASH_LOOP: StopPartition()}
+_BEST_EFFORT = {**_MIDDLE, ErrorKind.DEADLINE_MISS: Ignore(), ErrorKind.OOM: StopPartition(),
+                ErrorKind.PIDS_EXHAUSTED: StopPartition()}
+DEFAULTS: dict[Criticality, dict[ErrorKind, HealthAction]] = {
     "A": _CRITICAL, "B": _CRITICAL, "C": _MIDDLE, "D": _MIDDLE, "E": _BEST_EFFORT}
 
 
-def action_for(part: Partition, kind: HealthErrorKind) -> str:
-    return part.health.get(kind) or DEFAULTS[part.criticality][kind]
+def decide(part: Partition, kind: ErrorKind) -> HealthAction:
+    """The partition's table entry for this error, else its criticality's default (as
+    ARINC 653's partition health-monitor table answers an error)."""
+    text = part.health.get(kind.value)
+    return parse_action(text) if text else DEFAULTS[part.criticality][kind]
+
+
+@dataclass(frozen=True)
+class HealthOrder:
+    """A decided action for the one writer to carry out, with its cause."""
+
+    action: HealthAction
+    kind: ErrorKind
+    partition: str
+    workload: str | None
 
 
 @dataclass

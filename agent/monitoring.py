@@ -1,18 +1,26 @@
-"""Health monitor: detects errors (from events, accounting and job reports), looks up
-the partition's table, and carries out the action. Every action is an event with its
-cause."""
+"""Health monitor: detects errors (from events, accounting and job reports), decides with
+the partition's table (``health.decide``, pure) and hands the typed action to the
+engine, the one writer, which carries it out under its lock. Every verdict is an event
+with its cause."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
 from agent.accounting import Usage
-from agent.errors import AgentError
 from agent.events import Event, Severity
-from agent.health import JobStats, SaturationDetector, action_for
-from agent.models.mission import HealthErrorKind
+from agent.health import (
+    ErrorKind,
+    HealthOrder,
+    Ignore,
+    JobStats,
+    Log,
+    RestartWorkload,
+    SaturationDetector,
+    StopPartition,
+    decide,
+)
 
 if TYPE_CHECKING:
     from agent.reconciling import Engine
@@ -41,7 +49,6 @@ class HealthMonitor:
         self._last: dict[tuple[str, str], float] = {}
         self._last_report: dict[tuple[str, str], float] = {}
         self._report_gap: dict[tuple[str, str], float] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
         engine.events.subscribe(self._on_event)
 
     # -- detection -----------------------------------------------------------------
@@ -50,15 +57,15 @@ class HealthMonitor:
         if parts[0] != "workload" or len(parts) != 3:
             return
         if ev.kind == "workload.exited" and ev.severity != "info":
-            self.report("crash", parts[1], parts[2], ev.message)
+            self.report(ErrorKind.CRASH, parts[1], parts[2], ev.message)
         elif ev.kind == "workload.crash-loop":
-            self.report("crash-loop", parts[1], parts[2], ev.message)
+            self.report(ErrorKind.CRASH_LOOP, parts[1], parts[2], ev.message)
 
     def on_usage(self, partition: str, use: Usage) -> None:
         det = self.saturation.setdefault(
             partition, SaturationDetector(sustain=self.engine.config.saturation_periods))
         if det.feed(use):
-            self.report("budget-saturation", partition, None,
+            self.report(ErrorKind.BUDGET_SATURATION, partition, None,
                         f"used {use.share * 100:.1f} % of a core against a budget of "
                         f"{use.budget_share * 100:.1f} %, throttled in "
                         f"{use.throttled_periods}/{use.periods} periods, for "
@@ -70,17 +77,17 @@ class HealthMonitor:
         if before is None:
             return
         if now["oom_kill"] > before["oom_kill"]:
-            self.report("oom", partition, None,
+            self.report(ErrorKind.OOM, partition, None,
                         f"{now['oom_kill'] - before['oom_kill']} process(es) OOM-killed")
         if now["pids_max"] > before["pids_max"]:
-            self.report("pids-exhausted", partition, None,
+            self.report(ErrorKind.PIDS_EXHAUSTED, partition, None,
                         f"{now['pids_max'] - before['pids_max']} fork(s) refused at pids_max")
 
     def on_windows(self, partition: str, outside_ns: int) -> None:
         before = self.outside_ns.get(partition, outside_ns)
         self.outside_ns[partition] = outside_ns
         if outside_ns - before > OVERRUN_NS:
-            self.report("window-overrun", partition, None,
+            self.report(ErrorKind.WINDOW_OVERRUN, partition, None,
                         f"{(outside_ns - before) / 1e6:.1f} ms of CPU outside its windows")
 
     def on_job(self, partition: str, workload: str, response_us: int, deadline_us: int) -> None:
@@ -93,7 +100,7 @@ class HealthMonitor:
             self._report_gap[(partition, workload)] = 0.9 * prev + 0.1 * gap
         self._last_report[(partition, workload)] = now
         if stats.record(response_us, deadline_us):
-            self.report("deadline-miss", partition, workload,
+            self.report(ErrorKind.DEADLINE_MISS, partition, workload,
                         f"job took {response_us} us against a {deadline_us} us deadline")
 
     def check_silence(self) -> None:
@@ -105,71 +112,43 @@ class HealthMonitor:
                 continue
             silence = now - last
             if silence > max(SILENCE_MIN_S, SILENCE_FACTOR * gap):
-                self.report("deadline-miss", key[0], key[1],
+                self.report(ErrorKind.DEADLINE_MISS, key[0], key[1],
                             f"no job reported for {silence:.1f} s (usually every "
                             f"{gap * 1000:.0f} ms): hung?")
                 self._last_report[key] = now  # one verdict per silence, re-armed by time
 
-    # -- action ----------------------------------------------------------------------
-    def report(self, kind: HealthErrorKind, partition: str, workload: str | None,
+    # -- verdict ---------------------------------------------------------------------
+    def report(self, kind: ErrorKind, partition: str, workload: str | None,
                cause: str) -> None:
         spec = self.engine.mission.partition(partition) if self.engine.mission else None
         if spec is None:
             return
-        action = action_for(spec, kind)
-        if action == "ignore":
+        action = decide(spec, kind)
+        if isinstance(action, Ignore):
             return
         now = self.engine.platform.monotonic()
-        key = (partition, kind)
-        if kind != "crash" and now - self._last.get(key, -REARM_S) < REARM_S:
+        key = (partition, kind.value)
+        if kind is not ErrorKind.CRASH and now - self._last.get(key, -REARM_S) < REARM_S:
             return
         self._last[key] = now
-        subject = f"workload/{partition}/{workload}" if workload else f"partition/{partition}"
-        severity: Severity = ("error" if spec.criticality in ("A", "B") or action != "log"
-                              else "warning")
-        self.engine.events.emit(f"health.{kind}", subject, f"{cause} -> {action}", severity)
-        runners = self.engine.runners.get(partition, {})
-        if action == "restart-workload" and kind != "crash" and workload in runners:
-            runners[workload].restart_now(f"health monitor: {kind}")
-        elif action == "restart-partition":
-            for r in runners.values():
-                r.restart_now(f"health monitor: {kind}")
-        elif action == "stop-partition" and partition not in self.stopped:
+        if isinstance(action, StopPartition):
+            if partition in self.stopped:
+                return
             self.stopped.add(partition)
-            self._spawn(self._stop_partition(partition, kind), f"stop {partition}")
-        elif action.startswith("switch-mode:"):
-            self._spawn(self.engine.switch_mode(action.split(":", 1)[1]), action)
-
-    async def _stop_partition(self, partition: str, kind: str) -> None:
-        for r in list(self.engine.runners.get(partition, {}).values()):
-            await r.stop()
-        self.engine.events.emit("partition.stopped", f"partition/{partition}",
-                                f"stopped by the health monitor ({kind}); a new mission "
-                                "generation starts it again", "warning")
-
-    def _spawn(self, coro: Any, name: str) -> None:
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and isinstance(task.exception(), AgentError | OSError):
-            self.engine.events.emit("health.action-failed", task.get_name(),
-                                    str(task.exception()), "error")
-        elif not task.cancelled() and task.exception() is not None:
-            log.error("health action %s failed", task.get_name(), exc_info=task.exception())
+        subject = f"workload/{partition}/{workload}" if workload else f"partition/{partition}"
+        severity: Severity = ("error" if spec.criticality in ("A", "B")
+                              or not isinstance(action, Log) else "warning")
+        self.engine.events.emit(f"health.{kind}", subject, f"{cause} -> {action}", severity)
+        if isinstance(action, Log) or (isinstance(action, RestartWorkload)
+                                       and kind is ErrorKind.CRASH):
+            return  # the event is the action; a crash's restart is its policy's
+        self.engine.order(HealthOrder(action, kind, partition, workload))
 
     def rearm(self, partitions: set[str]) -> None:
         """A new mission generation changed these partitions: forget old verdicts."""
         for p in partitions:
             self.stopped.discard(p)
             self.saturation.pop(p, None)
-
-    async def settle(self) -> None:
-        """Wait for actions under way (shutdown, tests)."""
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def status(self, partition: str) -> dict[str, Any]:
         det = self.saturation.get(partition)

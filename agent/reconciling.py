@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from agent import health as hm
 from agent.accounting import Usage, usage_between
 from agent.admission import KernelFeatures, admit
 from agent.cgroups import CgroupBackend, CpuSample, PartitionLimits
@@ -143,6 +144,7 @@ class Engine:
         self.errors: list[str] = []
         self._samples: dict[str, tuple[float, CpuSample]] = {}
         self._lock = asyncio.Lock()
+        self._health_tasks: set[asyncio.Task[None]] = set()
         self._mems = ""
         self.features = KernelFeatures()
         self.capacity: dict[int, float] = {c: 1.0 for c in board.core_ids}
@@ -396,12 +398,60 @@ class Engine:
     async def switch_mode(self, mode: str) -> str:
         """Switch the window schedule at the next major-frame boundary."""
         async with self._lock:
-            if self.mission is None:
-                raise AgentError("no mission is flying")
-            self.windows.switch(self.mission, mode)
-            self.events.emit("mode.requested", f"schedule/{mode}",
-                             "switch at the next major-frame boundary")
-            return mode
+            return self._switch_mode(mode)
+
+    def _switch_mode(self, mode: str) -> str:
+        if self.mission is None:
+            raise AgentError("no mission is flying")
+        self.windows.switch(self.mission, mode)
+        self.events.emit("mode.requested", f"schedule/{mode}",
+                         "switch at the next major-frame boundary")
+        return mode
+
+    # -- health actions: carried out here, under the lock, one at a time -------------
+    def order(self, o: hm.HealthOrder) -> None:
+        """Take a health monitor's decided action; it runs under the engine's lock, in
+        the order given (the lock is fair), never beside an apply."""
+        task = asyncio.get_running_loop().create_task(
+            self._carry_out(o), name=f"health {o.action} {o.partition}")
+        self._health_tasks.add(task)
+        task.add_done_callback(self._health_tasks.discard)
+
+    async def _carry_out(self, o: hm.HealthOrder) -> None:
+        try:
+            async with self._lock:
+                await self._health_action(o)
+        except (AgentError, OSError) as exc:
+            self.events.emit("health.action-failed", f"partition/{o.partition}",
+                             f"{o.action} for {o.kind}: {exc}", "error")
+        except Exception as exc:
+            self.events.internal_error("health", f"carrying out {o.action} for {o.kind}",
+                                       exc)
+
+    async def _health_action(self, o: hm.HealthOrder) -> None:
+        runners = self.runners.get(o.partition, {})
+        match o.action:
+            case hm.RestartWorkload():
+                if o.workload in runners:
+                    await runners[o.workload].restart(f"health monitor: {o.kind}")
+            case hm.RestartPartition():
+                await asyncio.gather(*(r.restart(f"health monitor: {o.kind}")
+                                       for r in list(runners.values())))
+            case hm.StopPartition():
+                for r in list(runners.values()):
+                    await r.stop()
+                self.events.emit("partition.stopped", f"partition/{o.partition}",
+                                 f"stopped by the health monitor ({o.kind}); a new mission "
+                                 "generation starts it again", "warning")
+            case hm.SwitchMode(mode=mode):
+                self._switch_mode(mode)
+            case _:
+                pass  # Ignore and Log never reach here: the event is their action
+
+    async def settle_health(self) -> None:
+        """Wait for health actions under way (shutdown, the simulator, tests)."""
+        while self._health_tasks:
+            await asyncio.gather(*self._health_tasks, return_exceptions=True)
 
     def preview(self, mission: MissionProfile) -> tuple[list[Violation], list[Action]]:
         """What ``submit`` would do, without doing it."""
@@ -579,8 +629,8 @@ class Engine:
 
     async def shutdown(self, teardown: bool) -> None:
         """Leave workloads running (default), or stop them and remove every cgroup."""
+        await self.settle_health()  # they take the lock: wait before holding it
         async with self._lock:
-            await self.monitor.settle()
             self._close_reports()
             if not teardown:
                 for r in self.all_runners():

@@ -339,7 +339,7 @@ class _Sim:
                 await t
             if not t.cancelled() and t.exception() is not None:
                 raise t.exception()  # type: ignore[misc]
-        await self.engine.monitor.settle()
+        await self.engine.settle_health()
 
     def summary(self) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}

@@ -7,7 +7,17 @@ import pytest
 
 from agent.accounting import Usage
 from agent.admission import KernelFeatures, admit
-from agent.health import DEFAULTS, JobStats, SaturationDetector, action_for
+from agent.health import (
+    DEFAULTS,
+    ErrorKind,
+    JobStats,
+    Log,
+    SaturationDetector,
+    StopPartition,
+    SwitchMode,
+    decide,
+    parse_action,
+)
 from agent.models import HardwareProfile, Schedule
 from agent.reporting import parse
 from agent.timing.sched import policy_for
@@ -121,12 +131,20 @@ def test_rt_budget_counts_on_every_core_of_the_partition(board: HardwareProfile)
 def test_health_table_overrides_defaults() -> None:
     m = mission(partition("e", crit="E"), partition("a", crit="A"))
     e, a = m.partitions
-    assert action_for(e, "crash-loop") == "stop-partition"
-    assert action_for(a, "crash-loop") == "log"
+    assert decide(e, ErrorKind.CRASH_LOOP) == StopPartition()
+    assert decide(a, ErrorKind.CRASH_LOOP) == Log()
     custom = mission(dict(partition("e", crit="E"),
-                          health={"budget-saturation": "stop-partition"})).partitions[0]
-    assert action_for(custom, "budget-saturation") == "stop-partition"
-    assert set(DEFAULTS["A"]) == set(DEFAULTS["E"])
+                          health={"budget-saturation": "stop-partition",
+                                  "deadline-miss": "switch-mode:safe"})).partitions[0]
+    assert decide(custom, ErrorKind.BUDGET_SATURATION) == StopPartition()
+    assert decide(custom, ErrorKind.DEADLINE_MISS) == SwitchMode("safe")
+    assert set(DEFAULTS["A"]) == set(DEFAULTS["E"]) == set(ErrorKind)
+
+
+def test_every_action_the_schema_allows_parses_and_prints_back() -> None:
+    for text in ("ignore", "log", "restart-workload", "restart-partition", "stop-partition",
+                 "switch-mode:degraded"):
+        assert str(parse_action(text)) == text
 
 
 def test_unknown_health_action_is_refused() -> None:

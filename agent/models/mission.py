@@ -161,7 +161,7 @@ class Workload(Frozen):
 
 HealthErrorKind = Literal["crash", "crash-loop", "budget-saturation", "deadline-miss", "oom",
                           "pids-exhausted", "window-overrun"]
-HealthAction = Annotated[str, StringConstraints(
+HealthActionName = Annotated[str, StringConstraints(
     pattern=r"^(ignore|log|restart-workload|restart-partition|stop-partition"
             r"|switch-mode:[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)$")]
 """``ignore``, ``log``, ``restart-workload``, ``restart-partition``, ``stop-partition`` or
@@ -185,7 +185,7 @@ class Partition(Frozen):
     """Maximum number of processes and threads."""
     workloads: list[Workload] = Field(min_length=1)
     """Processes of this partition."""
-    health: dict[HealthErrorKind, HealthAction] = Field(default_factory=dict)
+    health: dict[HealthErrorKind, HealthActionName] = Field(default_factory=dict)
     """Health-monitor table: error -> action; unset errors take the defaults of the
     partition's criticality (see docs/determinism.md)."""
 

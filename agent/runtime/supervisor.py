@@ -263,18 +263,19 @@ class WorkloadRunner:
         self.pid = None
         self.events.emit("workload.stopped", self.subject, "stopped")
 
+    async def restart(self, reason: str) -> None:
+        """Stop and start again, now (the engine's health actions await this under its
+        lock)."""
+        self.events.emit("workload.restarting", self.subject, reason, "warning")
+        await self.stop()
+        self.restarts += 1
+        self.start()
+
     def restart_now(self, reason: str) -> None:
         """Stop and start again (health-check failure); runs as the runner's own task."""
         if self._task is not None and not self._task.done():
             return
-
-        async def cycle() -> None:
-            self.events.emit("workload.restarting", self.subject, reason, "warning")
-            await self.stop()
-            self.restarts += 1
-            self.start()
-
-        self._task = self.loop.create_task(cycle(), name=f"restart {self.subject}")
+        self._task = self.loop.create_task(self.restart(reason), name=f"restart {self.subject}")
         self._task.add_done_callback(_log_failure)
 
     def status(self) -> dict[str, Any]:

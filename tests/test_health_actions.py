@@ -1,0 +1,60 @@
+"""The health monitor decides, the engine carries out: typed actions, one at a time,
+under the engine's lock, each an event."""
+
+from __future__ import annotations
+
+import asyncio
+
+from agent.cgroups.v1 import V1Backend
+from agent.health import ErrorKind, HealthOrder
+from agent.models import AgentConfig, HardwareProfile
+from agent.reconciling import Engine
+from agent.store import StateStore
+from tests.conftest import CGROUP_ROOT, needs_root_v1
+from tests.helpers import mission, partition
+
+pytestmark = needs_root_v1
+
+
+async def test_three_errors_at_once_are_carried_out_one_by_one_under_the_lock(
+        agent_config: AgentConfig, board: HardwareProfile) -> None:
+    e = Engine(agent_config, board, V1Backend(CGROUP_ROOT, agent_config.cgroup_prefix),
+               StateStore(agent_config.state_dir))
+    await e.start()
+    m = mission(dict(partition("a", quota=10_000), health={"crash": "restart-partition"}),
+                dict(partition("b", quota=10_000), health={"budget-saturation":
+                                                           "stop-partition"}),
+                dict(partition("c", quota=10_000), health={"deadline-miss":
+                                                           "restart-workload"}))
+    assert (await e.submit(m, {})).outcome == "applied"
+    trace: list[tuple[str, str, bool]] = []
+    real = e._health_action
+
+    async def traced(o: HealthOrder) -> None:
+        trace.append(("start", o.kind.value, e._lock.locked()))
+        await real(o)
+        await asyncio.sleep(0.05)  # long enough for an overlap to show
+        trace.append(("end", o.kind.value, e._lock.locked()))
+
+    e._health_action = traced  # type: ignore[method-assign]
+    try:
+        pids = {p: e.runners[p]["w"].pid for p in "abc"}
+        e.monitor.report(ErrorKind.CRASH, "a", "w", "exited with code 1")
+        e.monitor.report(ErrorKind.BUDGET_SATURATION, "b", None, "used its whole budget")
+        e.monitor.report(ErrorKind.DEADLINE_MISS, "c", "w", "job took 12 ms of 10")
+        # an apply asked for meanwhile waits its turn too
+        change = asyncio.create_task(e.submit(m.model_copy(update={"generation": 2}), {}))
+        await e.settle_health()
+        await change
+        kinds = ["crash", "budget-saturation", "deadline-miss"]
+        assert trace == [x for k in kinds for x in (("start", k, True), ("end", k, True))]
+        for k in kinds:
+            (ev,) = e.events.of_kind(f"health.{k}")
+            assert "->" in ev.message
+        assert e.events.of_kind("partition.stopped")[0].subject == "partition/b"
+        assert e.runners["b"]["w"].pid is None
+        for p in "ac":  # restarted by the actions, inside them: new processes already
+            assert e.runners[p]["w"].restarts == 1 and e.runners[p]["w"].pid != pids[p]
+    finally:
+        e._health_action = real  # type: ignore[method-assign]
+        await e.shutdown(teardown=True)
