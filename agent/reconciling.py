@@ -202,7 +202,7 @@ class Engine:
             self._remember(found, desired)
             self.mission, self.origin, self.desired = base.mission, base.origin, desired
             await self._execute(plan(desired, self._observed()))
-            self._start_windows(flying)
+            await self._start_windows(flying)
             if stored is None:
                 self._persist(base)
 
@@ -273,7 +273,7 @@ class Engine:
             if self.mission is None or self.origin.get("source") != source:
                 return None
             name, gen = self.mission.name, self.mission.generation
-            self.windows.stop()
+            await self.windows.stop()
             self.monitor.rearm(set(self.desired))
             self.mission, self.origin, self.desired, self.shed = None, {}, {}, []
             actions = plan({}, self._observed())
@@ -347,11 +347,11 @@ class Engine:
         self._adopt_matching(desired)
         actions = plan(desired, self._observed(scope), scope)
         # Windows pause while partitions change: frozen tasks cannot be stopped.
-        self.windows.stop()
+        await self.windows.stop()
         self.monitor.rearm(scope)
         self.desired = desired
         errors = await self._execute(actions)
-        self._start_windows(flying)
+        await self._start_windows(flying)
         return actions, errors
 
     def _open_reports(self) -> None:
@@ -369,12 +369,12 @@ class Engine:
             self.reports.close()
             self.reports = None
 
-    def _start_windows(self, mission: MissionProfile) -> None:
+    async def _start_windows(self, mission: MissionProfile) -> None:
         mode = self.windows.mode
         if mode not in {s.name for s in mission.schedules}:
             mode = None
         self._stop_stray_timekeeper()
-        self.windows.start(mission, mode)
+        await self.windows.start(mission, mode)
         pidfile = self.config.run_dir / "timekeeper.pid"
         if self.windows.pid is not None:
             self.config.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -637,7 +637,7 @@ class Engine:
                     r.detach()
                 self.windows.detach()
                 return
-            self.windows.stop()
+            await self.windows.stop()
             (self.config.run_dir / "timekeeper.pid").unlink(missing_ok=True)
             self.desired = {}
             await self._execute(plan({}, self._observed()))

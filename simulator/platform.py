@@ -145,8 +145,8 @@ class SimWindows:
     def pid(self) -> int | None:
         return None
 
-    def start(self, mission: MissionProfile, mode: str | None) -> None:
-        self.stop()
+    async def start(self, mission: MissionProfile, mode: str | None) -> None:
+        await self.stop()
         sched = active_schedule(mission, mode)
         windowed = frozenset(w.partition for s in mission.schedules for w in s.windows)
         if sched is None or not windowed:
@@ -197,7 +197,7 @@ class SimWindows:
             raise AgentError(f"mission {mission.name!r} has no schedule named {mode!r}")
         self._pending = sched
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from agent.admission import KernelFeatures
+from agent.errors import CgroupError
 
 AGENT_GROUP = "agent"
 PARTITION_PREFIX = "p-"
@@ -135,7 +137,16 @@ class CgroupBackend(Protocol):
         ...
 
     def freeze(self, partition: str, workload: str | None, frozen: bool) -> None:
-        """Freeze or thaw a partition (or one workload) and wait until done."""
+        """Freeze or thaw a partition (or one workload) and wait until done (blocking:
+        for callers off the event loop; the agent awaits ``freeze_awaited``)."""
+        ...
+
+    def freeze_write(self, partition: str, workload: str | None, frozen: bool) -> None:
+        """Ask the kernel to freeze or thaw; returns at once."""
+        ...
+
+    def freeze_reached(self, partition: str, workload: str | None, frozen: bool) -> bool:
+        """True once the group is (un)frozen as asked."""
         ...
 
     def window_files(self, partition: str) -> dict[str, str | None]:
@@ -149,3 +160,22 @@ class CgroupBackend(Protocol):
     def cpu_sample(self, partition: str) -> CpuSample:
         """Cumulative CPU counters of a partition."""
         ...
+
+
+FREEZE_TIMEOUT_S = 2.0
+FREEZE_POLL_S = 0.0005
+
+
+async def freeze_awaited(backend: CgroupBackend, partition: str, workload: str | None,
+                         frozen: bool, timeout_s: float = FREEZE_TIMEOUT_S) -> None:
+    """Freeze or thaw and wait for the kernel without blocking the event loop (a freeze
+    can take milliseconds while tasks reach a safe point; the loop keeps turning)."""
+    backend.freeze_write(partition, workload, frozen)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not backend.freeze_reached(partition, workload, frozen):
+        if loop.time() > deadline:
+            want = "frozen" if frozen else "thawed"
+            raise CgroupError(f"{partition}/{workload or ''}", f"did not get {want} in "
+                              f"{timeout_s} s")
+        await asyncio.sleep(FREEZE_POLL_S)

@@ -321,15 +321,26 @@ class V1Backend:
                               errno=exc.errno) from exc
         return fds
 
-    def freeze(self, partition: str, workload: str | None, frozen: bool) -> None:
+    def _freezer_state(self, partition: str, workload: str | None) -> Path:
         parts = [partition_dir(partition)] + ([workload_dir(workload)] if workload else [])
-        state = self._dir("freezer", *parts) / "freezer.state"
-        want = "FROZEN" if frozen else "THAWED"
-        self.fs.write(state, want)
+        return self._dir("freezer", *parts) / "freezer.state"
+
+    def freeze_write(self, partition: str, workload: str | None, frozen: bool) -> None:
+        self.fs.write(self._freezer_state(partition, workload),
+                      "FROZEN" if frozen else "THAWED")
+
+    def freeze_reached(self, partition: str, workload: str | None, frozen: bool) -> bool:
+        state = self.fs.read(self._freezer_state(partition, workload)).strip()
+        return state == ("FROZEN" if frozen else "THAWED")
+
+    def freeze(self, partition: str, workload: str | None, frozen: bool) -> None:
+        self.freeze_write(partition, workload, frozen)
         deadline = time.monotonic() + FREEZE_TIMEOUT_S
-        while self.fs.read(state).strip() != want:
+        while not self.freeze_reached(partition, workload, frozen):
             if time.monotonic() > deadline:
-                raise CgroupError(str(state), f"did not reach {want} in {FREEZE_TIMEOUT_S} s")
+                raise CgroupError(str(self._freezer_state(partition, workload)),
+                                  f"did not reach {'FROZEN' if frozen else 'THAWED'} in "
+                                  f"{FREEZE_TIMEOUT_S} s")
             time.sleep(0.0005)
 
     def counters(self, partition: str) -> dict[str, int]:

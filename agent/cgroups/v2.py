@@ -251,16 +251,27 @@ class V2Backend:
         except OSError as exc:
             raise CgroupError(str(path), f"cannot open: {exc.strerror}", errno=exc.errno) from exc
 
-    def freeze(self, partition: str, workload: str | None, frozen: bool) -> None:
+    def _group(self, partition: str, workload: str | None) -> Path:
         parts = [partition_dir(partition)] + ([workload_dir(workload)] if workload else [])
-        d = self._dir(*parts)
-        self.fs.write(d / "cgroup.freeze", "1" if frozen else "0")
+        return self._dir(*parts)
+
+    def freeze_write(self, partition: str, workload: str | None, frozen: bool) -> None:
+        self.fs.write(self._group(partition, workload) / "cgroup.freeze",
+                      "1" if frozen else "0")
+
+    def freeze_reached(self, partition: str, workload: str | None, frozen: bool) -> bool:
         want = 1 if frozen else 0
+        events = self.fs.read(self._group(partition, workload) / "cgroup.events")
+        return bool(parse_keyed(events).get("frozen", want) == want)
+
+    def freeze(self, partition: str, workload: str | None, frozen: bool) -> None:
+        self.freeze_write(partition, workload, frozen)
         deadline = time.monotonic() + FREEZE_TIMEOUT_S
-        while parse_keyed(self.fs.read(d / "cgroup.events")).get("frozen", want) != want:
+        while not self.freeze_reached(partition, workload, frozen):
             if time.monotonic() > deadline:
-                raise CgroupError(str(d / "cgroup.freeze"),
-                                  f"did not reach frozen={want} in {FREEZE_TIMEOUT_S} s")
+                raise CgroupError(str(self._group(partition, workload) / "cgroup.freeze"),
+                                  f"did not reach frozen={int(frozen)} in "
+                                  f"{FREEZE_TIMEOUT_S} s")
             time.sleep(0.0005)
 
     def counters(self, partition: str) -> dict[str, int]:

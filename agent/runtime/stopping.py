@@ -10,6 +10,7 @@ import signal
 from collections.abc import Callable
 
 from agent.cgroups import CgroupBackend
+from agent.cgroups.backend import freeze_awaited
 from agent.errors import AgentError, WorkloadError
 
 log = logging.getLogger("sortie.runtime")
@@ -55,7 +56,7 @@ async def terminate_group(backend: CgroupBackend, partition: str, workload: str,
     # Frozen tasks cannot fork, so the kill sweep cannot miss a child born mid-sweep.
     frozen = False
     try:
-        backend.freeze(partition, workload, True)
+        await freeze_awaited(backend, partition, workload, True)
         frozen = True
     except AgentError as exc:
         log.warning("freeze before kill failed: %s", exc)
@@ -64,7 +65,7 @@ async def terminate_group(backend: CgroupBackend, partition: str, workload: str,
     finally:
         if frozen:
             with contextlib.suppress(AgentError):
-                backend.freeze(partition, workload, False)
+                await freeze_awaited(backend, partition, workload, False)
     if not await wait_empty(backend, partition, workload, KILL_WAIT_S):
         left = backend.procs(partition, workload)
         raise WorkloadError(f"workload/{partition}/{workload}: processes {left} "

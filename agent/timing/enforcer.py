@@ -3,6 +3,7 @@ its edge reports into per-partition window figures (start jitter, CPU outside wi
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.cgroups import CgroupBackend
+from agent.cgroups.backend import freeze_awaited
 from agent.errors import AgentError
 from agent.events import EventLog
 from agent.models import MissionProfile, Schedule
@@ -92,11 +94,11 @@ class WindowEnforcer:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def start(self, mission: MissionProfile, mode: str | None) -> None:
+    async def start(self, mission: MissionProfile, mode: str | None) -> None:
         """(Re)start enforcing ``mission``'s windows in ``mode``; no-op without windows."""
         from asyncio import get_running_loop
 
-        self.stop()
+        await self.stop()
         schedule = active_schedule(mission, mode)
         windowed = sorted({w.partition for s in mission.schedules for w in s.windows})
         if schedule is None or not windowed:
@@ -112,7 +114,8 @@ class WindowEnforcer:
             "cpus": self.cpus,
             "priority": 80,
         }
-        self._proc = subprocess.Popen(
+        # fork + exec only (as a workload spawn): nothing here waits for the child.
+        self._proc = subprocess.Popen(  # noqa: ASYNC220
             [sys.executable, "-m", "agent.timing.timekeeper"], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, start_new_session=True, close_fds=True)
         assert self._proc.stdin is not None and self._proc.stdout is not None
@@ -183,8 +186,9 @@ class WindowEnforcer:
             self.events.emit("windows.stopped", "timekeeper",
                              f"exited with code {self._proc.returncode}", "error")
 
-    def stop(self) -> None:
-        """Stop the timekeeper and thaw every windowed partition (they run free again)."""
+    async def stop(self) -> None:
+        """Stop the timekeeper and thaw every windowed partition (they run free again).
+        Awaited: the timekeeper's exit and the thaws never block the event loop."""
         from asyncio import get_running_loop
 
         proc, self._proc = self._proc, None
@@ -196,15 +200,13 @@ class WindowEnforcer:
         with contextlib.suppress(BrokenPipeError, OSError):
             proc.stdin.write(b'{"op":"stop"}\n')
             proc.stdin.flush()
-        try:
-            proc.wait(timeout=2)
-        except subprocess.TimeoutExpired:
+        if not await _exited(proc, STOP_WAIT_S):
             proc.kill()
-            proc.wait()
+            await _exited(proc, STOP_WAIT_S)
         _close_pipes(proc)
         for p in self._windowed:
             with contextlib.suppress(AgentError):
-                self.backend.freeze(p, None, False)
+                await freeze_awaited(self.backend, p, None, False)
 
     def detach(self) -> None:
         """Leave the timekeeper running (the agent exits, the mission keeps flying)."""
@@ -220,6 +222,21 @@ class WindowEnforcer:
     def status(self) -> dict[str, Any]:
         return {"mode": self.mode, "enforcing": self.running, "realtime": self.realtime,
                 "partitions": {p: s.to_dict() for p, s in self.stats.items()}}
+
+
+STOP_WAIT_S = 2.0
+
+
+async def _exited(proc: subprocess.Popen[bytes], timeout_s: float) -> bool:
+    """Poll for the child's exit without blocking the loop (the timekeeper ends in well
+    under a millisecond when asked; the poll is cheap)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while proc.poll() is None:
+        if loop.time() > deadline:
+            return False
+        await asyncio.sleep(0.001)
+    return True
 
 
 def _close_pipes(proc: subprocess.Popen[bytes]) -> None:
