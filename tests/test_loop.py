@@ -57,3 +57,38 @@ async def test_the_timekeeper_exit_is_awaited() -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_stop_right_behind_the_setup_is_not_lost(tmp_path: Any) -> None:
+    """A mission changed again before the timekeeper finished starting: its stop must be
+    heard at once (it was read into a buffer with the setup and never seen again)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    parts = {}
+    for p in "ab":
+        (tmp_path / f"{p}.freeze").write_text("THAWED")
+        (tmp_path / f"{p}.usage").write_text("0")
+        parts[p] = {"freeze": str(tmp_path / f"{p}.freeze"), "frozen": "FROZEN",
+                    "thawed": "THAWED", "usage": str(tmp_path / f"{p}.usage"),
+                    "usage_key": None}
+    setup = {"partitions": parts, "windowed": ["a", "b"], "epoch_ns": time.monotonic_ns(),
+             "cpus": [0], "priority": 1, "schedule": {
+                 "name": "n", "major_frame_us": 50_000, "windows": [
+                     {"partition": "a", "offset_us": 0, "duration_us": 20_000},
+                     {"partition": "b", "offset_us": 20_000, "duration_us": 30_000}]}}
+    proc = subprocess.Popen([sys.executable, "-m", "agent.timing.timekeeper"],
+                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            env={**os.environ, "PYTHONPATH": os.getcwd()})
+    try:
+        assert proc.stdin is not None
+        proc.stdin.write(json.dumps(setup).encode() + b'\n{"op":"stop"}\n')
+        proc.stdin.flush()
+        assert proc.wait(5) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdin is not None:
+            proc.stdin.close()

@@ -31,6 +31,41 @@ from agent.timing.windows import edges, running_at
 _FDS: dict[tuple[str, int], int] = {}
 
 
+class Commands:
+    """stdin read without Python's buffering: a line that arrived with the setup (a stop
+    or a switch right behind it) would otherwise sit in a buffer select() cannot see."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buf = b""
+        self.open = True
+
+    def line(self) -> bytes | None:
+        """A complete line already read, if any."""
+        if b"\n" not in self.buf:
+            return None
+        line, _, self.buf = self.buf.partition(b"\n")
+        return line
+
+    def fill(self) -> None:
+        """Read what is there (call when select says readable)."""
+        chunk = os.read(self.fd, 65536)
+        if not chunk:
+            self.open = False
+        self.buf += chunk
+
+    def wait_line(self, timeout_s: float | None) -> bytes | None:
+        """The next line, waiting at most ``timeout_s`` (None: until one comes)."""
+        while True:
+            got = self.line()
+            if got is not None or not self.open:
+                return got
+            ready, _, _ = select.select([self.fd], [], [], timeout_s)
+            if not ready:
+                return None
+            self.fill()
+
+
 def _fd(path: str, flags: int) -> int:
     # Kept open: an edge costs one write and one pread, not open/close pairs.
     key = (path, flags)
@@ -118,7 +153,11 @@ def _realtime(cpus: list[int], priority: int) -> str:
 
 
 def run(stdin_fd: int = 0) -> int:
-    setup = json.loads(sys.stdin.readline())
+    commands = Commands(stdin_fd)
+    first = commands.wait_line(None)
+    if first is None:
+        return 1  # the agent went away before it said anything
+    setup = json.loads(first)
     parts: dict[str, dict[str, Any]] = setup["partitions"]
     windowed = frozenset(setup["windowed"])
     schedule = Schedule.model_validate(setup["schedule"])
@@ -133,7 +172,6 @@ def run(stdin_fd: int = 0) -> int:
     inside = running_at(schedule, windowed, (now - epoch - frame * frame_ns) // 1000)
     for p in windowed:
         _set(parts[p], p in inside)
-    stdin_open = True
     skip_before = now  # edges already past at start-up: the state above covers them
     while True:
         frame_start = epoch + frame * frame_ns
@@ -144,16 +182,12 @@ def run(stdin_fd: int = 0) -> int:
                 left = due - time.monotonic_ns()
                 if left <= 0:
                     break
-                if stdin_open:
-                    ready, _, _ = select.select([stdin_fd], [], [], left / 1e9)
-                else:
+                if not commands.open:
+                    # The agent is gone: keep the mission flying.
                     time.sleep(left / 1e9)
-                    ready = []
-                if ready:
-                    line = sys.stdin.readline()
-                    if not line:
-                        stdin_open = False  # the agent is gone: keep the mission flying
-                        continue
+                    continue
+                line = commands.wait_line(left / 1e9)
+                if line is not None:
                     cmd = json.loads(line)
                     if cmd.get("op") == "stop":
                         return 0
