@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import ClassVar
 
 from agent.accounting import Usage
 from agent.models import Criticality, Partition
@@ -41,43 +42,48 @@ class ErrorKind(StrEnum):
 
 
 @dataclass(frozen=True)
-class Ignore:
+class _Named:
+    """An action the profile names by one word (``NAME``)."""
+
+    NAME: ClassVar[str] = ""
+
+    def __str__(self) -> str:
+        return self.NAME
+
+
+@dataclass(frozen=True)
+class Ignore(_Named):
     """Nothing: not even an event."""
 
-    def __str__(self) -> str:
-        return "ignore"
+    NAME = "ignore"
 
 
 @dataclass(frozen=True)
-class Log:
+class Log(_Named):
     """The event alone (the kernel already holds the partition to its limits)."""
 
-    def __str__(self) -> str:
-        return "log"
+    NAME = "log"
 
 
 @dataclass(frozen=True)
-class RestartWorkload:
+class RestartWorkload(_Named):
     """Restart the workload that erred (for a crash: its restart policy does)."""
 
-    def __str__(self) -> str:
-        return "restart-workload"
+    NAME = "restart-workload"
 
 
 @dataclass(frozen=True)
-class RestartPartition:
+class RestartPartition(_Named):
     """Restart every workload of the partition."""
 
-    def __str__(self) -> str:
-        return "restart-partition"
+    NAME = "restart-partition"
 
 
 @dataclass(frozen=True)
-class StopPartition:
+class StopPartition(_Named):
     """Stop the partition's workloads until a new mission generation."""
 
-    def __str__(self) -> str:
-        return "stop-partition"
+    NAME = "stop-partition"
 
 
 @dataclass(frozen=True)
