@@ -130,33 +130,37 @@ async def test_windows_confine_each_partition_and_modes_switch(
         agent_config: AgentConfig, board: HardwareProfile) -> None:
     e = engine(agent_config, board)
     await e.start()
-    m = mission(*[partition(n, quota=50_000, workloads=[spin()]) for n in "abc"],
-                schedules=WINDOWED)
-    d = await e.submit(m, {})
-    assert d.outcome == "applied", d
-    await asyncio.sleep(0.3)
-    e.sample()
-    await asyncio.sleep(2.0)
-    e.sample()
-    for n in "abc":
-        assert 0.25 <= e.usage[n].share <= 0.35, (n, e.usage[n])
-    st = e.windows.status()
-    assert st["enforcing"] and st["mode"] == "normal"
-    for n in "abc":
-        w = st["partitions"][n]
-        assert w["windows"] >= 15
-        assert w["start_jitter_us"]["p99"] < 5_000
-        assert w["cpu_outside_s"] < 0.05
-    await e.switch_mode("degraded")
-    await wait_for(lambda: e.windows.mode == "degraded", 2)
-    await asyncio.sleep(0.2)
-    e.sample()
-    await asyncio.sleep(1.5)
-    e.sample()
-    assert e.usage["c"].share < 0.02  # no window in degraded mode: frozen
-    assert 0.33 <= e.usage["a"].share <= 0.45
-    assert e.events.of_kind("mode.switched")
-    await e.shutdown(teardown=True)
+    try:
+        m = mission(*[partition(n, quota=50_000, workloads=[spin()]) for n in "abc"],
+                    schedules=WINDOWED)
+        d = await e.submit(m, {})
+        assert d.outcome == "applied", d
+        await asyncio.sleep(0.3)
+        e.sample()
+        await asyncio.sleep(2.0)
+        e.sample()
+        for n in "abc":
+            assert 0.25 <= e.usage[n].share <= 0.35, (n, e.usage[n])
+        st = e.windows.status()
+        assert st["enforcing"] and st["mode"] == "normal"
+        for n in "abc":
+            w = st["partitions"][n]
+            assert w["windows"] >= 15
+            assert w["start_jitter_us"]["p99"] < 5_000
+            # Without windows a spinner would use ~1.4 s outside them here; the freeze
+            # takes a moment to bite, more under load (up to 67 ms seen in 2.3 s).
+            assert w["cpu_outside_s"] < 0.1
+        await e.switch_mode("degraded")
+        await wait_for(lambda: e.windows.mode == "degraded", 2)
+        await asyncio.sleep(0.2)
+        e.sample()
+        await asyncio.sleep(1.5)
+        e.sample()
+        assert e.usage["c"].share < 0.02  # no window in degraded mode: frozen
+        assert 0.33 <= e.usage["a"].share <= 0.45
+        assert e.events.of_kind("mode.switched")
+    finally:
+        await e.shutdown(teardown=True)  # a failed assertion must not leak the timekeeper
 
 
 async def test_runaway_is_flagged_and_contained(agent_config: AgentConfig,
