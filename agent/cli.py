@@ -16,7 +16,7 @@ import yaml
 
 from agent import __version__
 from agent.admission import admit
-from agent.api.client import call
+from agent.api.client import AgentUnreachable, call
 from agent.errors import AgentError, ProfileError, Violation
 from agent.models import AgentConfig, HardwareProfile, MissionProfile, load_file
 from agent.preflight import host_violations
@@ -55,8 +55,8 @@ def load_config(path: Path | None) -> AgentConfig:
 
 
 def _images(config: AgentConfig) -> Any:
-    from agent.images.store import ImageStore  # tarfile and friends only when needed
-    return ImageStore(config.state_dir / "images")
+    from agent.images.store import store_for  # tarfile and friends only when needed
+    return store_for(config.state_dir)
 
 
 def load_board(hw: Path | None, config: AgentConfig) -> HardwareProfile:
@@ -109,7 +109,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     violations = admit(mission, board)
     # Host checks only make sense for the machine we are on.
     if (args.hw is None and config.hardware_profile is None) or args.host_checks:
-        violations += host_violations(mission)
+        violations += host_violations(mission, _images(config))
     result = {"mission": mission.name, "generation": mission.generation, "board": board.name,
               "admitted": not violations,
               "violations": [{"path": v.path, "reason": v.reason} for v in violations]}
@@ -134,7 +134,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
         violations = [Violation(v["path"], v["reason"]) for v in reply["violations"]]
         actions: list[str] = reply["actions"]
         against = "the running agent"
-    except AgentError as exc:
+    except AgentUnreachable as exc:
+        # No agent at all: plan against what this machine's cgroups hold. An agent that
+        # answered with a refusal is not "no agent" (that error goes to the user).
         violations, actions = _plan_offline(config, args.hw, mission)
         against = f"the cgroups on this machine ({exc})"
     if args.output:

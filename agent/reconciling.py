@@ -72,9 +72,9 @@ def _pop(index: dict[str, dict[str, Any]], partition: str, workload: str) -> Any
     return item
 
 
-def _image_store(root: Path) -> ImageStore:
-    from agent.images.store import ImageStore
-    return ImageStore(root)
+def _image_store(state_dir: Path) -> ImageStore:
+    from agent.images.store import store_for
+    return store_for(state_dir)
 
 
 def rt_reserve_us(desired: dict[str, DesiredPartition]) -> int:
@@ -125,7 +125,7 @@ class Engine:
                  store: StateStore, events: EventLog | None = None,
                  host_checks: bool = True, platform: Platform | None = None) -> None:
         self.platform = platform or Platform(ops=ContainerOps(
-            lambda: _image_store(config.state_dir / "images"), config.run_dir))
+            lambda: _image_store(config.state_dir), config.run_dir))
         self.config = config
         self.board = board
         self.backend = backend

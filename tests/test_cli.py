@@ -111,6 +111,36 @@ def test_run_with_a_missing_profile_is_a_usage_error(
     assert "nope.yaml: no such file" in capsys.readouterr().err
 
 
+def test_plan_reports_an_agents_refusal_instead_of_planning_offline(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An agent that answers "no" is not "no agent": the answer reaches the user."""
+    import asyncio
+    import threading
+
+    from agent.api.server import serve
+
+    async def refuse(_: dict) -> dict:
+        raise ValueError("mission: the agent says no")
+
+    cfg = write(tmp_path / "agent.yaml", {"state_dir": str(tmp_path / "state"),
+                                          "run_dir": str(tmp_path / "run")})
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(serve(tmp_path / "run" / "sortie.sock", {"plan": refuse}))
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        wait_for_sync((tmp_path / "run" / "sortie.sock").exists, 5)
+        code = cli.main(["plan", str(REPO / "schedules" / "demo.yaml"), "--config", str(cfg)])
+        out = capsys.readouterr()
+        assert code == 1
+        assert "the agent says no" in out.err and "cgroups on this machine" not in out.out
+    finally:
+        loop.call_soon_threadsafe(task.cancel)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
+
+
 def test_bad_config_names_the_field(tmp_path: Path) -> None:
     cfg = write(tmp_path / "agent.yaml", {"cgroup_prefix": "Bad Prefix!", "colour": "red"})
     r = sortie("check", str(REPO / "schedules" / "demo.yaml"), "--config", str(cfg))

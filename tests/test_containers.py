@@ -350,3 +350,23 @@ def test_wrong_json_types_in_a_manifest_are_an_image_error(tmp_path: Path,
          "digest": f"sha256:{digest}", "size": len(data)}]}))
     with pytest.raises(ImageError):
         ImageStore(tmp_path / "store").import_path(layout)
+
+
+@needs_runc
+def test_check_finds_the_images_of_the_config_it_is_given(tmp_path: Path, layout) -> None:
+    """`sortie check --config C` looks in C's image store, as `sortie run --config C`."""
+    path, digest = layout
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text(f"state_dir: {tmp_path / 'state'}\n")
+    subprocess.run([sys.executable, "-m", "agent.cli", "image", "import", str(path),
+                    "--config", str(cfg)], check=True, capture_output=True, cwd=REPO)
+    prof = tmp_path / "m.yaml"
+    prof.write_text(json.dumps({"name": "m", "generation": 1, "partitions": [{
+        "name": "c", "criticality": "C", "memory_mib": 32,
+        "budget": {"quota_us": 10_000, "period_us": 100_000},
+        "workloads": [{"name": "w", "command": ["/bin/sleep", "1"], "image": digest}]}]}))
+    res = subprocess.run([sys.executable, "-m", "agent.cli", "check", str(prof), "--config",
+                          str(cfg), "--hw", str(REPO / "hwprofiles" / "qemu-x86_64.yaml"),
+                          "--host-checks"], capture_output=True, text=True, cwd=REPO,
+                         check=False)
+    assert res.returncode == 0, res.stderr

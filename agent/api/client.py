@@ -11,6 +11,10 @@ from agent.api.protocol import MAX_REQUEST_BYTES, decode, encode
 from agent.errors import ApiError
 
 
+class AgentUnreachable(ApiError):
+    """Nothing answers at the socket (no agent runs): unlike an agent's refusal."""
+
+
 def call(path: Path, request: dict[str, Any], timeout_s: float = 10.0) -> dict[str, Any]:
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
@@ -25,8 +29,10 @@ def call(path: Path, request: dict[str, Any], timeout_s: float = 10.0) -> dict[s
                 buf += chunk
                 if len(buf) > 4 * MAX_REQUEST_BYTES:
                     raise ApiError(f"{path}: answer too large")
-    except FileNotFoundError as exc:
-        raise ApiError(f"no agent is listening at {path} (is `sortie run` running?)") from exc
+    except (FileNotFoundError, ConnectionRefusedError) as exc:
+        # A socket file left by an agent that died refuses the connection: no agent.
+        raise AgentUnreachable(f"no agent is listening at {path} (is `sortie run` "
+                               "running?)") from exc
     except PermissionError as exc:
         raise ApiError(f"{path}: permission denied (the local API is root-only)") from exc
     except (ConnectionError, TimeoutError, OSError) as exc:

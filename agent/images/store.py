@@ -133,6 +133,12 @@ def safe_extract(path: Path, into: Path, max_bytes: int = MAX_IMPORT_BYTES) -> N
         raise ImageError(f"{path}: not a readable tar: {exc}") from exc
 
 
+def store_for(state_dir: Path) -> ImageStore:
+    """The agent's image store for a config's ``state_dir``: ``sortie run``, ``check``,
+    ``plan`` and ``image`` all build it here, so they all see the same images."""
+    return ImageStore(state_dir / "images")
+
+
 class ImageStore:
     def __init__(self, root: Path, max_import_bytes: int = MAX_IMPORT_BYTES) -> None:
         self.root = root
