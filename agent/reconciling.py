@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -392,7 +391,7 @@ class Engine:
         if pid != self.windows.pid and \
                 "agent.timing.timekeeper" in self.platform.processes.cmdline(pid):
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
+                self.platform.ops.kill(pid, signal.SIGTERM)
         pidfile.unlink(missing_ok=True)
 
     async def switch_mode(self, mode: str) -> str:
@@ -576,7 +575,7 @@ class Engine:
         moved = self.backend.isolate_os(frozenset(self.board.reserved.cores))
         if not self._os_isolated:
             how = ("the kernel confines everything outside the agent's cpuset partition"
-                   if getattr(self.backend, "partitioned", False)
+                   if self.backend.partitioned
                    else f"{moved} OS process(es) confined")
             self.events.emit("os.isolated", "agent",
                              f"{how} to cores {sorted(self.board.reserved.cores)}")

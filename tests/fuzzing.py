@@ -29,6 +29,7 @@ from agent.kube.watching import ProfileCache
 from agent.ledger import GenerationLedger
 from agent.models import AgentConfig, HardwareProfile, MissionProfile, load_text
 from agent.models.config import MqttConfig
+from agent.platform import Platform
 from agent.reconciling import Decision
 from agent.reporting import parse as parse_report
 from agent.signing import public_text, seal
@@ -52,6 +53,7 @@ class FakeEngine:
     origin: dict[str, Any] = field(default_factory=dict)
     mission: MissionProfile | None = None
     shed: list[str] = field(default_factory=list)
+    platform: Platform = field(default_factory=Platform)
 
     async def submit(self, mission: MissionProfile, origin: dict[str, Any]) -> Decision:
         self.mission, self.origin = mission, origin

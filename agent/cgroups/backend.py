@@ -56,6 +56,9 @@ class CgroupBackend(Protocol):
 
     version: Literal["v1", "v2"]
     prefix: str
+    partitioned: bool
+    """v2: the prefix is a cpuset partition root (the kernel itself confines everything
+    outside it to the other cores). Always False on v1."""
 
     def ensure_base(self, agent_cpus: frozenset[int]) -> None:
         """Create the prefix and the agent's own cgroup, and move the agent into it."""

@@ -46,6 +46,7 @@ class V1Backend:
 
     def __init__(self, root: Path, prefix: str, fs: CgroupFs | None = None) -> None:
         self.prefix = prefix
+        self.partitioned = False  # v1 has no partition roots
         self.fs: CgroupFs = fs or RealCgroupFs()
         self._mounts: dict[str, Path] = {}
         for c in CONTROLLERS:

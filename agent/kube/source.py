@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import logging
 import platform
-import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -463,11 +462,11 @@ class KubeSource:
                 await self._register()
                 attempt = 0
                 while True:
-                    t0 = time.monotonic()
+                    t0 = self.engine.platform.monotonic()
                     await self._renew_lease()
                     await self._node_status()
                     await asyncio.sleep(max(0.0, self.cfg.lease_renew_s
-                                            - (time.monotonic() - t0)))
+                                            - (self.engine.platform.monotonic() - t0)))
             except KubeError as exc:
                 self._failed("node", exc)
                 await asyncio.sleep(backoff_s(attempt, self.cfg.backoff_max_s,

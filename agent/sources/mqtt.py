@@ -18,7 +18,6 @@ import logging
 import random
 import socket
 import ssl
-import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
@@ -193,7 +192,7 @@ class MqttLink:
         """An event per refused push, at most REFUSED_EVENTS_PER_S a second: a flood of
         junk must not become a flood of events, log lines and publishes (each push still
         gets its ack; the count of those left out is in the next event)."""
-        now = time.monotonic()
+        now = self.engine.platform.monotonic()
         if now - self._refused_window[0] >= 1.0:
             self._refused_window = [now, 0]
         self._refused_window[1] += 1
@@ -269,8 +268,9 @@ class MqttLink:
     def _ack(self, outcome: str, ref: dict[str, Any], reasons: list[Violation],
              errors: list[str] | None = None) -> dict[str, Any]:
         self.pushes[outcome] += 1
-        self.last_push = {"outcome": outcome, **ref, "at": time.time()}
-        return {"outcome": outcome, "ref": ref, "node": self.node, "at": time.time(),
+        now = self.engine.platform.wall()
+        self.last_push = {"outcome": outcome, **ref, "at": now}
+        return {"outcome": outcome, "ref": ref, "node": self.node, "at": now,
                 "reasons": [{"path": v.path, "reason": v.reason} for v in reasons],
                 "errors": errors or []}
 
@@ -343,13 +343,13 @@ class MqttLink:
                                                   "period_us") if k in p}
                                | {"workloads": [{"name": w["name"], "state": w["state"]}
                                                 for w in p["workloads"]]}
-                               for p in s["partitions"]], "at": time.time()}
+                               for p in s["partitions"]], "at": self.engine.platform.wall()}
 
     def publish_telemetry(self) -> None:
         if not self.connected:
             return
         usage = {p: u.to_dict() for p, u in self.engine.usage.items()}
-        self._send(self.t["telemetry"], {"node": self.node, "at": time.time(),
+        self._send(self.t["telemetry"], {"node": self.node, "at": self.engine.platform.wall(),
                                          "partitions": usage})
         self._send(self.t["status"], self.status_message(), retain=True)
 
@@ -397,8 +397,9 @@ class MqttLink:
     async def close(self) -> None:
         """Flush what is queued (for a second at most), then say goodbye (retained
         offline status)."""
-        deadline = time.monotonic() + 1.0
-        while self.connected and self._outbox and time.monotonic() < deadline:  # noqa: ASYNC110
+        clock = self.engine.platform.monotonic
+        deadline = clock() + 1.0
+        while self.connected and self._outbox and clock() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.01)  # a bounded wait at shutdown: polling is the simple way
         if self.connected and self.client is not None:
             with contextlib.suppress(aiomqtt.MqttError, asyncio.TimeoutError):

@@ -62,6 +62,7 @@ class Faults:
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: KubeApiServer
+    _consumed = False
 
     def log_message(self, format: str, *args: Any) -> None:
         pass

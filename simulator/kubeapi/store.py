@@ -9,6 +9,7 @@ Thread-safe: the HTTP server runs one thread per request and watches wait on ``c
 
 from __future__ import annotations
 
+import builtins
 import copy
 import datetime as dt
 import threading
@@ -124,7 +125,7 @@ class Store:
             self.cond.notify_all()
 
     def _key(self, rt: ResourceType, ns: str | None, name: str) -> Key:
-        return (rt.gr, ns if rt.namespaced else "", name)
+        return (rt.gr, (ns or "") if rt.namespaced else "", name)
 
     def _get(self, rt: ResourceType, ns: str | None, name: str) -> Obj:
         obj = self.objects.get(self._key(rt, ns, name))
@@ -298,7 +299,7 @@ class Store:
             return obj
 
     # -- watches -----------------------------------------------------------------------
-    def changes_after(self, gr: tuple[str, str], rv: int) -> list[Change]:
+    def changes_after(self, gr: tuple[str, str], rv: int) -> builtins.list[Change]:
         """Changes of one resource after ``rv``; the caller holds the lock.
         Raises 410 Gone when some of them are no longer kept."""
         if rv < self.compacted:
