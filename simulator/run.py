@@ -13,6 +13,7 @@ from typing import Any
 
 from agent.cgroups.v2 import V2Backend
 from agent.events import Event, EventLog
+from agent.kube import objects as ko
 from agent.models import AgentConfig, HardwareProfile, MissionProfile, load_file
 from agent.platform import Platform
 from agent.reconciling import Engine
@@ -65,7 +66,8 @@ class _Sim:
         self.jump = 0.0
         self.link_up = True
         self.kube_up = True
-        self.cluster: dict[str, MissionProfile] = {}
+        self.cluster: dict[str, tuple[MissionProfile, str]] = {}
+        """MissionProfiles in the simulated cluster: the mission and its creationTimestamp."""
         """MissionProfiles in the (simulated) cluster, by name."""
         self.held: list[MissionProfile] = []
         self.jobs: dict[str, list[int]] = {}
@@ -256,7 +258,9 @@ class _Sim:
         else:
             assert push.mission is not None
             mission = load_file(MissionProfile, push.mission)
-            self.cluster[mission.name] = mission
+            # An update keeps the object's creation time, as the API server does.
+            created = self.cluster.get(mission.name, (mission, ko.timestamp(self.wall())))[1]
+            self.cluster[mission.name] = (mission, created)
             self.events.emit("sim.kube-apply", "cluster", f"MissionProfile {mission.name} "
                              f"generation {mission.generation}")
         if self.kube_up:
@@ -269,9 +273,13 @@ class _Sim:
         self._reconcile_kube()
 
     def _reconcile_kube(self) -> None:
-        """What agent.kube.source does with the cluster's objects: the newest profile
-        flies; a deleted one that flies is withdrawn."""
-        newest = max(self.cluster.values(), key=lambda m: m.generation, default=None)
+        """What agent.kube.source does with the cluster's objects, with its own choice
+        (``objects.choose``: the most recently created profile flies); a deleted one that
+        flies is withdrawn."""
+        chosen = ko.choose([{"metadata": {"name": name, "namespace": "sim",
+                                          "creationTimestamp": created}}
+                            for name, (_, created) in self.cluster.items()])
+        newest = None if chosen is None else self.cluster[chosen["metadata"]["name"]][0]
 
         async def go() -> None:
             origin = self.engine.origin

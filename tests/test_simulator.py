@@ -136,6 +136,24 @@ def test_a_profile_deleted_while_the_api_server_is_away_is_withdrawn_on_return(
     assert removed >= {"partition/flight-control", "partition/analytics"}
 
 
+def test_the_simulated_cluster_flies_the_newest_profile_as_a_board_does(
+        tmp_path: Path) -> None:
+    """The simulator decides with the Kubernetes source's own rule (the most recently
+    created profile flies), not with a copy of it (it had picked the highest generation)."""
+    gen2 = SCENARIOS / "missions" / "demo-gen2.yaml"
+    other = yaml.safe_load(gen2.read_text())
+    other.update(name="other", generation=1)
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump(other))
+    path = write(tmp_path, duration_s=8, faults=[], pushes=[
+        {"at_s": 2, "via": "kube", "mission": str(gen2)},
+        {"at_s": 5, "via": "kube", "mission": str(tmp_path / "other.yaml")}])
+    board = load_file(HardwareProfile, RPI4)
+    sc, m = scenario.load(path, board)
+    r = run(sc, m, board)
+    applied = [(e[0], e[2]) for e in kinds(r, "mission.applied")]
+    assert applied == [(2.0, "mission/demo"), (5.0, "mission/other")], applied
+
+
 def write(tmp_path: Path, **changes) -> Path:
     doc = yaml.safe_load((SCENARIOS / "demo.yaml").read_text())
     doc["mission"] = str(REPO / "schedules" / "demo.yaml")
