@@ -11,12 +11,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from agent.cgroups.v2 import V2Backend
 from agent.events import Event, EventLog
 from agent.kube import objects as ko
+from agent.ledger import GenerationLedger
 from agent.models import AgentConfig, HardwareProfile, MissionProfile, load_file
+from agent.models.config import MqttConfig
 from agent.platform import Platform
 from agent.reconciling import Engine
+from agent.signing import public_text, seal
+from agent.sources.mqtt import MqttLink
 from agent.store import StateStore, StoredMission
 from simulator.clock import VirtualTimeLoop
 from simulator.cpu import SimBoard
@@ -68,8 +74,8 @@ class _Sim:
         self.kube_up = True
         self.cluster: dict[str, tuple[MissionProfile, str]] = {}
         """MissionProfiles in the simulated cluster: the mission and its creationTimestamp."""
-        """MissionProfiles in the (simulated) cluster, by name."""
-        self.held: list[MissionProfile] = []
+        self.held: list[bytes] = []
+        """Signed pushes the broker holds while the board's link is down."""
         self.jobs: dict[str, list[int]] = {}
         self.memory: int | None = None
         self.trace: list[tuple[float, str, str, str]] = []
@@ -81,6 +87,12 @@ class _Sim:
         self.events = EventLog(capacity=512, clock=self.wall)
         self.events.subscribe(self._on_event)
         self.engine = self._engine()
+        # The board's real MQTT handler (signature, ledger, answers), fed by a planner key
+        # of the simulation's own; only the broker is simulated.
+        self.planner = Ed25519PrivateKey.generate()
+        self.link = MqttLink(MqttConfig(url="mqtt://sim:1883", trusted_keys={
+            "sim-planner": public_text(self.planner.public_key())}), "sim", self.engine,
+            GenerationLedger(self.config.state_dir))
         self._tasks: list[asyncio.Task[None]] = []
         self._handle: asyncio.TimerHandle | None = None
         self._done = asyncio.Event()
@@ -227,18 +239,24 @@ class _Sim:
             return
         assert push.mission is not None
         mission = load_file(MissionProfile, push.mission)
+        envelope = seal(self.planner, "sim-planner", "sim", mission.name, mission.generation,
+                        push.mission.read_bytes(), now=self.wall())
         self.events.emit("sim.push", "planner", f"{mission.name} generation "
                          f"{mission.generation}" + ("" if self.link_up else
                                                     " (link down: held by the broker)"))
         if self.link_up:
-            self._deliver(mission)
+            self._deliver(envelope)
         else:
-            self.held.append(mission)
+            self.held.append(envelope)
 
-    def _deliver(self, mission: MissionProfile) -> None:
+    def _deliver(self, envelope: bytes) -> None:
         async def go() -> None:
-            await self.engine.submit(mission, {"source": "mqtt", "kid": "sim-planner",
-                                               "generation": mission.generation})
+            ack = await self.link.handle(envelope)
+            ref = ack["ref"]
+            why = "; ".join(f"{r['path']}: {r['reason']}" for r in ack["reasons"])
+            self.events.emit("sim.ack", "planner", f"{ack['outcome']}: {ref.get('name')} "
+                             f"generation {ref.get('generation')}" + (f" ({why})" if why
+                                                                       else ""))
         self._tasks.append(asyncio.get_running_loop().create_task(go(), name="push"))
 
     def _link_back(self) -> None:

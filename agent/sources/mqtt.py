@@ -224,7 +224,7 @@ class MqttLink:
             # Signature, key, node and freshness; then the replay ledger; only then is
             # the profile itself parsed.
             verify(env, self.trusted, self.revoked, self.node,
-                   max_ttl_s=self.cfg.max_envelope_ttl_s)
+                   now=self.engine.platform.wall(), max_ttl_s=self.cfg.max_envelope_ttl_s)
             d = digest(env.payload)
             ref.update(name=env.name, generation=env.generation, kid=env.kid, digest=d)
             origin = {"source": "mqtt", "kid": env.kid, "signed": True,
