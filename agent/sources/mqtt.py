@@ -149,8 +149,10 @@ class MqttLink:
         self.pushes = {"applied": 0, "duplicate": 0, "rejected": 0}
         self.internal_errors = 0
         self._dropped = [0]
-        self._outbox: deque[tuple[str, dict[str, Any], bool]] = deque(
-            maxlen=max(1000, cfg.backlog_events))
+        size = max(1000, cfg.backlog_events)
+        self._outbox: deque[tuple[str, dict[str, Any], bool]] = deque(maxlen=size)
+        self._outbox_high = size // 2
+        """Pushes are taken only while the outbox is below this (room for their answers)."""
         self._wake_sender = asyncio.Event()
         self._room = asyncio.Event()
         self.publish_dropped = 0
@@ -309,7 +311,7 @@ class MqttLink:
                         if any(t.exception() is not None for t in done):
                             return  # the connection broke: the rest waits for the next
                     topic, obj, retain = self._outbox.popleft()
-                    if len(self._outbox) < self._outbox.maxlen // 2:  # type: ignore[operator]
+                    if len(self._outbox) < self._outbox_high:
                         self._room.set()
                     inflight.add(asyncio.get_running_loop().create_task(
                         self._publish(client, topic, obj, retain)))
@@ -331,7 +333,7 @@ class MqttLink:
         """Backpressure: a push is taken only when its answer has room in the outbox, so
         every push handled is answered (a flood then fills the bounded incoming queue,
         whose overflow is counted as dropped)."""
-        while len(self._outbox) >= self._outbox.maxlen // 2:  # type: ignore[operator]
+        while len(self._outbox) >= self._outbox_high:
             self._room.clear()
             await self._room.wait()
 
