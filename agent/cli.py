@@ -10,7 +10,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import yaml
 
@@ -20,6 +20,9 @@ from agent.api.client import AgentUnreachable, call
 from agent.errors import AgentError, ProfileError, Violation
 from agent.models import AgentConfig, HardwareProfile, MissionProfile, load_file
 from agent.preflight import host_violations
+
+if TYPE_CHECKING:
+    from agent.status import Status
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
 DEFAULT_CONFIG = Path("/etc/sortie/agent.yaml")
@@ -179,7 +182,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.output:
         _emit(status, args.output)
     else:
-        print(render_status(status))
+        from agent.status import parse
+        print(render_status(parse(status)))
     return EXIT_OK
 
 
@@ -187,46 +191,46 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{x * 100:5.1f}%"
 
 
-def render_status(s: dict[str, Any]) -> str:
-    m = s.get("mission")
-    lines = [f"board {s['board']}  cgroup {s['cgroup']['version']} /{s['cgroup']['prefix']}",
-             "mission " + (f"{m['name']} generation {m['generation']} from "
-                           f"{m['origin'].get('source', '?')} {m['origin'].get('path', '')}"
+def render_status(s: Status) -> str:
+    m = s.mission
+    lines = [f"board {s.board}  cgroup {s.cgroup.version} /{s.cgroup.prefix}",
+             "mission " + (f"{m.name} generation {m.generation} from {m.origin.source} "
+                           f"{m.origin.path or m.origin.object or m.origin.kid or ''}"
                            if m else "(none)"), ""]
     lines.append(f"{'PARTITION':<18}{'DAL':<4}{'CPUS':<8}{'BUDGET':>8}{'USED':>8}"
                  f"{'THROTTLED':>11}  MEMORY")
-    for p in s["partitions"]:
-        use = p.get("usage") or {}
-        budget = p["quota_us"] / p["period_us"] if p.get("quota_us") and p["quota_us"] > 0 \
+    for p in s.partitions:
+        use = p.usage
+        budget = p.quota_us / p.period_us if p.quota_us and p.period_us and p.quota_us > 0 \
             else None
-        thr = f"{use['throttled_periods']}/{use['periods']}" if use else "-"
-        cpus = ",".join(map(str, p["cpus"] or []))
-        mem = f"{p['memory_bytes'] >> 20} MiB" if p.get("memory_bytes") else "-"
-        lines.append(f"{p['name']:<18}{p.get('criticality') or '-':<4}{cpus:<8}"
-                     f"{_pct(budget):>8}{_pct(use.get('share')):>8}{thr:>11}  {mem}")
-        health = p.get("health") or {}
-        flags = [f for f, on in (("SATURATED", health.get("saturated")),
-                                 ("STOPPED by health monitor", health.get("stopped"))) if on]
+        thr = f"{use.throttled_periods}/{use.periods}" if use else "-"
+        cpus = ",".join(map(str, p.cpus or []))
+        mem = f"{p.memory_bytes >> 20} MiB" if p.memory_bytes else "-"
+        lines.append(f"{p.name:<18}{p.criticality or '-':<4}{cpus:<8}"
+                     f"{_pct(budget):>8}{_pct(use.share if use else None):>8}{thr:>11}  {mem}")
+        flags = [f for f, on in (("SATURATED", p.health.saturated),
+                                 ("STOPPED by health monitor", p.health.stopped)) if on]
         if flags:
             lines.append(f"  ! {', '.join(flags)}")
-        for w in p["workloads"]:
-            extra = " adopted" if w.get("adopted") else ""
-            restarts = f" restarts {w['restarts']}" if w.get("restarts") else ""
-            lines.append(f"  - {w['name']:<16}{w['state']:<11}pid {w.get('pid') or '-'}"
-                         f"{extra}{restarts}")
-    win = s.get("windows") or {}
-    if win.get("partitions"):
-        lines += ["", f"windows: mode {win['mode']}, "
-                      f"{'enforcing' if win['enforcing'] else 'NOT enforcing'}, "
-                      f"timekeeper real-time: {win.get('realtime')}",
+        for w in p.workloads:
+            extra = " adopted" if w.adopted else ""
+            restarts = f" restarts {w.restarts}" if w.restarts else ""
+            lines.append(f"  - {w.name:<16}{w.state:<11}pid {w.pid or '-'}{extra}{restarts}")
+    win = s.windows
+    if win.partitions:
+        lines += ["", f"windows: mode {win.mode}, "
+                      f"{'enforcing' if win.enforcing else 'NOT enforcing'}, "
+                      f"timekeeper real-time: {win.realtime}",
                   f"  {'PARTITION':<16}{'WINDOWS':>8}{'JITTER p50':>12}{'p99':>9}{'max':>9}"
                   f"{'CPU OUTSIDE':>13}"]
-        for name, w in sorted(win["partitions"].items()):
-            j = w["start_jitter_us"]
-            lines.append(f"  {name:<16}{w['windows']:>8}{j['p50']:>10.0f}us{j['p99']:>7.0f}us"
-                         f"{j['max']:>7.0f}us{w['cpu_outside_s'] * 1000:>10.2f} ms")
-    if s.get("errors"):
-        lines += ["", "errors:"] + [f"  {e}" for e in s["errors"]]
+        for name, f in sorted(win.partitions.items()):
+            j = f.start_jitter_us
+            lines.append(f"  {name:<16}{f.windows:>8}{j.p50:>10.0f}us{j.p99:>7.0f}us"
+                         f"{j.max:>7.0f}us{f.cpu_outside_s * 1000:>10.2f} ms")
+    if s.degraded.shed:
+        lines += ["", f"degraded: shed {', '.join(s.degraded.shed)}"]
+    if s.errors:
+        lines += ["", "errors:"] + [f"  {e}" for e in s.errors]
     return "\n".join(lines)
 
 
@@ -424,10 +428,13 @@ def cmd_kube_crd(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    models: dict[str, type[Any]] = {"mission": MissionProfile, "hardware": HardwareProfile,
-                                    "config": AgentConfig}
+    from agent import status
+    models: dict[str, Any] = {"mission": MissionProfile.model_json_schema,
+                              "hardware": HardwareProfile.model_json_schema,
+                              "config": AgentConfig.model_json_schema,
+                              "status": status.schema}
     picked = {args.which: models[args.which]} if args.which else models
-    schemas = {k: m.model_json_schema() for k, m in picked.items()}
+    schemas = {k: m() for k, m in picked.items()}
     print(json.dumps(schemas[args.which] if args.which else schemas, indent=2))
     return EXIT_OK
 
@@ -589,8 +596,9 @@ def build_parser() -> argparse.ArgumentParser:
     kc = ku_sub.add_parser("crd", help="print the MissionProfile CRD manifest")
     kc.set_defaults(func=cmd_kube_crd)
 
-    sc = sub.add_parser("schema", help="JSON Schema of the documents Sortie reads")
-    sc.add_argument("which", nargs="?", choices=["mission", "hardware", "config"])
+    sc = sub.add_parser("schema", help="JSON Schema of the documents Sortie reads, and of "
+                        "the status it answers")
+    sc.add_argument("which", nargs="?", choices=["mission", "hardware", "config", "status"])
     sc.set_defaults(func=cmd_schema)
 
     hw = sub.add_parser("hw", help="hardware profiles")

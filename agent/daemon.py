@@ -22,6 +22,7 @@ from agent.planning import describe
 from agent.reconciling import Engine
 from agent.runtime import procs
 from agent.sources import files
+from agent.status import FileChoice, FilesStatus, to_json
 from agent.store import StateStore, StoredMission
 
 log = logging.getLogger("sortie.daemon")
@@ -38,19 +39,20 @@ def socket_path(config: AgentConfig) -> Path:
     return config.run_dir / "sortie.sock"
 
 
+def _files_status(opts: RunOptions, result: files.Scan) -> FilesStatus:
+    c = result.chosen
+    return FilesStatus([str(p) for p in opts.profile_paths],
+                       None if c is None else FileChoice(c.mission.name, c.mission.generation,
+                                                         c.origin.path or ""),
+                       [e.source for e in result.errors])
+
+
 async def _load_files(engine: Engine, opts: RunOptions, wanted: str | None,
-                      state: dict[str, Any] | None = None,
                       result: files.Scan | None = None) -> None:
     if result is None:
         result = files.scan(opts.profile_paths, wanted)
-    if state is not None:
-        state.clear()
-        state.update({"paths": [str(p) for p in opts.profile_paths],
-                      "chosen": None if result.chosen is None else {
-                          "name": result.chosen.mission.name,
-                          "generation": result.chosen.mission.generation,
-                          "path": result.chosen.origin["path"]},
-                      "invalid": [e.source for e in result.errors]})
+    scanned = _files_status(opts, result)
+    engine.sources.files = lambda: scanned
     for err in result.errors:
         engine.events.emit("profile.invalid", err.source,
                            "; ".join(map(str, err.violations)), "error")
@@ -60,7 +62,7 @@ async def _load_files(engine: Engine, opts: RunOptions, wanted: str | None,
 
 def handlers(engine: Engine) -> dict[str, Any]:
     async def status(_: dict[str, Any]) -> dict[str, Any]:
-        return {"status": engine.status()}
+        return {"status": to_json(engine.snapshot())}
 
     async def plan(req: dict[str, Any]) -> dict[str, Any]:
         mission = validate(MissionProfile, req.get("mission"), "request.mission")
@@ -87,9 +89,7 @@ async def run(config: AgentConfig, board: HardwareProfile, opts: RunOptions) -> 
     await engine.start(StoredMission(initial.mission, initial.origin) if initial else None)
     if config.agent_cgroup:
         backend.move_self()
-    scan_state: dict[str, Any] = {}
-    engine.sources["files"] = lambda: scan_state
-    await _load_files(engine, opts, config.mission, scan_state, first_scan)
+    await _load_files(engine, opts, config.mission, first_scan)
     link = None
     if config.mqtt is not None:
         # Imported only when configured: aiomqtt, paho and cryptography cost ~10 MiB.
@@ -97,13 +97,13 @@ async def run(config: AgentConfig, board: HardwareProfile, opts: RunOptions) -> 
         from agent.sources.mqtt import MqttLink
         link = MqttLink(config.mqtt, config.node_name, engine,
                         GenerationLedger(config.state_dir))
-        engine.sources["mqtt"] = link.status
+        engine.sources.mqtt = link.status
     kube = None
     if config.kube is not None:
         # Imported only when configured: lightkube and httpx cost several MiB.
         from agent.kube.source import KubeSource
         kube = KubeSource(config.kube, config.node_name, engine)
-        engine.sources["kube"] = kube.status
+        engine.sources.kube = kube.status
     # From process start (not from this function): what a watchdog or a boot waits for.
     ready_s = procs.age_s(os.getpid()) or 0.0
     engine.ready_after_s = ready_s
@@ -119,7 +119,7 @@ async def run(config: AgentConfig, board: HardwareProfile, opts: RunOptions) -> 
 
     async def on_files_changed() -> None:
         try:
-            await _load_files(engine, opts, config.mission, scan_state)
+            await _load_files(engine, opts, config.mission)
         except Exception as exc:  # never the end of the files task (and of the agent)
             events.internal_error("files", "applying changed profile files", exc)
 

@@ -23,6 +23,9 @@ class Event:
     """What it is about: ``mission/NAME``, ``partition/P`` or ``workload/P/W``."""
     message: str
     severity: Severity = "info"
+    partition: str | None = None
+    """The partition it is about, typed (consumers never parse ``subject``)."""
+    workload: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -43,11 +46,12 @@ class EventLog:
         """Call ``fn`` with every event emitted from now on (health monitor, telemetry)."""
         self._subscribers.append(fn)
 
-    def emit(self, kind: str, subject: str, message: str, severity: Severity = "info") -> Event:
+    def emit(self, kind: str, subject: str, message: str, severity: Severity = "info", *,
+             partition: str | None = None, workload: str | None = None) -> Event:
         """Record and deliver an event. Subscribers see every event in the order it was
         emitted: one emitted by a subscriber while it handles another (a health verdict
         on a crash) is queued behind it, so every subscriber sees the cause first."""
-        ev = Event(self._clock(), kind, subject, message, severity)
+        ev = Event(self._clock(), kind, subject, message, severity, partition, workload)
         self._ring.append(ev)
         level = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
         log.log(level[severity], "%s %s: %s", kind, subject, message)

@@ -12,6 +12,7 @@ flight-critical partition is kept running and a best-effort one is contained:
 | oom                | restart-workload   | restart-workload   | stop-partition   |
 | pids-exhausted     | log                | log                | stop-partition   |
 | window-overrun     | log                | log                | log              |
+| health-check       | restart-workload   | restart-workload   | restart-workload |
 
 ``restart-workload`` for a crash means "the restart policy handles it"; for other errors
 the workload is restarted at once. A budget-saturated partition is already held to its
@@ -39,6 +40,8 @@ class ErrorKind(StrEnum):
     OOM = "oom"
     PIDS_EXHAUSTED = "pids-exhausted"
     WINDOW_OVERRUN = "window-overrun"
+    HEALTH_CHECK = "health-check"
+    """The workload's own health check failed its threshold of times in a row."""
 
 
 @dataclass(frozen=True)
@@ -112,7 +115,7 @@ _CRITICAL: dict[ErrorKind, HealthAction] = {
     ErrorKind.CRASH: RestartWorkload(), ErrorKind.CRASH_LOOP: Log(),
     ErrorKind.BUDGET_SATURATION: Log(), ErrorKind.DEADLINE_MISS: Log(),
     ErrorKind.OOM: RestartWorkload(), ErrorKind.PIDS_EXHAUSTED: Log(),
-    ErrorKind.WINDOW_OVERRUN: Log()}
+    ErrorKind.WINDOW_OVERRUN: Log(), ErrorKind.HEALTH_CHECK: RestartWorkload()}
 _MIDDLE = {**_CRITICAL, ErrorKind.CRASH_LOOP: StopPartition()}
 _BEST_EFFORT = {**_MIDDLE, ErrorKind.DEADLINE_MISS: Ignore(), ErrorKind.OOM: StopPartition(),
                 ErrorKind.PIDS_EXHAUSTED: StopPartition()}

@@ -6,10 +6,10 @@ with its cause."""
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
 
 from agent.accounting import Usage
-from agent.events import Event, Severity
+from agent.events import Event, EventLog, Severity
 from agent.health import (
     ErrorKind,
     HealthOrder,
@@ -21,9 +21,8 @@ from agent.health import (
     StopPartition,
     decide,
 )
-
-if TYPE_CHECKING:
-    from agent.reconciling import Engine
+from agent.models import Partition
+from agent.status import JobFigures, PartitionHealth
 
 log = logging.getLogger("sortie.health")
 
@@ -37,9 +36,23 @@ SILENCE_MIN_S = 1.0
 SILENCE_FACTOR = 20.0
 
 
+# Paced by their own policy (restart back-off, the check's threshold), not by REARM_S.
+_UNPACED = (ErrorKind.CRASH, ErrorKind.HEALTH_CHECK)
+
+
 class HealthMonitor:
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    """Detects and decides; never acts. What it needs of the engine is given to it:
+    the flying partition's table, whether a partition runs, and where orders go."""
+
+    def __init__(self, events: EventLog, clock: Callable[[], float],
+                 table: Callable[[str], Partition | None], running: Callable[[str], bool],
+                 order: Callable[[HealthOrder], None], saturation_periods: int) -> None:
+        self.events = events
+        self.clock = clock
+        self.table = table
+        self.running = running
+        self.order = order
+        self.saturation_periods = saturation_periods
         self.saturation: dict[str, SaturationDetector] = {}
         self.jobs: dict[tuple[str, str], JobStats] = {}
         self.counters: dict[str, dict[str, int]] = {}
@@ -49,21 +62,22 @@ class HealthMonitor:
         self._last: dict[tuple[str, str], float] = {}
         self._last_report: dict[tuple[str, str], float] = {}
         self._report_gap: dict[tuple[str, str], float] = {}
-        engine.events.subscribe(self._on_event)
+        events.subscribe(self._on_event)
 
     # -- detection -----------------------------------------------------------------
     def _on_event(self, ev: Event) -> None:
-        parts = ev.subject.split("/")
-        if parts[0] != "workload" or len(parts) != 3:
+        if ev.partition is None or ev.workload is None:
             return
         if ev.kind == "workload.exited" and ev.severity != "info":
-            self.report(ErrorKind.CRASH, parts[1], parts[2], ev.message)
+            self.report(ErrorKind.CRASH, ev.partition, ev.workload, ev.message)
         elif ev.kind == "workload.crash-loop":
-            self.report(ErrorKind.CRASH_LOOP, parts[1], parts[2], ev.message)
+            self.report(ErrorKind.CRASH_LOOP, ev.partition, ev.workload, ev.message)
+        elif ev.kind == "workload.unhealthy":
+            self.report(ErrorKind.HEALTH_CHECK, ev.partition, ev.workload, ev.message)
 
     def on_usage(self, partition: str, use: Usage) -> None:
         det = self.saturation.setdefault(
-            partition, SaturationDetector(sustain=self.engine.config.saturation_periods))
+            partition, SaturationDetector(sustain=self.saturation_periods))
         if det.feed(use):
             self.report(ErrorKind.BUDGET_SATURATION, partition, None,
                         f"used {use.share * 100:.1f} % of a core against a budget of "
@@ -92,7 +106,7 @@ class HealthMonitor:
 
     def on_job(self, partition: str, workload: str, response_us: int, deadline_us: int) -> None:
         stats = self.jobs.setdefault((partition, workload), JobStats())
-        now = self.engine.platform.monotonic()
+        now = self.clock()
         last = self._last_report.get((partition, workload))
         if last is not None:
             gap = now - last
@@ -105,10 +119,10 @@ class HealthMonitor:
 
     def check_silence(self) -> None:
         """A workload that reported jobs and went quiet has missed its deadlines (hung)."""
-        now = self.engine.platform.monotonic()
+        now = self.clock()
         for key, last in list(self._last_report.items()):
             gap = self._report_gap.get(key)
-            if gap is None or key[0] not in self.engine.runners:
+            if gap is None or not self.running(key[0]):
                 continue
             silence = now - last
             if silence > max(SILENCE_MIN_S, SILENCE_FACTOR * gap):
@@ -120,15 +134,15 @@ class HealthMonitor:
     # -- verdict ---------------------------------------------------------------------
     def report(self, kind: ErrorKind, partition: str, workload: str | None,
                cause: str) -> None:
-        spec = self.engine.mission.partition(partition) if self.engine.mission else None
+        spec = self.table(partition)
         if spec is None:
             return
         action = decide(spec, kind)
         if isinstance(action, Ignore):
             return
-        now = self.engine.platform.monotonic()
+        now = self.clock()
         key = (partition, kind.value)
-        if kind is not ErrorKind.CRASH and now - self._last.get(key, -REARM_S) < REARM_S:
+        if kind not in _UNPACED and now - self._last.get(key, -REARM_S) < REARM_S:
             return
         self._last[key] = now
         if isinstance(action, StopPartition):
@@ -138,11 +152,12 @@ class HealthMonitor:
         subject = f"workload/{partition}/{workload}" if workload else f"partition/{partition}"
         severity: Severity = ("error" if spec.criticality in ("A", "B")
                               or not isinstance(action, Log) else "warning")
-        self.engine.events.emit(f"health.{kind}", subject, f"{cause} -> {action}", severity)
+        self.events.emit(f"health.{kind}", subject, f"{cause} -> {action}", severity,
+                         partition=partition, workload=workload)
         if isinstance(action, Log) or (isinstance(action, RestartWorkload)
                                        and kind is ErrorKind.CRASH):
             return  # the event is the action; a crash's restart is its policy's
-        self.engine.order(HealthOrder(action, kind, partition, workload))
+        self.order(HealthOrder(action, kind, partition, workload))
 
     def rearm(self, partitions: set[str]) -> None:
         """A new mission generation changed these partitions: forget old verdicts."""
@@ -150,11 +165,10 @@ class HealthMonitor:
             self.stopped.discard(p)
             self.saturation.pop(p, None)
 
-    def status(self, partition: str) -> dict[str, Any]:
+    def status(self, partition: str) -> PartitionHealth:
         det = self.saturation.get(partition)
-        return {
-            "saturated": bool(det and det.flagged),
-            "stopped": partition in self.stopped,
-            "counters": self.counters.get(partition, {}),
-            "jobs": {w: vars(s) for (p, w), s in self.jobs.items() if p == partition},
-        }
+        return PartitionHealth(
+            saturated=bool(det and det.flagged), stopped=partition in self.stopped,
+            counters=dict(self.counters.get(partition, {})),
+            jobs={w: JobFigures(s.jobs, s.misses, s.max_response_us)
+                  for (p, w), s in self.jobs.items() if p == partition})

@@ -10,10 +10,9 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from agent import health as hm
 from agent.accounting import Usage, usage_between
@@ -22,7 +21,7 @@ from agent.cgroups import CgroupBackend, CpuSample, PartitionLimits
 from agent.degraded import fit
 from agent.errors import AgentError, StoreError, Violation
 from agent.events import EventLog
-from agent.models import AgentConfig, HardwareProfile, MissionProfile, Workload
+from agent.models import AgentConfig, HardwareProfile, MissionProfile, Partition, Workload
 from agent.monitoring import HealthMonitor
 from agent.observing import FoundPartition, FoundWorkload, observe
 from agent.planning import (
@@ -42,10 +41,13 @@ from agent.planning import (
     workload_hash,
 )
 from agent.platform import Platform, Runner
+from agent.port import Decision, Outcome
 from agent.preflight import host_violations
 from agent.reporting import ReportHub
 from agent.runtime.containers import ContainerOps
 from agent.runtime.identity import resolve_identity
+from agent.snapshot import SourceProbes, build_status
+from agent.status import Flying, Origin, Status
 
 if TYPE_CHECKING:
     from agent.images.store import ImageStore
@@ -84,26 +86,6 @@ def rt_reserve_us(desired: dict[str, DesiredPartition]) -> int:
     return 0 if ratio == 0 else min(1_000_000, int(ratio * 1_000_000) + 1)
 
 
-Outcome = Literal["applied", "unchanged", "rejected", "failed"]
-
-
-@dataclass(frozen=True)
-class Decision:
-    outcome: Outcome
-    mission: str
-    generation: int
-    violations: list[Violation] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    actions: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "outcome": self.outcome, "mission": self.mission, "generation": self.generation,
-            "violations": [{"path": v.path, "reason": v.reason} for v in self.violations],
-            "errors": self.errors, "actions": self.actions,
-        }
-
-
 def generation_violations(new: MissionProfile, current: MissionProfile | None) -> list[Violation]:
     """Never go back in time: a mission name's generation only increases. Pure."""
     if current is None or current.name != new.name:
@@ -132,7 +114,7 @@ class Engine:
         self.events = events or EventLog(clock=self.platform.wall)
         self.host_checks = host_checks
         self.mission: MissionProfile | None = None
-        self.origin: dict[str, Any] = {}
+        self.origin: Origin | None = None
         self.desired: dict[str, DesiredPartition] = {}
         self.limits: dict[str, PartitionLimits] = {}
         # Indexed by partition, so one change touches only its partitions' entries.
@@ -155,10 +137,12 @@ class Engine:
         self._os_isolated = False
         self.windows = self.platform.make_windows(backend, self.events,
                                                   sorted(board.reserved.cores))
-        self.monitor = HealthMonitor(self)
+        self.monitor = HealthMonitor(self.events, self.platform.monotonic, self._table,
+                                     lambda p: p in self.runners, self.order,
+                                     config.saturation_periods)
         self.reports: ReportHub | None = None
-        self.sources: dict[str, Callable[[], dict[str, Any]]] = {}
-        """Status of each desired-state source (files, mqtt, ...), shown in status."""
+        self.sources = SourceProbes()
+        """Status of each desired-state source (files, mqtt, kube), shown in status."""
         self.ready_after_s: float | None = None
 
     # -- start-up ----------------------------------------------------------------
@@ -239,7 +223,7 @@ class Engine:
             found += host_violations(mission, self.images if uses_images else None)
         return found + generation_violations(mission, self.mission)
 
-    async def submit(self, mission: MissionProfile, origin: dict[str, Any]) -> Decision:
+    async def submit(self, mission: MissionProfile, origin: Origin) -> Decision:
         """Admit and apply; a rejected mission changes nothing."""
         async with self._lock:
             subject = f"mission/{mission.name}"
@@ -269,12 +253,12 @@ class Engine:
         partition goes, and the state says so. None when the mission is not that
         source's."""
         async with self._lock:
-            if self.mission is None or self.origin.get("source") != source:
+            if self.mission is None or self.origin is None or self.origin.source != source:
                 return None
             name, gen = self.mission.name, self.mission.generation
             await self.windows.stop()
             self.monitor.rearm(set(self.desired))
-            self.mission, self.origin, self.desired, self.shed = None, {}, {}, []
+            self.mission, self.origin, self.desired, self.shed = None, None, {}, []
             actions = plan({}, self._observed())
             errors = await self._execute(actions)
             try:
@@ -461,7 +445,7 @@ class Engine:
         return [], plan(desired, self._observed())
 
     def _persist(self, stored: StoredMission) -> None:
-        origin = {**stored.origin, "admitted_at": self.platform.wall()}
+        origin = replace(stored.origin, admitted_at=self.platform.wall())
         try:
             self.store.save(StoredMission(stored.mission, origin))
         except StoreError as exc:
@@ -682,42 +666,16 @@ class Engine:
             await asyncio.sleep(period)
 
     # -- status ------------------------------------------------------------------
-    def status(self) -> dict[str, Any]:
-        parts = []
-        for name in sorted(self.desired.keys() | self.limits.keys()):
-            want = self.desired.get(name)
-            spec = self.mission.partition(name) if self.mission else None
-            lim = self.limits.get(name)
-            use = self.usage.get(name)
-            parts.append({
-                "name": name,
-                "criticality": spec.criticality if spec else None,
-                "desired": want is not None,
-                "cpus": sorted(lim.cpus) if lim else None,
-                "quota_us": lim.quota_us if lim else None,
-                "period_us": lim.period_us if lim else None,
-                "burst_us": lim.burst_us if lim else None,
-                "memory_bytes": lim.memory_bytes if lim else None,
-                "pids_max": lim.pids_max if lim else None,
-                "usage": use.to_dict() if use else None,
-                "health": self.monitor.status(name),
-                "workloads": [r.status() for _, r in sorted(self.runners.get(name, {}).items())]
-                + [{"name": w, "state": "orphan"} for w in sorted(self.orphans.get(name, {}))],
-            })
-        return {
-            "board": self.board.name,
-            "cgroup": {"version": self.backend.version, "prefix": self.backend.prefix},
-            "mission": None if self.mission is None else {
-                "name": self.mission.name, "generation": self.mission.generation,
-                "origin": self.origin},
-            "ready_after_s": self.ready_after_s,
-            "windows": self.windows.status(),
-            "reports": None if self.reports is None else self.reports.status(),
-            "internal_errors": dict(self.events.internal_errors),
-            "sources": {name: f() for name, f in self.sources.items()},
-            "degraded": {"capacity": self.capacity, "memory_mib": self.memory_mib,
-                         "shed": self.shed},
-            "partitions": parts,
-            "errors": self.errors,
-            "events": [e.to_dict() for e in self.events.recent(20)],
-        }
+    def _table(self, partition: str) -> Partition | None:
+        """The flying partition's spec (its health table), for the monitor."""
+        return self.mission.partition(partition) if self.mission else None
+
+    def flying(self) -> Flying | None:
+        """What flies, cheap: sources ask on every event."""
+        if self.mission is None or self.origin is None:
+            return None
+        return Flying(self.mission.name, self.mission.generation, self.origin,
+                      tuple(self.shed))
+
+    def snapshot(self) -> Status:
+        return build_status(self)

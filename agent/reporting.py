@@ -36,6 +36,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.status import ReportsStatus
+
 log = logging.getLogger("sortie.reporting")
 
 _CREDS = struct.Struct("iII")  # pid, uid, gid
@@ -90,10 +92,6 @@ class Counts:
     throttled: int = 0
     """Times a socket was left unread for the rest of a second (over RATE_PER_S)."""
     internal_errors: int = 0
-
-    def to_dict(self) -> dict[str, int]:
-        return {"accepted": self.accepted, "rejected": self.rejected,
-                "throttled": self.throttled, "internal_errors": self.internal_errors}
 
 
 @dataclass
@@ -178,9 +176,10 @@ class ReportHub:
         with contextlib.suppress(FileNotFoundError):
             s.path.unlink()
 
-    def status(self) -> dict[str, object]:
-        return {"directory": str(self.directory), "sockets": len(self._sockets),
-                **self.count.to_dict()}
+    def status(self) -> ReportsStatus:
+        c = self.count
+        return ReportsStatus(str(self.directory), len(self._sockets), c.accepted, c.rejected,
+                             c.throttled, c.internal_errors)
 
     # -- reading -----------------------------------------------------------------------
     def _drain(self, s: _Socket) -> None:

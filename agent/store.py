@@ -19,6 +19,7 @@ from typing import Any
 from agent.errors import ProfileError, StoreError
 from agent.models import MissionProfile
 from agent.models.loading import validate
+from agent.status import Origin
 
 log = logging.getLogger("sortie.store")
 
@@ -80,7 +81,7 @@ def write_atomic(path: Path, data: bytes) -> None:
 @dataclass(frozen=True)
 class StoredMission:
     mission: MissionProfile
-    origin: dict[str, Any]
+    origin: Origin
     """Where it came from: source kind, location, key id, when it was admitted."""
     recovered: bool = False
     """Loaded from the previous copy because the current one was corrupt or missing."""
@@ -105,7 +106,8 @@ class StateStore:
 
     def save(self, stored: StoredMission) -> None:
         self._ensure_dir()
-        payload = {"mission": stored.mission.model_dump(mode="json"), "origin": stored.origin}
+        payload = {"mission": stored.mission.model_dump(mode="json"),
+                   "origin": stored.origin.to_dict()}
         try:
             write_atomic(self.path, encode(payload))
         except OSError as exc:
@@ -142,7 +144,6 @@ class StateStore:
                 log.error("state file %s is corrupt (%s); trying the previous copy",
                           candidate, exc)
                 continue
-            origin = payload.get("origin")
-            return StoredMission(mission, origin if isinstance(origin, dict) else {},
+            return StoredMission(mission, Origin.from_dict(payload.get("origin")),
                                  recovered=candidate == prev)
         return None

@@ -21,9 +21,12 @@ from pathlib import Path
 from agent.cgroups.v1 import V1Backend
 from agent.models import AgentConfig, HardwareProfile, MissionProfile
 from agent.reconciling import Engine
+from agent.status import Origin
 from agent.store import StateStore
 from bench._util import row, summary
 from tests.conftest import CGROUP_ROOT, purge_prefix
+
+ORIGIN = Origin("config")
 
 BOARD = HardwareProfile.model_validate({
     "name": "bench", "arch": "x86_64", "cores": [{"id": 0}, {"id": 1}], "memory_mib": 4096,
@@ -55,13 +58,13 @@ async def agent_once(engine: Engine, gen: int, prefix: str) -> float:
     m = mission(gen, True)
     target = CGROUP_ROOT / "pids" / prefix / f"p-new{gen}" / "w-w" / "cgroup.procs"
     t0 = time.time()
-    d = await engine.submit(m, {"source": "bench"})
+    d = await engine.submit(m, ORIGIN)
     assert d.outcome == "applied", d
     started = [e for e in engine.events.of_kind("workload.started")
                if e.subject == f"workload/new{gen}/w"]
     pid = engine.runners[f"new{gen}"]["w"].pid
     assert started and procs(target) == [str(pid)], "workload not in its cgroup"
-    await engine.submit(mission(gen + 1, False), {"source": "bench"})
+    await engine.submit(mission(gen + 1, False), ORIGIN)
     return (started[-1].at - t0) * 1000
 
 
@@ -98,7 +101,7 @@ async def main(n: int) -> None:
     engine = Engine(cfg, BOARD, V1Backend(CGROUP_ROOT, prefix), StateStore(cfg.state_dir))
     try:
         await engine.start()
-        await engine.submit(mission(1, False), {"source": "bench"})
+        await engine.submit(mission(1, False), ORIGIN)
         for c in CONTROLLERS.split(","):
             (CGROUP_ROOT / c / prefix).mkdir(exist_ok=True)
         agent, peer = [], []

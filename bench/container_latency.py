@@ -25,10 +25,13 @@ from agent.models import AgentConfig, HardwareProfile, MissionProfile
 from agent.reconciling import Engine
 from agent.runtime.containers import oci_config
 from agent.runtime.ops import Launch
+from agent.status import Origin
 from agent.store import StateStore
 from bench._util import row, summary
 from tests.conftest import CGROUP_ROOT, purge_prefix
 from tests.images import busybox_layout
+
+ORIGIN = Origin("config")
 
 BOARD = HardwareProfile.model_validate({
     "name": "bench", "arch": "x86_64", "cores": [{"id": 0}, {"id": 1}], "memory_mib": 4096,
@@ -70,7 +73,7 @@ async def main(n: int) -> None:
     try:
         await engine.start()
         gen = 1
-        await engine.submit(mission(gen, image, None), {})
+        await engine.submit(mission(gen, image, None), ORIGIN)
         # the peer's bundle: the same rootfs and the same generated config
         bundle = tmp / "peer-bundle"
         bundle.mkdir()
@@ -81,11 +84,11 @@ async def main(n: int) -> None:
         for i in range(n):
             gen += 1
             t0 = time.time()
-            d = await engine.submit(mission(gen, image, f"new{i}"), {})
+            d = await engine.submit(mission(gen, image, f"new{i}"), ORIGIN)
             assert d.outcome == "applied", d
             agent.append((started[f"workload/new{i}/c"] - t0) * 1000)
             gen += 1
-            await engine.submit(mission(gen, image, None), {})
+            await engine.submit(mission(gen, image, None), ORIGIN)
             cid = f"peer-{i}"
             t1 = time.perf_counter()
             subprocess.run(["runc", "--root", str(tmp / "peer-runc"), "run", "--detach",
@@ -97,14 +100,14 @@ async def main(n: int) -> None:
         for pct in (20, 50):
             gen += 1
             await engine.submit(mission(gen, image, f"spin{pct}", pct * 1000,
-                                        ["/bin/sh", "-c", "while :; do :; done"]), {})
+                                        ["/bin/sh", "-c", "while :; do :; done"]), ORIGIN)
             await asyncio.sleep(1.0)
             engine.sample()
             await asyncio.sleep(4.0)
             engine.sample()
             shares[pct] = engine.usage[f"spin{pct}"].share
             gen += 1
-            await engine.submit(mission(gen, image, None), {})
+            await engine.submit(mission(gen, image, None), ORIGIN)
     finally:
         await engine.shutdown(teardown=True)
         purge_prefix(prefix)

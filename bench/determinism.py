@@ -26,9 +26,12 @@ from typing import Any
 from agent.cgroups.v1 import V1Backend
 from agent.models import AgentConfig, HardwareProfile, MissionProfile
 from agent.reconciling import Engine
+from agent.status import Origin
 from agent.store import StateStore
 from bench._util import pct
 from tests.conftest import CGROUP_ROOT, purge_prefix
+
+ORIGIN = Origin("config")
 
 REPO = Path(__file__).resolve().parent.parent
 DATA, IMG = REPO / "docs" / "data", REPO / "docs" / "img"
@@ -69,7 +72,7 @@ class Bench:
         self.gen += 1
         m = MissionProfile.model_validate({"name": "bench", "generation": self.gen,
                                            "partitions": partitions, **extra})
-        d = await self.engine.submit(m, {"source": "bench"})
+        d = await self.engine.submit(m, ORIGIN)
         if d.outcome != "applied":
             raise SystemExit(f"mission refused: {d.to_dict()}")
 

@@ -22,9 +22,12 @@ from pathlib import Path
 from agent.cgroups.v1 import V1Backend
 from agent.models import AgentConfig, HardwareProfile, MissionProfile
 from agent.reconciling import Engine
+from agent.status import Origin
 from agent.store import StateStore
 from bench._util import row, summary
 from tests.conftest import CGROUP_ROOT, purge_prefix
+
+ORIGIN = Origin("config")
 
 BOARD = HardwareProfile.model_validate({
     "name": "bench", "arch": "x86_64", "cores": [{"id": 0}, {"id": 1}], "memory_mib": 4096,
@@ -64,7 +67,7 @@ async def main(rounds: int) -> None:
     engine = Engine(cfg, BOARD, V1Backend(CGROUP_ROOT, prefix), StateStore(cfg.state_dir))
     try:
         await engine.start()
-        assert (await engine.submit(mission(1), {})).outcome == "applied"
+        assert (await engine.submit(mission(1), ORIGIN)).outcome == "applied"
         idle: list[float] = []
         busy: list[float] = []
         stop = asyncio.Event()
@@ -76,7 +79,7 @@ async def main(rounds: int) -> None:
         task = asyncio.create_task(sample(stop, busy))
         t0 = time.perf_counter()
         for gen in range(2, rounds + 2):
-            d = await engine.submit(mission(gen), {})
+            d = await engine.submit(mission(gen), ORIGIN)
             assert d.outcome == "applied", d
         took = time.perf_counter() - t0
         stop.set()

@@ -17,6 +17,7 @@ from agent.events import EventLog
 from agent.models import MissionProfile, Schedule
 from agent.runtime import procs
 from agent.runtime.ops import Launch
+from agent.status import WindowsStatus
 from agent.timing.enforcer import WindowStats, active_schedule
 from agent.timing.windows import edges, running_at
 from simulator.cpu import SimBoard, Task
@@ -211,6 +212,6 @@ class SimWindows:
             self._timer.cancel()
             self._timer = None
 
-    def status(self) -> dict[str, Any]:
-        return {"mode": self.mode, "enforcing": self._timer is not None, "realtime": "sim",
-                "partitions": {p: s.to_dict() for p, s in self.stats.items()}}
+    def status(self) -> WindowsStatus:
+        return WindowsStatus(self.mode, self._timer is not None, "sim",
+                             {p: s.figures() for p, s in self.stats.items()})

@@ -23,6 +23,7 @@ from agent.platform import Platform
 from agent.reconciling import Engine
 from agent.signing import public_text, seal
 from agent.sources.mqtt import MqttLink
+from agent.status import Origin
 from agent.store import StateStore, StoredMission
 from simulator.clock import VirtualTimeLoop
 from simulator.cpu import SimBoard
@@ -300,17 +301,17 @@ class _Sim:
         newest = None if chosen is None else self.cluster[chosen["metadata"]["name"]][0]
 
         async def go() -> None:
-            origin = self.engine.origin
-            if origin.get("source") == "kube" and origin.get("object") not in {
+            flying = self.engine.flying()
+            origin = flying.origin if flying else Origin("scenario")
+            if origin.source == "kube" and origin.object not in {
                     f"sim/{n}" for n in self.cluster}:
-                await self.engine.withdraw("kube", f"MissionProfile {origin.get('object')} "
+                await self.engine.withdraw("kube", f"MissionProfile {origin.object} "
                                            "was deleted")
-            if newest is not None and (origin.get("object") != f"sim/{newest.name}"
-                                       or origin.get("objectGeneration")
-                                       != newest.generation):
-                await self.engine.submit(newest, {
-                    "source": "kube", "object": f"sim/{newest.name}",
-                    "uid": f"sim-{newest.name}", "objectGeneration": newest.generation})
+            if newest is not None and (origin.object != f"sim/{newest.name}"
+                                       or origin.object_generation != newest.generation):
+                await self.engine.submit(newest, Origin(
+                    "kube", object=f"sim/{newest.name}", uid=f"sim-{newest.name}",
+                    object_generation=newest.generation))
         self._tasks.append(asyncio.get_running_loop().create_task(go(), name="kube"))
 
     def _start_fault(self, f: Fault) -> None:
@@ -336,13 +337,13 @@ class _Sim:
                 t.cancel()
         await self.engine.shutdown(teardown=False)
         self.engine = self._engine()
-        await self.engine.start(StoredMission(self.mission, {"source": "scenario"}))
+        await self.engine.start(StoredMission(self.mission, Origin("scenario")))
         self._tasks.append(asyncio.get_running_loop().create_task(self.accounting(),
                                                                   name="accounting"))
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        await self.engine.start(StoredMission(self.mission, {"source": "scenario"}))
+        await self.engine.start(StoredMission(self.mission, Origin("scenario")))
         self._handle = loop.call_at(loop.time(), self._tick)
         self.board.on_change = self._kick
         self._tasks += [loop.create_task(self.accounting(), name="accounting")]

@@ -17,7 +17,6 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -30,13 +29,26 @@ from agent.ledger import GenerationLedger
 from agent.models import AgentConfig, HardwareProfile, MissionProfile, load_text
 from agent.models.config import MqttConfig
 from agent.platform import Platform
-from agent.reconciling import Decision
+from agent.port import Decision
 from agent.reporting import parse as parse_report
 from agent.signing import public_text, seal
+from agent.status import (
+    CgroupStatus,
+    DegradedStatus,
+    Flying,
+    MissionStatus,
+    Origin,
+    SourcesStatus,
+    Status,
+    WindowsStatus,
+)
 from agent.store import StateStore, encode
 from tests.test_models import GOOD
 
 NODE = "fuzz-board"
+BOARD = HardwareProfile.model_validate({
+    "name": NODE, "arch": "x86_64", "cores": [{"id": 0}, {"id": 1}], "memory_mib": 4096,
+    "reserved": {"cores": [0], "cpu_fraction": 0.2, "memory_mib": 512, "pids": 512}})
 KEY = Ed25519PrivateKey.generate()
 
 
@@ -49,22 +61,31 @@ class FakeEngine:
     """What the sources see of the engine, without cgroups: a submit that flies every
     admitted mission at once. Lets the MQTT and Kubernetes sources run at fuzzing speed."""
 
+    board: HardwareProfile
     events: EventLog = field(default_factory=EventLog)
-    origin: dict[str, Any] = field(default_factory=dict)
-    mission: MissionProfile | None = None
-    shed: list[str] = field(default_factory=list)
     platform: Platform = field(default_factory=Platform)
+    mission: MissionProfile | None = None
+    origin: Origin | None = None
 
-    async def submit(self, mission: MissionProfile, origin: dict[str, Any]) -> Decision:
+    async def submit(self, mission: MissionProfile, origin: Origin) -> Decision:
         self.mission, self.origin = mission, origin
         return Decision("applied", mission.name, mission.generation)
 
     async def withdraw(self, source: str, why: str) -> Decision | None:
-        self.mission, self.origin = None, {}
+        self.mission, self.origin = None, None
         return None
 
-    def status(self) -> dict[str, Any]:
-        return {"board": "fuzz", "mission": None, "partitions": []}
+    def flying(self) -> Flying | None:
+        if self.mission is None or self.origin is None:
+            return None
+        return Flying(self.mission.name, self.mission.generation, self.origin)
+
+    def snapshot(self) -> Status:
+        m = self.flying()
+        return Status(self.board.name, CgroupStatus("v2", "fuzz"),
+                      None if m is None else MissionStatus(m.name, m.generation, m.origin),
+                      None, WindowsStatus(None, False, None, {}), None, {},
+                      SourcesStatus(), DegradedStatus({}, None, []), [], [])
 
 
 @dataclass
@@ -81,7 +102,7 @@ class Rig:
         self.tmp = Path(tempfile.mkdtemp(prefix="sortie-fuzz-",
                                          dir=str(root) if root else _fast_tmp()))
         self.loop = asyncio.new_event_loop()
-        self.engine = FakeEngine()
+        self.engine = FakeEngine(BOARD)
         from agent.sources.mqtt import MqttLink
 
         async def make() -> MqttLink:

@@ -17,10 +17,13 @@ from agent.models import AgentConfig, HardwareProfile
 from agent.reconciling import Engine
 from agent.runtime.identity import resolve_identity
 from agent.runtime.spawn import SpawnRequest, spawn
+from agent.status import Origin
 from agent.store import StateStore
 from agent.timing.sched import SchedPolicy
 from tests.conftest import CGROUP_ROOT, needs_root_v1
 from tests.helpers import SPINNER, mission, partition, wait_for, workload
+
+ORIGIN = Origin("config")
 
 pytestmark = needs_root_v1
 
@@ -49,7 +52,7 @@ async def test_rt_budget_caps_a_fifo_spinner(agent_config: AgentConfig,
     p = partition("rt", workloads=[spin()])
     p["budget"] = {"mode": "rt", "quota_us": 1_000, "period_us": 100_000,
                    "rt": {"runtime_us": 20_000, "period_us": 100_000, "priority": 10}}
-    d = await e.submit(mission(p), {})
+    d = await e.submit(mission(p), ORIGIN)
     assert d.outcome == "applied", d
     pid = e.runners["rt"]["spin"].pid
     assert os.sched_getscheduler(pid) == os.SCHED_FIFO
@@ -68,7 +71,7 @@ async def test_deadline_reservation_is_honoured(agent_config: AgentConfig,
     p["budget"] = {"mode": "deadline", "quota_us": 1_000, "period_us": 100_000,
                    "deadline": {"runtime_us": 2_000, "deadline_us": 10_000,
                                 "period_us": 10_000}}
-    d = await e.submit(mission(p), {})
+    d = await e.submit(mission(p), ORIGIN)
     assert d.outcome == "applied", d
     policy = os.sched_getscheduler(e.runners["dl"]["spin"].pid) & ~os.SCHED_RESET_ON_FORK
     assert policy == 6  # SCHED_DEADLINE, reset-on-fork so it may fork plain children
@@ -101,7 +104,7 @@ async def test_dedicated_core_is_exclusive_and_the_os_moves_off_it(
     try:
         e = engine(agent_config, board, isolate_os=True)
         await e.start()
-        d = await e.submit(mission(partition("fc", cores=[1], crit="A")), {})
+        d = await e.submit(mission(partition("fc", cores=[1], crit="A")), ORIGIN)
         assert d.outcome == "applied", d
         cs = CGROUP_ROOT / "cpuset" / prefix
         assert (cs / "p-fc" / "cpuset.cpu_exclusive").read_text().strip() == "1"
@@ -133,7 +136,7 @@ async def test_windows_confine_each_partition_and_modes_switch(
     try:
         m = mission(*[partition(n, quota=50_000, workloads=[spin()]) for n in "abc"],
                     schedules=WINDOWED)
-        d = await e.submit(m, {})
+        d = await e.submit(m, ORIGIN)
         assert d.outcome == "applied", d
         await asyncio.sleep(0.3)
         e.sample()
@@ -142,14 +145,14 @@ async def test_windows_confine_each_partition_and_modes_switch(
         for n in "abc":
             assert 0.25 <= e.usage[n].share <= 0.35, (n, e.usage[n])
         st = e.windows.status()
-        assert st["enforcing"] and st["mode"] == "normal"
+        assert st.enforcing and st.mode == "normal"
         for n in "abc":
-            w = st["partitions"][n]
-            assert w["windows"] >= 15
-            assert w["start_jitter_us"]["p99"] < 5_000
+            w = st.partitions[n]
+            assert w.windows >= 15
+            assert w.start_jitter_us.p99 < 5_000
             # Without windows a spinner would use ~1.4 s outside them here; the freeze
             # takes a moment to bite, more under load (up to 67 ms seen in 2.3 s).
-            assert w["cpu_outside_s"] < 0.1
+            assert w.cpu_outside_s < 0.1
         await e.switch_mode("degraded")
         await wait_for(lambda: e.windows.mode == "degraded", 2)
         await asyncio.sleep(0.2)
@@ -170,7 +173,7 @@ async def test_runaway_is_flagged_and_contained(agent_config: AgentConfig,
     # 10 ms periods: each 250 ms sample spans many, so the throttled fraction is stable.
     miner = dict(partition("miner", crit="E", quota=1_000, period=10_000, workloads=[spin()]),
                  health={"budget-saturation": "stop-partition"})
-    await e.submit(mission(partition("fc", cores=[1], crit="A"), miner), {})
+    await e.submit(mission(partition("fc", cores=[1], crit="A"), miner), ORIGIN)
     for _ in range(12):
         e.sample()
         await asyncio.sleep(0.25)
@@ -189,7 +192,7 @@ async def test_crash_loop_stops_a_best_effort_partition(agent_config: AgentConfi
     flaky = workload("flaky", command=["/bin/false"],
                      restart={"backoff_initial_ms": 10, "backoff_max_ms": 20,
                               "crash_loop_restarts": 3})
-    await e.submit(mission(partition("e", crit="E", workloads=[flaky])), {})
+    await e.submit(mission(partition("e", crit="E", workloads=[flaky])), ORIGIN)
     await wait_for(lambda: e.events.of_kind("partition.stopped"), 10)
     assert e.events.of_kind("health.crash-loop")
     restarts = e.runners["e"]["flaky"].restarts
@@ -208,7 +211,7 @@ async def test_oom_and_pids_exhaustion_are_detected(agent_config: AgentConfig,
     forker = workload("forker", command=["/bin/sh", "-c",
                                          "for i in 1 2 3 4 5 6 7 8; do sleep 60 & done; wait"])
     await e.submit(mission(partition("m", memory=32, workloads=[hog]),
-                           partition("f", pids=4, workloads=[forker])), {})
+                           partition("f", pids=4, workloads=[forker])), ORIGIN)
     e.sample()
     for _ in range(20):
         await asyncio.sleep(0.2)
@@ -230,7 +233,7 @@ async def test_workloads_report_jobs_and_misses(agent_config: AgentConfig,
             "    s.sendto(f'job {r} 10000'.encode(), os.environ['SORTIE_REPORT_SOCKET'])\n"
             "time.sleep(60)\n")
     await e.submit(mission(partition("ctl", crit="A", workloads=[
-        workload("loop", command=["/usr/bin/python3", "-c", code])])), {})
+        workload("loop", command=["/usr/bin/python3", "-c", code])])), ORIGIN)
     await wait_for(lambda: e.monitor.jobs.get(("ctl", "loop")) and
                    e.monitor.jobs[("ctl", "loop")].jobs == 3, 5)
     stats = e.monitor.jobs[("ctl", "loop")]
@@ -258,7 +261,7 @@ async def test_windows_keep_running_when_the_agent_dies(agent_config: AgentConfi
     await first.start()
     m = mission(*[partition(n, quota=50_000, workloads=[spin()]) for n in "abc"],
                 schedules=WINDOWED[:1])
-    await first.submit(m, {})
+    await first.submit(m, ORIGIN)
     keeper = first.windows.pid
     assert keeper is not None
     await first.shutdown(teardown=False)  # as after SIGKILL: nothing is stopped

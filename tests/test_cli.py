@@ -18,6 +18,7 @@ import yaml
 from agent import cli
 from agent.models import HardwareProfile
 from agent.runtime.procs import is_alive
+from agent.status import parse, to_json
 from tests.conftest import CGROUP_ROOT, REPO, needs_root_v1
 from tests.helpers import mission_doc, partition, wait_for_sync, workload
 
@@ -80,11 +81,13 @@ def test_usage_errors_exit_2() -> None:
     assert sortie("frobnicate").returncode == 2
 
 
-def test_schema_prints_all_three_documents() -> None:
+def test_schema_prints_the_documents_and_the_status() -> None:
     r = sortie("schema", check=True)
     schemas = json.loads(r.stdout)
-    assert set(schemas) == {"mission", "hardware", "config"}
+    assert set(schemas) == {"mission", "hardware", "config", "status"}
     assert "partitions" in schemas["mission"]["properties"]
+    st = json.loads(sortie("schema", "status", check=True).stdout)
+    assert {"board", "mission", "partitions", "sources", "degraded"} <= set(st["properties"])
 
 
 def test_hw_detect_writes_a_valid_profile(tmp_path: Path) -> None:
@@ -218,6 +221,8 @@ def test_agent_lifecycle_end_to_end(agent_env: dict, prefix: str) -> None:
     sock = agent_env["dir"] / "run" / "sortie.sock"
     assert stat.S_IMODE(sock.stat().st_mode) == 0o600
     assert st["mission"]["origin"]["source"] == "file"
+    # the answer is the typed contract, whole: read back and written out, nothing lost
+    assert json.loads(json.dumps(to_json(parse(st)))) == st
     first = pids(st)
     own = Path(f"/proc/{agent.pid}/cgroup").read_text()
     assert f":cpuset:/{prefix}/agent\n" in own and f":cpu:/{prefix}/agent\n" in own

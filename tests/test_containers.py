@@ -18,10 +18,13 @@ from agent.errors import ProfileError
 from agent.images.store import ImageError, ImageStore
 from agent.models import AgentConfig, HardwareProfile
 from agent.reconciling import Engine
+from agent.status import Origin
 from agent.store import StateStore
 from tests.conftest import CGROUP_ROOT, REPO, needs_root_v1
 from tests.helpers import mission, partition, workload
 from tests.images import busybox_layout
+
+ORIGIN = Origin("config")
 
 needs_runc = pytest.mark.skipif(not (shutil.which("runc") and shutil.which("umoci")),
                                 reason="runc and umoci come from .ci/setup")
@@ -130,7 +133,7 @@ async def test_a_container_runs_confined_in_its_partition(agent_config: AgentCon
     await e.start()
     d = await e.submit(mission(partition("c", quota=20_000, workloads=[
         workload("probe", command=["/bin/sh", "-c", PROBE], image=digest,
-                 stop_grace_ms=200)])), {})
+                 stop_grace_ms=200)])), ORIGIN)
     assert d.outcome == "applied", d
     r = e.runners["c"]["probe"]
     procs = (CGROUP_ROOT / "pids" / prefix / "p-c" / "w-probe" / "cgroup.procs")
@@ -157,7 +160,7 @@ async def test_a_restarted_agent_adopts_the_container(agent_config: AgentConfig,
     await first.start()
     m = mission(partition("c", workloads=[workload("s", command=["/bin/sleep", "3600"],
                                                    image=digest, stop_grace_ms=200)]))
-    await first.submit(m, {})
+    await first.submit(m, ORIGIN)
     pid = first.runners["c"]["s"].pid
     await first.shutdown(teardown=False)
     second = engine(agent_config, board)
@@ -173,7 +176,7 @@ async def test_an_image_not_in_the_store_is_refused_before_anything_runs(
     e = engine(agent_config, board)
     await e.start()
     d = await e.submit(mission(partition("c", workloads=[
-        workload("w", image="sha256:" + "ab" * 32, user="operator")])), {})
+        workload("w", image="sha256:" + "ab" * 32, user="operator")])), ORIGIN)
     assert d.outcome == "rejected"
     got = {v.path: v.reason for v in d.violations}
     assert "not in the image store" in got["partitions[0].workloads[0].image"]
@@ -214,7 +217,7 @@ async def test_two_workloads_whose_names_join_alike_both_run(
         d = await e.submit(mission(
             partition("flight-ctl", quota=10_000, workloads=[workload("loop", **sleeper)]),
             partition("flight", quota=10_000, workloads=[workload("ctl-loop", **sleeper)])),
-            {})
+            ORIGIN)
         assert d.outcome == "applied", d
         a, b = e.runners["flight-ctl"]["loop"].pid, e.runners["flight"]["ctl-loop"].pid
         assert a and b and a != b
@@ -271,7 +274,7 @@ async def test_a_container_cannot_make_namespaces_with_clone(
         # CAP_SYS_ADMIN kept on purpose: only the seccomp filter stands in the way.
         d = await e.submit(mission(partition("c", workloads=[workload(
             "p", command=["/bin/nsprobe"], image=digest, user="root",
-            capabilities=["CAP_SYS_ADMIN"], stop_grace_ms=200)])), {})
+            capabilities=["CAP_SYS_ADMIN"], stop_grace_ms=200)])), ORIGIN)
         assert d.outcome == "applied", d
         log = e.runners["c"]["p"].log_file
         await asyncio.sleep(0.1)

@@ -10,9 +10,12 @@ import pytest
 from agent.cgroups.v1 import V1Backend
 from agent.models import AgentConfig, HardwareProfile
 from agent.reconciling import Engine
+from agent.status import Origin
 from agent.store import StateStore
 from tests.conftest import CGROUP_ROOT, needs_root_v1
 from tests.helpers import SPINNER, mission, partition, workload
+
+ORIGIN = Origin("config")
 
 pytestmark = needs_root_v1
 
@@ -39,7 +42,7 @@ async def test_applies_a_mission_into_real_cgroups(agent_config: AgentConfig,
                                                    board: HardwareProfile, prefix: str) -> None:
     e = make_engine(agent_config, board)
     await e.start()
-    d = await e.submit(TWO, {"source": "test"})
+    d = await e.submit(TWO, ORIGIN)
     assert d.outcome == "applied", d
     for p, w in (("fc", "ctl"), ("hog", "spin")):
         runner = e.runners[p][w]
@@ -53,13 +56,13 @@ async def test_rejected_mission_changes_nothing(agent_config: AgentConfig,
                                                 board: HardwareProfile, prefix: str) -> None:
     e = make_engine(agent_config, board)
     await e.start()
-    await e.submit(TWO, {"source": "test"})
+    await e.submit(TWO, ORIGIN)
     pids = pid_map(e)
     bad = mission(partition("fc", cores=[7], quota=500),
                   partition("hog", workloads=[workload("spin", user="no-such-user"),
                                               workload("x", command=["/no/such/cmd"])]),
                   generation=2)
-    d = await e.submit(bad, {"source": "test"})
+    d = await e.submit(bad, ORIGIN)
     assert d.outcome == "rejected"
     got = {v.path for v in d.violations}
     assert {"partitions[0].cpu.dedicated_cores", "partitions[0].budget.quota_us",
@@ -73,10 +76,10 @@ async def test_generation_never_goes_back(agent_config: AgentConfig,
                                           board: HardwareProfile) -> None:
     e = make_engine(agent_config, board)
     await e.start()
-    await e.submit(mission(partition("a"), generation=5), {})
-    older = await e.submit(mission(partition("a", quota=30_000), generation=4), {})
-    same_gen = await e.submit(mission(partition("a", quota=30_000), generation=5), {})
-    again = await e.submit(mission(partition("a"), generation=5), {})
+    await e.submit(mission(partition("a"), generation=5), ORIGIN)
+    older = await e.submit(mission(partition("a", quota=30_000), generation=4), ORIGIN)
+    same_gen = await e.submit(mission(partition("a", quota=30_000), generation=5), ORIGIN)
+    again = await e.submit(mission(partition("a"), generation=5), ORIGIN)
     assert older.outcome == "rejected" and "older" in older.violations[0].reason
     assert same_gen.outcome == "rejected" and "raise the generation" in \
         same_gen.violations[0].reason
@@ -88,12 +91,12 @@ async def test_live_change_touches_only_what_changed(agent_config: AgentConfig,
                                                      board: HardwareProfile, prefix: str) -> None:
     e = make_engine(agent_config, board)
     await e.start()
-    await e.submit(TWO, {})
+    await e.submit(TWO, ORIGIN)
     before = pid_map(e)
     changed = mission(partition("fc", cores=[1], crit="A", workloads=[workload("ctl")]),
                       partition("hog", crit="E", quota=10_000, workloads=[
                           workload("spin"), workload("extra")]), generation=2)
-    d = await e.submit(changed, {})
+    d = await e.submit(changed, ORIGIN)
     assert d.outcome == "applied"
     assert e.runners["fc"]["ctl"].pid == before["fc/ctl"]
     assert e.runners["hog"]["spin"].pid == before["hog/spin"]  # budget: no restart
@@ -102,7 +105,7 @@ async def test_live_change_touches_only_what_changed(agent_config: AgentConfig,
     assert quota.read_text().strip() == "10000"
     dropped = mission(partition("fc", cores=[1], crit="A", workloads=[workload("ctl")]),
                       generation=3)
-    await e.submit(dropped, {})
+    await e.submit(dropped, ORIGIN)
     assert not (CGROUP_ROOT / "cpu" / prefix / "p-hog").exists()
     await e.shutdown(teardown=True)
 
@@ -111,7 +114,7 @@ async def test_restarted_engine_adopts_the_same_pids(agent_config: AgentConfig,
                                                      board: HardwareProfile, prefix: str) -> None:
     first = make_engine(agent_config, board)
     await first.start()
-    await first.submit(TWO, {})
+    await first.submit(TWO, ORIGIN)
     pids = pid_map(first)
     await first.shutdown(teardown=False)  # as after SIGKILL: processes keep running
     second = make_engine(agent_config, board)
@@ -123,7 +126,7 @@ async def test_restarted_engine_adopts_the_same_pids(agent_config: AgentConfig,
     d = await second.submit(mission(
         partition("fc", cores=[1], crit="A", workloads=[workload("ctl")]),
         partition("hog", crit="E", workloads=[workload("spin", env={"X": "1"})]),
-        generation=2), {})
+        generation=2), ORIGIN)
     assert d.outcome == "applied"
     assert second.runners["fc"]["ctl"].pid == pids["fc/ctl"]
     assert second.runners["hog"]["spin"].pid != pids["hog/spin"]
@@ -135,7 +138,7 @@ async def test_budget_holds_a_cpu_hog(agent_config: AgentConfig, board: Hardware
     e = make_engine(agent_config, board)
     await e.start()
     await e.submit(mission(partition("hog", quota=20_000, workloads=[
-        workload("spin", command=SPINNER)])), {})
+        workload("spin", command=SPINNER)])), ORIGIN)
     e.sample()
     await asyncio.sleep(1.5)
     e.sample()
@@ -150,7 +153,7 @@ async def test_start_stop_is_fast_enough_for_tests(agent_config: AgentConfig,
     e = make_engine(agent_config, board)
     await e.start()
     t = time.monotonic()
-    await e.submit(TWO, {})
+    await e.submit(TWO, ORIGIN)
     await e.shutdown(teardown=True)
     assert time.monotonic() - t < 5
 
@@ -160,7 +163,7 @@ async def test_unknown_groups_are_left_alone_without_a_mission(
     """No last-known-good state and no profile: safe mode, nothing is killed."""
     first = make_engine(agent_config, board)
     await first.start()
-    await first.submit(TWO, {})
+    await first.submit(TWO, ORIGIN)
     pids = pid_map(first)
     await first.shutdown(teardown=False)
     for f in agent_config.state_dir.glob("*"):
@@ -169,7 +172,7 @@ async def test_unknown_groups_are_left_alone_without_a_mission(
     await second.start()
     assert second.events.of_kind("agent.safe-mode")
     assert procs_of(prefix, "fc", "ctl") == [pids["fc/ctl"]]
-    await second.submit(TWO, {})  # the same mission again: its processes are adopted
+    await second.submit(TWO, ORIGIN)  # the same mission again: its processes are adopted
     assert pid_map(second) == pids
     await second.shutdown(teardown=True)
 
@@ -179,14 +182,15 @@ async def test_status_reports_partitions_and_usage(agent_config: AgentConfig,
                                                    board: HardwareProfile, n: int) -> None:
     e = make_engine(agent_config, board)
     await e.start()
-    await e.submit(TWO, {"source": "test"})
+    await e.submit(TWO, ORIGIN)
     e.sample()
     await asyncio.sleep(0.3)
     e.sample()
-    s = e.status()
-    names = [p["name"] for p in s["partitions"]]
-    assert names == ["fc", "hog"] and s["mission"]["name"] == "m"
-    fc = s["partitions"][0]
-    assert fc["cpus"] == [1] and fc["quota_us"] == 20_000 and fc["usage"]["share"] >= 0
-    assert fc["workloads"][0]["state"] == "running"
+    s = e.snapshot()
+    names = [p.name for p in s.partitions]
+    assert names == ["fc", "hog"] and s.mission is not None and s.mission.name == "m"
+    fc = s.partitions[0]
+    assert fc.cpus == [1] and fc.quota_us == 20_000
+    assert fc.usage is not None and fc.usage.share >= 0
+    assert fc.workloads[0].state == "running"
     await e.shutdown(teardown=True)

@@ -9,9 +9,12 @@ from agent.cgroups.v1 import V1Backend
 from agent.health import ErrorKind, HealthOrder
 from agent.models import AgentConfig, HardwareProfile
 from agent.reconciling import Engine
+from agent.status import Origin
 from agent.store import StateStore
 from tests.conftest import CGROUP_ROOT, needs_root_v1
-from tests.helpers import mission, partition
+from tests.helpers import mission, partition, wait_for, workload
+
+ORIGIN = Origin("config")
 
 pytestmark = needs_root_v1
 
@@ -26,7 +29,7 @@ async def test_three_errors_at_once_are_carried_out_one_by_one_under_the_lock(
                                                            "stop-partition"}),
                 dict(partition("c", quota=10_000), health={"deadline-miss":
                                                            "restart-workload"}))
-    assert (await e.submit(m, {})).outcome == "applied"
+    assert (await e.submit(m, ORIGIN)).outcome == "applied"
     trace: list[tuple[str, str, bool]] = []
     real = e._health_action
 
@@ -43,7 +46,7 @@ async def test_three_errors_at_once_are_carried_out_one_by_one_under_the_lock(
         e.monitor.report(ErrorKind.BUDGET_SATURATION, "b", None, "used its whole budget")
         e.monitor.report(ErrorKind.DEADLINE_MISS, "c", "w", "job took 12 ms of 10")
         # an apply asked for meanwhile waits its turn too
-        change = asyncio.create_task(e.submit(m.model_copy(update={"generation": 2}), {}))
+        change = asyncio.create_task(e.submit(m.model_copy(update={"generation": 2}), ORIGIN))
         await e.settle_health()
         await change
         kinds = ["crash", "budget-saturation", "deadline-miss"]
@@ -55,6 +58,36 @@ async def test_three_errors_at_once_are_carried_out_one_by_one_under_the_lock(
         assert e.runners["b"]["w"].pid is None
         for p in "ac":  # restarted by the actions, inside them: new processes already
             assert e.runners[p]["w"].restarts == 1 and e.runners[p]["w"].pid != pids[p]
+    finally:
+        e._health_action = real  # type: ignore[method-assign]
+        await e.shutdown(teardown=True)
+
+
+async def test_failing_health_checks_restart_through_the_monitor_under_the_lock(
+        agent_config: AgentConfig, board: HardwareProfile) -> None:
+    e = Engine(agent_config, board, V1Backend(CGROUP_ROOT, agent_config.cgroup_prefix),
+               StateStore(agent_config.state_dir))
+    await e.start()
+    locked: list[bool] = []
+    real = e._health_action
+
+    async def traced(o: HealthOrder) -> None:
+        locked.append(e._lock.locked())
+        await real(o)
+
+    e._health_action = traced  # type: ignore[method-assign]
+    check = {"command": ["/bin/false"], "interval_ms": 20, "timeout_ms": 500,
+             "failure_threshold": 2}
+    try:
+        m = mission(partition("p", quota=10_000, workloads=[
+            workload("w", health_check=check, stop_grace_ms=200)]))
+        assert (await e.submit(m, ORIGIN)).outcome == "applied"
+        first = e.runners["p"]["w"].pid
+        await wait_for(lambda: e.runners["p"]["w"].restarts >= 1
+                       and e.runners["p"]["w"].pid not in (None, first), 10)
+        (verdict, *_) = e.events.of_kind("health.health-check")
+        assert verdict.message.endswith("-> restart-workload")
+        assert locked and all(locked)
     finally:
         e._health_action = real  # type: ignore[method-assign]
         await e.shutdown(teardown=True)

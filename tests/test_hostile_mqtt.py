@@ -143,7 +143,7 @@ async def test_a_bug_behind_a_push_is_loud_but_not_fatal(link: MqttLink,
     monkeypatch.setattr(link.engine, "submit", boom)
     ack = await link.handle(signed(profile(1)))
     assert ack["outcome"] == "rejected" and "internal error" in ack["reasons"][0]["reason"]
-    assert link.internal_errors == 1 and link.status()["internal_errors"] == 1
+    assert link.internal_errors == 1 and link.status().internal_errors == 1
     assert "Traceback" in caplog.text
 
 
@@ -180,7 +180,7 @@ async def test_a_full_disk_during_the_ledger_write_is_an_answer(
             ack = await lk.handle(signed(profile(1)))
             assert ack["outcome"] == "applied", ack
             assert any("replay ledger not saved" in e for e in ack["errors"]), ack
-            assert lk.status()["ledger_unsaved"]
+            assert lk.status().ledger_unsaved
             # the replay protection holds in memory
             assert (await lk.handle(signed(profile(1))))["outcome"] == "duplicate"
         finally:
@@ -203,7 +203,7 @@ async def test_a_mission_from_a_revoked_key_is_flagged_after_restart(
     try:
         revoked = cfg.model_copy(update={"revoked_keys": [PUB]})
         lk2 = MqttLink(revoked, NODE, again, GenerationLedger(agent_config.state_dir))
-        assert "revoked" in (lk2.status()["flying_revoked"] or "")
+        assert "revoked" in (lk2.status().flying_revoked or "")
         assert any(e.kind == "mqtt.origin-revoked" for e in again.events.recent())
     finally:
         await again.shutdown(teardown=True)

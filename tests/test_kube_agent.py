@@ -86,7 +86,7 @@ async def on_cluster(c: Cluster, cfg: AgentConfig, hw: HardwareProfile,
                     StateStore(cfg.state_dir))
     await engine.start()
     src = KubeSource(kube_cfg(c, **over), NODE, engine)
-    engine.sources["kube"] = src.status
+    engine.sources.kube = src.status
     loop = asyncio.get_running_loop()
     tasks = [loop.create_task(src.run_forever()), loop.create_task(engine.account_forever())]
     try:

@@ -134,7 +134,7 @@ async def flying(cfg: MqttConfig, agent_config: AgentConfig, board: HardwareProf
                     StateStore(agent_config.state_dir))
     await engine.start()
     link = MqttLink(cfg, NODE, engine, GenerationLedger(agent_config.state_dir))
-    engine.sources["mqtt"] = link.status
+    engine.sources.mqtt = link.status
     task = asyncio.get_running_loop().create_task(link.run_forever())
     try:
         await wait_for(lambda: link.connected, connect_s)
@@ -182,15 +182,18 @@ async def test_push_applies_and_standard_tools_see_the_board(rig, tmp_path: Path
     prefix = r.engine.backend.prefix
     procs = CGROUP_ROOT / "pids" / prefix / "p-p" / "w-w" / "cgroup.procs"
     assert procs.read_text().split() == [str(r.engine.runners["p"]["w"].pid)]
-    assert r.engine.origin["source"] == "mqtt" and r.engine.origin["kid"] == "planner"
+    flying = r.engine.flying()
+    assert flying is not None and flying.origin.source == "mqtt"
+    assert flying.origin.kid == "planner"
     (status,) = await asyncio.to_thread(sub, broker.port, f"sortie/v1/{NODE}/status")
     assert status["online"] and status["mission"]["name"] == "m"
     # the same push again (QoS 1 redelivery): answered, nothing re-applied
     again = await asyncio.to_thread(push_cli, broker, keys, tmp_path / "m.yaml")
     assert json.loads(again.stdout)["outcome"] == "duplicate"
-    src = r.engine.status()["sources"]["mqtt"]
-    assert src["connected"] and src["last_push"]["outcome"] == "duplicate"
-    assert src["pushes"] == {"applied": 1, "duplicate": 1, "rejected": 0}
+    src = r.engine.snapshot().sources.mqtt
+    assert src is not None and src.connected and src.last_push is not None
+    assert src.last_push.outcome == "duplicate"
+    assert src.pushes == {"applied": 1, "duplicate": 1, "rejected": 0}
 
 
 @needs_root_v1
@@ -273,7 +276,8 @@ async def test_tls_passwords_and_acls(tmp_path: Path, agent_config: AgentConfig,
                 "--ca-file", str(b.ca), "--timeout", "10"], capture_output=True, text=True,
                 cwd=REPO, timeout=40, check=False)
             assert res.returncode == 0, res.stderr
-            assert engine.mission is not None and engine.origin["source"] == "mqtt"
+            assert engine.mission is not None and engine.origin is not None \
+                and engine.origin.source == "mqtt"
             # without the password the broker turns a client away
             denied = await asyncio.to_thread(subprocess.run, [
                 "mosquitto_pub", "-h", "localhost", "-p", str(b.port), "--cafile", str(b.ca),
@@ -320,7 +324,8 @@ async def test_unsigned_profiles_only_in_lab_mode(tmp_path: Path, agent_config: 
                        engine, GenerationLedger(tmp_path / "b"))
         assert "insecure_lab_mode is ON" in caplog.text
         ack = await lab.handle(profile(1))
-        assert ack["outcome"] == "applied" and engine.origin["signed"] is False
+        assert ack["outcome"] == "applied" and engine.origin is not None \
+            and engine.origin.signed is False
     finally:
         await engine.shutdown(teardown=True)
 

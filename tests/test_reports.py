@@ -14,9 +14,12 @@ from agent.cgroups.v1 import V1Backend
 from agent.models import AgentConfig, HardwareProfile
 from agent.reconciling import Engine
 from agent.reporting import RATE_PER_S
+from agent.status import Origin
 from agent.store import StateStore
 from tests.conftest import CGROUP_ROOT, needs_root_v1
 from tests.helpers import mission, partition, wait_for, workload
+
+ORIGIN = Origin("config")
 
 pytestmark = needs_root_v1
 
@@ -30,7 +33,7 @@ async def flying(cfg: AgentConfig, board: HardwareProfile) -> Engine:
     e = Engine(cfg, board, V1Backend(CGROUP_ROOT, cfg.cgroup_prefix), StateStore(cfg.state_dir))
     await e.start()
     d = await e.submit(mission(partition("ctl", crit="A", workloads=[
-        workload("loop", command=["/usr/bin/python3", "-c", REPORTER])])), {})
+        workload("loop", command=["/usr/bin/python3", "-c", REPORTER])])), ORIGIN)
     assert d.outcome == "applied", d
     await wait_for(lambda: e.monitor.jobs.get(("ctl", "loop")), 5)
     return e

@@ -131,13 +131,18 @@ async def test_start_failure_becomes_an_event_and_backoff(part: V1Backend, logs:
 
 
 @needs_root_v1
-async def test_health_check_failures_restart_the_workload(part: V1Backend, logs: Path) -> None:
+async def test_health_check_failures_are_reported_not_acted_on(part: V1Backend,
+                                                                 logs: Path) -> None:
     r = runner(part, logs, health_check={"command": ["/bin/false"], "interval_ms": 20,
                                          "timeout_ms": 500, "failure_threshold": 2})
     r.start()
     first = r.pid
-    await wait_for(lambda: r.pid not in (None, first) and r.state == RunnerState.RUNNING)
-    assert "health check failed 2 times" in r.events.of_kind("workload.restarting")[0].message
+    await wait_for(lambda: len(r.events.of_kind("workload.unhealthy")) >= 2)
+    ev = r.events.of_kind("workload.unhealthy")[0]
+    assert "health check failed 2 times" in ev.message
+    assert (ev.partition, ev.workload) == (r.partition, "w")
+    # the health monitor decides and the engine restarts: the runner alone never does
+    assert r.pid == first and r.restarts == 0 and not r.events.of_kind("workload.restarting")
     await r.stop()
 
 

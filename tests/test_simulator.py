@@ -14,12 +14,15 @@ from agent.admission import admit
 from agent.degraded import ORDER, degraded_board, fit
 from agent.errors import ProfileError
 from agent.models import HardwareProfile, MissionProfile, load_file
+from agent.status import Origin
 from simulator import scenario
 from simulator.cpu import BANDWIDTH_SLICE_US, TICK_US, SimBoard
 from simulator.run import run
 from simulator.workloads import Demand, PatternSpec
 from tests.conftest import REPO
 from tests.helpers import mission, partition
+
+ORIGIN = Origin("config")
 
 SCENARIOS = REPO / "simulator" / "scenarios"
 RPI4 = REPO / "hwprofiles" / "raspberry-pi-4.yaml"
@@ -374,11 +377,11 @@ def test_giving_up_the_partition_root_shows_in_what_the_engine_holds(tmp_path: P
 
     async def go() -> None:
         sim = _Sim(sc, first, BOARD4, tmp_path)
-        await sim.engine.start(StoredMission(first, {"source": "test"}))
+        await sim.engine.start(StoredMission(first, ORIGIN))
         try:
             assert sim.backend.partitioned and sim.engine.limits["fc"].exclusive
             assert sim.engine.limits["a"].cpus == {2, 3}, "the pool leaves the OS core"
-            decision = await sim.engine.submit(second, {"source": "test"})
+            decision = await sim.engine.submit(second, ORIGIN)
             assert decision.outcome == "applied", decision
             assert not sim.backend.partitioned
             assert sim.engine.events.of_kind("cgroup.layout")

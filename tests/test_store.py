@@ -9,19 +9,20 @@ from pathlib import Path
 
 import pytest
 
+from agent.status import Origin
 from agent.store import StateStore, StoredMission, decode, encode, write_atomic
 from tests.helpers import mission, partition
 
 
 def stored(gen: int) -> StoredMission:
-    return StoredMission(mission(partition("a"), generation=gen), {"source": "file"})
+    return StoredMission(mission(partition("a"), generation=gen), Origin("file"))
 
 
 def test_roundtrip_and_root_only_permissions(tmp_path: Path) -> None:
     s = StateStore(tmp_path / "state")
     s.save(stored(1))
     got = s.load()
-    assert got is not None and got.mission.generation == 1 and got.origin["source"] == "file"
+    assert got is not None and got.mission.generation == 1 and got.origin.source == "file"
     assert stat.S_IMODE(os.stat(s.dir).st_mode) == 0o700
     assert stat.S_IMODE(os.stat(s.path).st_mode) == 0o600
 

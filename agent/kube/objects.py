@@ -13,6 +13,7 @@ from agent.errors import ProfileError, Violation
 from agent.kube.crd import GROUP, KIND, VERSION
 from agent.models import HardwareProfile, MissionProfile
 from agent.models.loading import validate
+from agent.status import Origin, Status
 
 Obj = dict[str, Any]
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -174,11 +175,12 @@ def root_workloads(mission: MissionProfile) -> list[Violation]:
             if w.user in ("root", 0)]
 
 
-def origin(obj: Obj) -> Obj:
+def origin(obj: Obj) -> Origin:
     meta = obj["metadata"]
-    return {"source": "kube", "object": key(obj), "uid": meta.get("uid"),
-            "resourceVersion": meta.get("resourceVersion"),
-            "objectGeneration": meta.get("generation")}
+    gen = meta.get("generation")
+    return Origin("kube", object=key(obj), uid=meta.get("uid"),
+                  resource_version=meta.get("resourceVersion"),
+                  object_generation=gen if isinstance(gen, int) else None)
 
 
 # -- what the board writes back ----------------------------------------------------------------
@@ -210,19 +212,17 @@ def event(obj: Obj, node_name: str, reason: str, message: str, warning: bool,
     }
 
 
-def usage_status(engine_status: Obj) -> dict[str, Obj]:
+def usage_status(status: Status) -> dict[str, Obj]:
     """Per-partition budget and measured use (percent of one core), from the engine."""
     out: dict[str, Obj] = {}
-    for p in engine_status.get("partitions", []):
-        use = p.get("usage") or {}
-        periods = use.get("periods") or 0
-        out[p["name"]] = {
-            "criticality": p.get("criticality"),
-            "budgetPercent": None if "budget_share" not in use
-            else round(100 * use["budget_share"], 2),
-            "usedPercent": None if "share" not in use else round(100 * use["share"], 2),
-            "throttledPercent": round(100 * use.get("throttled_periods", 0) / periods, 2)
-            if periods else None,
-            "workloads": {w["name"]: w.get("state") for w in p.get("workloads", [])},
+    for p in status.partitions:
+        use = p.usage
+        out[p.name] = {
+            "criticality": p.criticality,
+            "budgetPercent": None if use is None else round(100 * use.budget_share, 2),
+            "usedPercent": None if use is None else round(100 * use.share, 2),
+            "throttledPercent": round(100 * use.throttled_periods / use.periods, 2)
+            if use and use.periods else None,
+            "workloads": {w.name: w.state for w in p.workloads},
         }
     return out

@@ -26,7 +26,8 @@ from agent.kube.api import KubeApi, KubeError
 from agent.kube.crd import KIND
 from agent.kube.watching import ProfileCache, backoff_s
 from agent.models.config import KubeConfig
-from agent.reconciling import Decision, Engine
+from agent.port import Decision, EnginePort
+from agent.status import KubeStatus
 
 log = logging.getLogger("sortie.kube")
 Obj = dict[str, Any]
@@ -71,7 +72,7 @@ class Counters:
 
 
 class KubeSource:
-    def __init__(self, cfg: KubeConfig, node_name: str, engine: Engine,
+    def __init__(self, cfg: KubeConfig, node_name: str, engine: EnginePort,
                  api: KubeApi | None = None) -> None:
         self.cfg, self.node_name, self.engine = cfg, node_name, engine
         self.api = api or KubeApi(cfg)
@@ -217,13 +218,14 @@ class KubeSource:
             keys = {ko.key(o) for o in mine}
             for k in [k for k in self.verdicts if k not in keys]:
                 del self.verdicts[k]  # deleted or aimed elsewhere: nothing to write
-            origin = self.engine.origin
-            if origin.get("source") == "kube" and origin.get("uid") not in {
+            flying = self.engine.flying()
+            origin = flying.origin if flying else None
+            if origin is not None and origin.source == "kube" and origin.uid not in {
                     o["metadata"].get("uid") for o in mine}:
                 # Its object is gone (or aims elsewhere): withdraw it before anything
                 # else flies, so a profile re-created under the same name starts afresh
                 # instead of being refused as an older generation.
-                await self.engine.withdraw("kube", f"MissionProfile {origin.get('object')} "
+                await self.engine.withdraw("kube", f"MissionProfile {origin.object} "
                                            "was deleted or no longer targets this board")
                 self.handled.clear()
             if chosen is not None:
@@ -297,7 +299,7 @@ class KubeSource:
         self._wake_status.set()
 
     def _flying_text(self) -> str:
-        m = self.engine.mission
+        m = self.engine.flying()
         return "nothing" if m is None else f"{m.name} generation {m.generation}"
 
     # -- status ------------------------------------------------------------------------
@@ -306,7 +308,8 @@ class KubeSource:
         prev = previous.get("conditions") or []
         conds = [ko.condition("Admitted", *v.admitted, now, prev),
                  ko.condition("Applied", *v.applied, now, prev)]
-        shed = self.engine.shed if v.state == "Flying" else []
+        flying = self.engine.flying()
+        shed = list(flying.shed) if flying and v.state == "Flying" else []
         conds.append(ko.condition("Degraded", bool(shed),
                                   "CapacityLost" if shed else "FullCapacity",
                                   f"shed partitions {shed}" if shed else
@@ -315,7 +318,7 @@ class KubeSource:
                     "node": self.node_name, "conditions": conds,
                     "mission": v.mission, "updated": ko.timestamp(now)}
         if v.state == "Flying":
-            doc["partitions"] = ko.usage_status(self.engine.status())
+            doc["partitions"] = ko.usage_status(self.engine.snapshot())
         boards = dict(previous.get("boards") or {})
         boards[self.node_name] = {"state": v.state, "observedGeneration": v.generation,
                                   "updated": ko.timestamp(now)}
@@ -367,10 +370,13 @@ class KubeSource:
         self._wake_events.set()
 
     def _on_engine_event(self, ev: Event) -> None:
-        if not ev.kind.startswith(FORWARDED) or self.engine.origin.get("source") != "kube":
+        if not ev.kind.startswith(FORWARDED):
+            return
+        flying = self.engine.flying()
+        if flying is None or flying.origin.source != "kube" or flying.origin.object is None:
             return
         reason = "".join(p.capitalize() for p in ev.kind.replace(".", "-").split("-"))
-        self._send(str(self.engine.origin.get("object")), reason,
+        self._send(flying.origin.object, reason,
                    f"{ev.subject}: {ev.message}", ev.severity != "info")
 
     async def _events_forever(self) -> None:
@@ -401,10 +407,10 @@ class KubeSource:
 
     # -- the node ----------------------------------------------------------------------
     def _readiness(self) -> ko.Readiness:
-        m = self.engine.mission
+        m = self.engine.flying()
         if m is None:
             return ko.Readiness(True, "SortieReady", "agent running; no mission")
-        shed = f"; degraded, shed {self.engine.shed}" if self.engine.shed else ""
+        shed = f"; degraded, shed {list(m.shed)}" if m.shed else ""
         return ko.Readiness(True, "SortieReady",
                             f"flying {m.name} generation {m.generation}{shed}")
 
@@ -473,9 +479,12 @@ class KubeSource:
                                               exc.retry_after_s))
                 attempt += 1
 
-    def status(self) -> Obj:
-        return {"server": self.api.single.cluster.server, "node": self.node_name,
-                "connected": self.connected, "resource_version": self.cache.resource_version,
-                "profiles_seen": len(self.cache.objects),
-                "targeting_this_board": sorted(self.verdicts),
-                "counters": dict(vars(self.count)), "last_error": self.last_error}
+    def status(self) -> KubeStatus:
+        counters = {k: v for k, v in vars(self.count).items() if isinstance(v, int)}
+        counters.update({f"decisions_{k}": v for k, v in self.count.decisions.items()})
+        return KubeStatus(
+            server=str(self.api.single.cluster.server), node=self.node_name,
+            connected=self.connected, resource_version=self.cache.resource_version,
+            profiles_seen=len(self.cache.objects),
+            targeting_this_board=sorted(self.verdicts), counters=counters,
+            last_error=self.last_error)

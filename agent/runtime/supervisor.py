@@ -14,17 +14,17 @@ from collections import deque
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
 
 from agent.cgroups import CgroupBackend
 from agent.errors import AgentError
-from agent.events import EventLog
+from agent.events import EventLog, Severity
 from agent.models import Workload
 from agent.planning import workload_hash
 from agent.runtime import procs
 from agent.runtime.logs import log_path
 from agent.runtime.ops import Launch, ProcessOps, RealOps
 from agent.runtime.stopping import terminate_group
+from agent.status import ProbeStatus, WorkloadStatus
 from agent.timing.sched import SchedPolicy
 
 log = logging.getLogger("sortie.runtime")
@@ -104,11 +104,14 @@ class WorkloadRunner:
         self._restart_times: deque[float] = deque()
         self._timer: asyncio.TimerHandle | None = None
         self._health = _HealthProbe(self) if spec.health_check else None
-        self._task: asyncio.Task[None] | None = None
 
     @property
     def subject(self) -> str:
         return f"workload/{self.partition}/{self.spec.name}"
+
+    def _emit(self, kind: str, message: str, severity: Severity = "info") -> None:
+        self.events.emit(kind, self.subject, message, severity, partition=self.partition,
+                         workload=self.spec.name)
 
     @property
     def spec_hash(self) -> str:
@@ -130,10 +133,10 @@ class WorkloadRunner:
             self._spawn()
         except AgentError as exc:
             self.last_error = str(exc)
-            self.events.emit("workload.start-failed", self.subject, str(exc), "error")
+            self._emit("workload.start-failed", str(exc), "error")
             self._after_exit(ExitInfo(code=127, signal=None, at=self.loop.time()))
             return
-        self.events.emit("workload.started", self.subject, f"pid {self.pid}")
+        self._emit("workload.started", f"pid {self.pid}")
 
     def launch_request(self, command: list[str], env: dict[str, str],
                        sched: SchedPolicy | None) -> Launch:
@@ -150,7 +153,7 @@ class WorkloadRunner:
     def adopt(self, pid: int) -> None:
         """Take over a process a previous agent started (same PID, no restart)."""
         self.pid, self.adopted, self._child = pid, True, False
-        self.events.emit("workload.adopted", self.subject, f"pid {pid}")
+        self._emit("workload.adopted", f"pid {pid}")
         self._watch(pid)
 
     def _watch(self, pid: int) -> None:
@@ -199,7 +202,7 @@ class WorkloadRunner:
         if self.state in (RunnerState.STOPPING, RunnerState.STOPPED):
             self.last_exit = exit_
             return
-        self.events.emit("workload.exited", self.subject, exit_.describe(),
+        self._emit("workload.exited", exit_.describe(),
                          "warning" if exit_.failed else "info")
         self._after_exit(exit_)
 
@@ -216,7 +219,7 @@ class WorkloadRunner:
             self._restart_times.popleft()
         if len(self._restart_times) >= self.spec.restart.crash_loop_restarts:
             if self.state != RunnerState.CRASH_LOOP:
-                self.events.emit("workload.crash-loop", self.subject,
+                self._emit("workload.crash-loop",
                                  f"{len(self._restart_times)} restarts in {window:g} s", "error")
             self.state = RunnerState.CRASH_LOOP
         else:
@@ -250,53 +253,33 @@ class WorkloadRunner:
         self._cancel_timer()
         if self._health:
             self._health.cancel()
-        if self._task is not None and self._task is not asyncio.current_task():
-            self._task.cancel()
         grace = self.spec.stop_grace_ms / 1000.0
         if await terminate_group(self.backend, self.partition, self.spec.name, grace,
                                  self.ops.kill):
-            self.events.emit("workload.killed", self.subject,
+            self._emit("workload.killed",
                              f"still running {grace:g} s after SIGTERM; sent SIGKILL", "warning")
         if self._watching:
             self._on_exit()
         self.state = RunnerState.STOPPED
         self.pid = None
-        self.events.emit("workload.stopped", self.subject, "stopped")
+        self._emit("workload.stopped", "stopped")
 
     async def restart(self, reason: str) -> None:
         """Stop and start again, now (the engine's health actions await this under its
         lock)."""
-        self.events.emit("workload.restarting", self.subject, reason, "warning")
+        self._emit("workload.restarting", reason, "warning")
         await self.stop()
         self.restarts += 1
         self.start()
 
-    def restart_now(self, reason: str) -> None:
-        """Stop and start again (health-check failure); runs as the runner's own task."""
-        if self._task is not None and not self._task.done():
-            return
-        self._task = self.loop.create_task(self.restart(reason), name=f"restart {self.subject}")
-        self._task.add_done_callback(_log_failure)
-
-    def status(self) -> dict[str, Any]:
-        return {
-            "name": self.spec.name,
-            "state": self.state.value,
-            "pid": self.pid,
-            "adopted": self.adopted,
-            "restarts": self.restarts,
-            "last_exit": self.last_exit.describe() if self.last_exit else None,
-            "last_error": self.last_error,
-            "spec_hash": self.spec_hash,
-            "image": self.spec.image,
-            "log": str(self.log_file),
-            "health": self._health.status() if self._health else None,
-        }
-
-
-def _log_failure(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("task %s failed", task.get_name(), exc_info=task.exception())
+    def status(self) -> WorkloadStatus:
+        return WorkloadStatus(
+            name=self.spec.name, state=self.state.value, pid=self.pid,
+            adopted=self.adopted, restarts=self.restarts,
+            last_exit=self.last_exit.describe() if self.last_exit else None,
+            last_error=self.last_error, spec_hash=self.spec_hash, image=self.spec.image,
+            log=str(self.log_file),
+            health=self._health.status() if self._health else None)
 
 
 class _HealthProbe:
@@ -372,10 +355,13 @@ class _HealthProbe:
         self.consecutive_failures = 0 if ok else self.consecutive_failures + 1
         if self.consecutive_failures >= self.check.failure_threshold:
             self.consecutive_failures = 0
-            self.runner.restart_now(f"health check failed {self.check.failure_threshold} "
-                                    f"times in a row (last: {detail})")
-        elif self.runner.state in (RunnerState.RUNNING, RunnerState.CRASH_LOOP):
+            # The health monitor decides (its table; a restart by default) and the
+            # engine carries it out under its lock: the probe never acts itself.
+            self.runner._emit("workload.unhealthy", f"health check failed "
+                              f"{self.check.failure_threshold} times in a row (last: "
+                              f"{detail})", "warning")
+        if self.runner.state in (RunnerState.RUNNING, RunnerState.CRASH_LOOP):
             self.schedule()
 
-    def status(self) -> dict[str, Any]:
-        return {"consecutive_failures": self.consecutive_failures, "last": self.last_result}
+    def status(self) -> ProbeStatus:
+        return ProbeStatus(self.consecutive_failures, self.last_result)

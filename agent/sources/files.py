@@ -16,6 +16,7 @@ from pathlib import Path
 from agent.errors import ProfileError, Violation
 from agent.models import MissionProfile, load_file
 from agent.sources.inotify import Inotify
+from agent.status import Origin
 
 log = logging.getLogger("sortie.sources.files")
 
@@ -27,7 +28,7 @@ SETTLE_S = 0.02
 @dataclass(frozen=True)
 class Candidate:
     mission: MissionProfile
-    origin: dict[str, str]
+    origin: Origin
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ def scan(paths: list[Path], wanted: str | None) -> Scan:
             errors.append(ProfileError(str(f), [Violation(
                 "", f"internal error while reading ({type(exc).__name__}, logged)")]))
             continue
-        missions.append(Candidate(m, {"source": "file", "path": str(f.resolve())}))
+        missions.append(Candidate(m, Origin("file", path=str(f.resolve()))))
     if wanted is not None:
         pick = [c for c in missions if c.mission.name == wanted]
         if not pick:
@@ -74,7 +75,7 @@ def scan(paths: list[Path], wanted: str | None) -> Scan:
     else:
         pick = missions
     if len(pick) > 1:
-        names = ", ".join(f"{c.mission.name} ({c.origin['path']})" for c in pick)
+        names = ", ".join(f"{c.mission.name} ({c.origin.path})" for c in pick)
         errors.append(ProfileError("profile_dirs", [Violation(
             "mission", f"several missions found ({names}); name one in the config")]))
         return Scan(None, errors)

@@ -33,9 +33,10 @@ from agent.models import MissionProfile
 from agent.models.config import MqttConfig
 from agent.models.loading import load_text
 from agent.signing import EnvelopeError, is_revoked, load_public, parse, verify
+from agent.status import LastPush, MqttStatus, Origin, Status, to_json
 
 if TYPE_CHECKING:
-    from agent.reconciling import Engine
+    from agent.port import EnginePort
 
 log = logging.getLogger("sortie.mqtt")
 
@@ -133,7 +134,7 @@ def digest(data: bytes) -> str:
 
 
 class MqttLink:
-    def __init__(self, cfg: MqttConfig, node: str, engine: Engine,
+    def __init__(self, cfg: MqttConfig, node: str, engine: EnginePort,
                  ledger: GenerationLedger) -> None:
         self.cfg = cfg
         self.node = node
@@ -145,7 +146,7 @@ class MqttLink:
         self.client: aiomqtt.Client | None = None
         self.backlog: deque[dict[str, Any]] = deque(maxlen=cfg.backlog_events)
         self.connected = False
-        self.last_push: dict[str, Any] | None = None
+        self.last_push: LastPush | None = None
         self.pushes = {"applied": 0, "duplicate": 0, "rejected": 0}
         self.internal_errors = 0
         self._dropped = [0]
@@ -219,8 +220,7 @@ class MqttLink:
             mission = load_text(MissionProfile, data, "mqtt (unsigned)")
             d = digest(data)
             ref.update(name=mission.name, generation=mission.generation, kid=None, digest=d)
-            origin: dict[str, Any] = {"source": "mqtt", "kid": None, "signed": False,
-                                      "generation": mission.generation}
+            origin = Origin("mqtt", kid=None, signed=False, generation=mission.generation)
             verdict = self.ledger.check(mission.name, mission.generation, d)
         else:
             # Signature, key, node and freshness; then the replay ledger; only then is
@@ -229,8 +229,8 @@ class MqttLink:
                    now=self.engine.platform.wall(), max_ttl_s=self.cfg.max_envelope_ttl_s)
             d = digest(env.payload)
             ref.update(name=env.name, generation=env.generation, kid=env.kid, digest=d)
-            origin = {"source": "mqtt", "kid": env.kid, "signed": True,
-                      "generation": env.generation, "digest": d}
+            origin = Origin("mqtt", kid=env.kid, signed=True, generation=env.generation,
+                            digest=d)
             verdict = self.ledger.check(env.name, env.generation, d, env.iat)
         if verdict.duplicate:
             return self._ack("duplicate", ref, [])
@@ -256,9 +256,10 @@ class MqttLink:
 
     def revoked_origin(self) -> str | None:
         """Why the flying mission's signer is no longer trusted, if it came over MQTT."""
-        origin = self.engine.origin
-        kid = origin.get("kid")
-        if origin.get("source") != "mqtt" or not origin.get("signed") or kid is None:
+        flying = self.engine.flying()
+        origin = flying.origin if flying else None
+        kid = origin.kid if origin else None
+        if origin is None or origin.source != "mqtt" or not origin.signed or kid is None:
             return None
         key = self.trusted.get(str(kid))
         if is_revoked(str(kid), key, self.revoked):
@@ -271,7 +272,8 @@ class MqttLink:
              errors: list[str] | None = None) -> dict[str, Any]:
         self.pushes[outcome] += 1
         now = self.engine.platform.wall()
-        self.last_push = {"outcome": outcome, **ref, "at": now}
+        self.last_push = LastPush(outcome, str(ref["envelope"]), now, ref.get("name"),
+                                  ref.get("generation"), ref.get("kid"))
         return {"outcome": outcome, "ref": ref, "node": self.node, "at": now,
                 "reasons": [{"path": v.path, "reason": v.reason} for v in reasons],
                 "errors": errors or []}
@@ -285,7 +287,7 @@ class MqttLink:
         self._send(self.t["events"], msg)
         if ev.kind.startswith(("mission.applied", "mission.failed", "degraded.",
                                "mode.switched", "partition.stopped")):
-            self._send(self.t["status"], self.status_message(), retain=True)
+            self._publish_status()
 
     def _send(self, topic: str, obj: dict[str, Any], retain: bool = False) -> None:
         """Queue a message for the one sender task: a burst of pushes costs a bounded
@@ -337,23 +339,27 @@ class MqttLink:
             self._room.clear()
             await self._room.wait()
 
-    def status_message(self) -> dict[str, Any]:
-        s = self.engine.status()
-        return {"online": True, "node": self.node, "board": s["board"],
-                "mission": s["mission"], "degraded": s.get("degraded"),
-                "partitions": [{k: p[k] for k in ("name", "criticality", "cpus", "quota_us",
-                                                  "period_us") if k in p}
-                               | {"workloads": [{"name": w["name"], "state": w["state"]}
-                                                for w in p["workloads"]]}
-                               for p in s["partitions"]], "at": self.engine.platform.wall()}
+    def status_message(self, s: Status) -> dict[str, Any]:
+        return {"online": True, "node": self.node, "board": s.board,
+                "mission": to_json(s.mission), "degraded": to_json(s.degraded),
+                "partitions": [{"name": p.name, "criticality": p.criticality, "cpus": p.cpus,
+                                "quota_us": p.quota_us, "period_us": p.period_us,
+                                "workloads": [{"name": w.name, "state": w.state}
+                                              for w in p.workloads]}
+                               for p in s.partitions], "at": self.engine.platform.wall()}
+
+    def _publish_status(self, s: Status | None = None) -> None:
+        self._send(self.t["status"], self.status_message(s or self.engine.snapshot()),
+                   retain=True)
 
     def publish_telemetry(self) -> None:
         if not self.connected:
             return
-        usage = {p: u.to_dict() for p, u in self.engine.usage.items()}
+        s = self.engine.snapshot()
+        usage = {p.name: to_json(p.usage) for p in s.partitions if p.usage is not None}
         self._send(self.t["telemetry"], {"node": self.node, "at": self.engine.platform.wall(),
                                          "partitions": usage})
-        self._send(self.t["status"], self.status_message(), retain=True)
+        self._publish_status(s)
 
     # -- connection ------------------------------------------------------------------
     async def run_forever(self) -> None:
@@ -374,7 +380,7 @@ class MqttLink:
                         self._sender(client), name="mqtt-sender")
                     self.engine.events.emit("mqtt.connected", "mqtt", self.cfg.url)
                     await client.subscribe(self.t["profiles"], qos=1)
-                    self._send(self.t["status"], self.status_message(), retain=True)
+                    self._publish_status()
                     while self.backlog:
                         self._send(self.t["events"], self.backlog.popleft())
                     try:
@@ -409,12 +415,11 @@ class MqttLink:
                     self.t["status"], json.dumps({"online": False, "node": self.node}),
                     qos=1, retain=True), 2.0)
 
-    def status(self) -> dict[str, Any]:
-        return {"url": self.cfg.url, "connected": self.connected,
-                "backlog": len(self.backlog), "pushes": self.pushes,
-                "internal_errors": self.internal_errors,
-                "dropped": self._dropped[0], "publish_dropped": self.publish_dropped,
-                "last_push": self.last_push, "insecure_lab_mode": self.cfg.insecure_lab_mode,
-                "flying_revoked": self.revoked_origin(),
-                "ledger_unsaved": self.ledger.unsaved,
-                "ledger_not_before": self.ledger.not_before or None}
+    def status(self) -> MqttStatus:
+        return MqttStatus(
+            url=self.cfg.url, connected=self.connected, backlog=len(self.backlog),
+            pushes=dict(self.pushes), internal_errors=self.internal_errors,
+            dropped=self._dropped[0], publish_dropped=self.publish_dropped,
+            last_push=self.last_push, insecure_lab_mode=self.cfg.insecure_lab_mode,
+            flying_revoked=self.revoked_origin(), ledger_unsaved=self.ledger.unsaved,
+            ledger_not_before=self.ledger.not_before or None)

@@ -20,6 +20,7 @@ from agent.cgroups.backend import freeze_awaited
 from agent.errors import AgentError
 from agent.events import EventLog
 from agent.models import MissionProfile, Schedule
+from agent.status import Jitter, WindowFigures, WindowsStatus
 
 log = logging.getLogger("sortie.windows")
 
@@ -55,12 +56,11 @@ class WindowStats:
             self.inside_ns += max(0, usage_ns - self._thaw_usage)
         self._freeze_usage = usage_ns
 
-    def to_dict(self) -> dict[str, Any]:
+    def figures(self) -> WindowFigures:
         j = list(self.jitter_us)
-        return {"windows": self.windows,
-                "start_jitter_us": {"p50": _pct(j, 50), "p99": _pct(j, 99),
-                                    "max": max(j) if j else 0.0},
-                "cpu_inside_s": self.inside_ns / 1e9, "cpu_outside_s": self.outside_ns / 1e9}
+        return WindowFigures(self.windows, Jitter(_pct(j, 50), _pct(j, 99),
+                                                  max(j) if j else 0.0),
+                             self.inside_ns / 1e9, self.outside_ns / 1e9)
 
 
 def active_schedule(mission: MissionProfile, mode: str | None) -> Schedule | None:
@@ -219,9 +219,9 @@ class WindowEnforcer:
             _close_pipes(proc)
             proc.returncode = 0  # not ours to reap any more; silences Popen's warning
 
-    def status(self) -> dict[str, Any]:
-        return {"mode": self.mode, "enforcing": self.running, "realtime": self.realtime,
-                "partitions": {p: s.to_dict() for p, s in self.stats.items()}}
+    def status(self) -> WindowsStatus:
+        return WindowsStatus(self.mode, self.running, self.realtime,
+                             {p: s.figures() for p, s in self.stats.items()})
 
 
 STOP_WAIT_S = 2.0
