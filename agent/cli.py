@@ -134,43 +134,40 @@ def cmd_plan(args: argparse.Namespace) -> int:
     try:
         reply = call(socket_path(config), {"op": "plan",
                                            "mission": mission.model_dump(mode="json")})
-        violations = [Violation(v["path"], v["reason"]) for v in reply["violations"]]
-        actions: list[str] = reply["actions"]
         against = "the running agent"
     except AgentUnreachable as exc:
-        # No agent at all: plan against what this machine's cgroups hold. An agent that
-        # answered with a refusal is not "no agent" (that error goes to the user).
-        violations, actions = _plan_offline(config, args.hw, mission)
+        # No agent at all: the engine's own preview against what this machine's cgroups
+        # hold. An agent that answered with a refusal is not "no agent" (that error
+        # goes to the user).
+        reply = _plan_offline(config, args.hw, mission)
         against = f"the cgroups on this machine ({exc})"
+    violations = [Violation(v["path"], v["reason"]) for v in reply["violations"]]
     if args.output:
-        _emit({"against": against, "violations": [str(v) for v in violations],
-               "actions": actions}, args.output)
+        _emit({"against": against, **reply, "violations": [str(v) for v in violations]},
+              args.output)
     elif violations:
         _print_violations(f"{args.profile}: would be rejected:", violations)
     else:
         print(f"plan against {against}:")
-        for a in actions or ["nothing to do"]:
+        for a in reply["actions"] or ["nothing to do"]:
             print(f"  {a}")
+        if reply["shed"]:
+            print(f"degraded: the board would shed {', '.join(reply['shed'])} "
+                  "(not enough capacity now)")
     return EXIT_REFUSED if violations else EXIT_OK
 
 
 def _plan_offline(config: AgentConfig, hw: Path | None,
-                  mission: MissionProfile) -> tuple[list[Violation], list[str]]:
+                  mission: MissionProfile) -> dict[str, Any]:
+    """The engine ``sortie run`` would build, reading only: its preview of ``mission``."""
     from agent.cgroups import make_backend
-    from agent.observing import observe
-    from agent.planning import ObservedPartition, ObservedWorkload, describe, desired_state, plan
+    from agent.reconciling import Engine
+    from agent.store import StateStore
 
-    board = load_board(hw, config)
-    violations = admit(mission, board) + host_violations(mission, _images(config))
-    if violations:
-        return violations, []
     backend = make_backend(config.cgroup_root, config.cgroup_prefix, config.cgroup_version)
-    found = observe(backend)
-    observed = {p: ObservedPartition(f.limits, {w: ObservedWorkload(fw.spec_hash)
-                                               for w, fw in f.workloads.items()})
-                for p, f in found.items()}
-    mems = backend.board_mems()
-    return [], [describe(a) for a in plan(desired_state(mission, board, mems), observed)]
+    engine = Engine(config, load_board(hw, config), backend, StateStore(config.state_dir))
+    engine.inspect()
+    return engine.preview(mission).to_dict()
 
 
 def cmd_status(args: argparse.Namespace) -> int:

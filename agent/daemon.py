@@ -18,7 +18,6 @@ from agent.errors import AgentError
 from agent.events import EventLog
 from agent.models import AgentConfig, HardwareProfile, MissionProfile
 from agent.models.loading import validate
-from agent.planning import describe
 from agent.reconciling import Engine
 from agent.runtime import procs
 from agent.sources import files
@@ -66,9 +65,7 @@ def handlers(engine: Engine) -> dict[str, Any]:
 
     async def plan(req: dict[str, Any]) -> dict[str, Any]:
         mission = validate(MissionProfile, req.get("mission"), "request.mission")
-        violations, actions = engine.preview(mission)
-        return {"violations": [{"path": v.path, "reason": v.reason} for v in violations],
-                "actions": [describe(a) for a in actions]}
+        return engine.preview(mission).to_dict()
 
     async def mode(req: dict[str, Any]) -> dict[str, Any]:
         name = req.get("mode")

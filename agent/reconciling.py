@@ -10,7 +10,8 @@ import asyncio
 import contextlib
 import logging
 import signal
-from dataclasses import replace
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -84,6 +85,21 @@ def rt_reserve_us(desired: dict[str, DesiredPartition]) -> int:
                 if d.limits.rt_runtime_us)
     # Round up, plus 1 us: the kernel compares fixed-point ratios.
     return 0 if ratio == 0 else min(1_000_000, int(ratio * 1_000_000) + 1)
+
+
+@dataclass(frozen=True)
+class Preview:
+    """What a submit would do: refusals, or the actions and the partitions it sheds."""
+
+    violations: list[Violation]
+    actions: list[Action]
+    shed: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The local API's answer to ``plan`` (and ``sortie plan``'s offline answer)."""
+        return {"violations": [{"path": v.path, "reason": v.reason}
+                               for v in self.violations],
+                "actions": [describe(a) for a in self.actions], "shed": self.shed}
 
 
 def generation_violations(new: MissionProfile, current: MissionProfile | None) -> list[Violation]:
@@ -180,8 +196,7 @@ class Engine:
             return
         async with self._lock:
             self.capacity = self._read_capacity()
-            flying = self._fit(base.mission)
-            desired = desired_state(flying, self.board, self._mems)
+            flying, desired = self._fit(base.mission)
             self._remember(found, desired)
             self.mission, self.origin, self.desired = base.mission, base.origin, desired
             await self._execute(plan(desired, self._observed()))
@@ -199,20 +214,27 @@ class Engine:
                 self.orphans.setdefault(p, {})[w] = fw
         self._adopt_matching(desired)
 
-    def _adopt_matching(self, desired: dict[str, DesiredPartition]) -> None:
-        """Orphans running exactly the desired spec are adopted, not restarted."""
-        for p, found in list(self.orphans.items()):
+    def _adoptable(self, desired: dict[str, DesiredPartition]) -> set[tuple[str, str]]:
+        """Orphans running exactly the desired spec: adopted, not restarted."""
+        out = set()
+        for p, found in self.orphans.items():
             want = desired.get(p)
-            for w, fw in list(found.items()):
+            for w, fw in found.items():
                 spec = want.workloads.get(w) if want else None
-                if want is None or spec is None or fw.main_pid is None \
-                        or fw.spec_hash != workload_hash(spec, want.sched):
-                    continue
-                runner = self._runner(p, spec, want.sched)
-                runner.adopt(fw.main_pid)
-                self.runners.setdefault(p, {})[w] = runner
-                del found[w]
-            if not found:
+                if want is not None and spec is not None and fw.main_pid is not None \
+                        and fw.spec_hash == workload_hash(spec, want.sched):
+                    out.add((p, w))
+        return out
+
+    def _adopt_matching(self, desired: dict[str, DesiredPartition]) -> None:
+        for p, w in sorted(self._adoptable(desired)):
+            want = desired[p]
+            fw = self.orphans[p].pop(w)
+            assert fw.main_pid is not None  # _adoptable checked
+            runner = self._runner(p, want.workloads[w], want.sched)
+            runner.adopt(fw.main_pid)
+            self.runners.setdefault(p, {})[w] = runner
+            if not self.orphans[p]:
                 del self.orphans[p]
 
     # -- desired-state changes ---------------------------------------------------
@@ -279,10 +301,18 @@ class Engine:
         now = self.platform.capacity()
         return {c: now.get(c, 0.0) for c in self.board.core_ids} if now else self.capacity
 
-    def _fit(self, mission: MissionProfile) -> MissionProfile:
-        """The part of ``mission`` that fits the board's capacity now; events on change."""
+    def _target(self, mission: MissionProfile) -> tuple[
+            MissionProfile, list[str], list[Violation], dict[str, DesiredPartition]]:
+        """What flying ``mission`` means on the board now (pure): the part that fits
+        its capacity, the partitions shed and why, and their desired cgroup state."""
         kept, shed, why = fit(mission, self.board, self.capacity, self.features,
                               self.memory_mib)
+        return kept, shed, why, desired_state(kept, self.board, self._mems)
+
+    def _fit(self, mission: MissionProfile) -> tuple[MissionProfile,
+                                                    dict[str, DesiredPartition]]:
+        """``_target``, with an event for every partition shed or restored."""
+        kept, shed, why, desired = self._target(mission)
         lost = [c for c, f in sorted(self.capacity.items()) if f == 0]
         mem = f"memory {self.memory_mib} MiB" if self.memory_mib is not None else ""
         slow = {c: f for c, f in sorted(self.capacity.items()) if 0 < f < 1}
@@ -299,7 +329,7 @@ class Engine:
                 self.events.emit("degraded.restored", f"partition/{p}",
                                  "capacity returned; partition restored")
         self.shed = shed
-        return kept
+        return kept, desired
 
     async def check_capacity(self) -> None:
         """Re-fit the mission when the board's capacity changed (hotplug, throttling,
@@ -322,20 +352,25 @@ class Engine:
         """Take partitions and workloads to ``mission``, as far as the board allows now,
         touching only what changed. The caller holds the lock. ``always``: restart the
         windows even when no partition changed (the schedules may have)."""
-        flying = self._fit(mission)
-        desired = desired_state(flying, self.board, self._mems)
-        scope = changed_partitions(self.desired, desired)
-        if not scope and not always:
+        flying, desired = self._fit(mission)
+        scope = self._scope(desired)
+        if scope is not None and not scope and not always:
             return [], []
         self._adopt_matching(desired)
         actions = plan(desired, self._observed(scope), scope)
         # Windows pause while partitions change: frozen tasks cannot be stopped.
         await self.windows.stop()
-        self.monitor.rearm(scope)
+        self.monitor.rearm(set(self.desired) | set(desired) if scope is None else scope)
         self.desired = desired
         errors = await self._execute(actions)
         await self._start_windows(flying)
         return actions, errors
+
+    def _scope(self, desired: dict[str, DesiredPartition]) -> set[str] | None:
+        """The partitions a change to ``desired`` touches. From nothing desired (safe
+        mode, a withdrawal) everything is reconciled, as flying a mission at start does:
+        groups no mission names are removed."""
+        return None if not self.desired else changed_partitions(self.desired, desired)
 
     def _open_reports(self) -> None:
         path = self.config.report_dir
@@ -436,13 +471,26 @@ class Engine:
         while self._health_tasks:
             await asyncio.gather(*self._health_tasks, return_exceptions=True)
 
-    def preview(self, mission: MissionProfile) -> tuple[list[Violation], list[Action]]:
-        """What ``submit`` would do, without doing it."""
+    def preview(self, mission: MissionProfile) -> Preview:
+        """What ``submit`` would do, without doing it: the same admission, degraded fit,
+        scope and adoption (``_converge``'s steps, minus their effects)."""
         violations = self.check(mission)
         if violations:
-            return violations, []
-        desired = desired_state(mission, self.board, self._mems)
-        return [], plan(desired, self._observed())
+            return Preview(violations, [], [])
+        if mission == self.mission:
+            return Preview([], [], list(self.shed))
+        _, shed, _, desired = self._target(mission)
+        scope = self._scope(desired)
+        observed = self._observed(scope, adopted=self._adoptable(desired))
+        return Preview([], plan(desired, observed, scope), shed)
+
+    def inspect(self) -> None:
+        """Read what runs, changing nothing (``sortie plan`` with no agent running): the
+        engine then stands where a freshly started agent without a mission stands."""
+        self._mems = self.backend.board_mems()
+        self.features = self.backend.features()
+        self.capacity, self.memory_mib = self._read_capacity(), self.platform.memory_mib()
+        self._remember(observe(self.backend, self.platform.processes), {})
 
     def _persist(self, stored: StoredMission) -> None:
         origin = replace(stored.origin, admitted_at=self.platform.wall())
@@ -485,15 +533,19 @@ class Engine:
     def all_runners(self) -> list[Runner]:
         return [r for ws in self.runners.values() for r in ws.values()]
 
-    def _observed(self, scope: set[str] | None = None) -> dict[str, ObservedPartition]:
-        """What runs, for the partitions in ``scope`` (all when None)."""
+    def _observed(self, scope: set[str] | None = None,
+                  adopted: AbstractSet[tuple[str, str]] = frozenset()
+                  ) -> dict[str, ObservedPartition]:
+        """What runs, for the partitions in ``scope`` (all when None); ``adopted``
+        orphans count as running their spec (a preview of the adoption)."""
         names = self.limits.keys() | self.runners.keys() | self.orphans.keys()
         out: dict[str, ObservedPartition] = {}
         for p in names if scope is None else names & scope:
             wl = {w: ObservedWorkload(r.spec_hash) for w, r in self.runners.get(p, {}).items()}
             for w, fw in self.orphans.get(p, {}).items():
                 # An orphan's process is replaced, never trusted to match: it has no runner.
-                wl[w] = ObservedWorkload(None if fw.main_pid is None
+                wl[w] = ObservedWorkload(fw.spec_hash if (p, w) in adopted
+                                         else None if fw.main_pid is None
                                          else f"orphan:{fw.spec_hash}")
             out[p] = ObservedPartition(self.limits.get(p), wl)
         return out

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from agent import cli
-from agent.models import HardwareProfile
+from agent.models import AgentConfig, HardwareProfile
 from agent.runtime.procs import is_alive
 from agent.status import parse, to_json
 from tests.conftest import CGROUP_ROOT, REPO, needs_root_v1
@@ -142,6 +142,22 @@ def test_plan_reports_an_agents_refusal_instead_of_planning_offline(
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
         loop.close()
+
+
+@needs_root_v1
+def test_plan_without_an_agent_previews_on_the_machines_cgroups_and_changes_nothing(
+        agent_config: AgentConfig, tmp_path: Path, prefix: str) -> None:
+    cfg = write(tmp_path / "agent.yaml", {  # this machine as the board (detected)
+        "state_dir": str(agent_config.state_dir), "run_dir": str(agent_config.run_dir),
+        "cgroup_prefix": prefix})
+    r = sortie("plan", str(REPO / "schedules" / "demo.yaml"), "--config", str(cfg),
+               "--output", "json")
+    got = json.loads(r.stdout)
+    assert r.returncode == 0, r.stderr
+    assert got["against"].startswith("the cgroups on this machine") and not got["violations"]
+    assert any(a.startswith("ensure partition") for a in got["actions"])
+    assert any(a.startswith("start workload") for a in got["actions"])
+    assert not (CGROUP_ROOT / "cpu" / prefix).exists()  # a preview writes nothing
 
 
 def test_bad_config_names_the_field(tmp_path: Path) -> None:
