@@ -14,15 +14,15 @@ from typing import Any
 
 from agent.api.server import serve
 from agent.cgroups import make_backend
+from agent.engine.engine import Engine
+from agent.engine.state import StateStore, StoredMission
 from agent.errors import AgentError
 from agent.events import EventLog
 from agent.models import AgentConfig, HardwareProfile, MissionProfile
 from agent.models.loading import validate
-from agent.reconciling import Engine
 from agent.runtime import procs
 from agent.sources import files
 from agent.status import FileChoice, FilesStatus, to_json
-from agent.store import StateStore, StoredMission
 
 log = logging.getLogger("sortie.daemon")
 
@@ -90,7 +90,7 @@ async def run(config: AgentConfig, board: HardwareProfile, opts: RunOptions) -> 
     link = None
     if config.mqtt is not None:
         # Imported only when configured: aiomqtt, paho and cryptography cost ~10 MiB.
-        from agent.ledger import GenerationLedger
+        from agent.sources.ledger import GenerationLedger
         from agent.sources.mqtt import MqttLink
         link = MqttLink(config.mqtt, config.node_name, engine,
                         GenerationLedger(config.state_dir))
@@ -98,7 +98,7 @@ async def run(config: AgentConfig, board: HardwareProfile, opts: RunOptions) -> 
     kube = None
     if config.kube is not None:
         # Imported only when configured: lightkube and httpx cost several MiB.
-        from agent.kube.source import KubeSource
+        from agent.sources.kube.source import KubeSource
         kube = KubeSource(config.kube, config.node_name, engine)
         engine.sources.kube = kube.status
     # From process start (not from this function): what a watchdog or a boot waits for.

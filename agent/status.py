@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from agent.accounting import Usage
 from agent.events import Event
+from agent.policy.accounting import Usage
 
 SourceKind = Literal["file", "mqtt", "kube", "scenario", "config"]
 

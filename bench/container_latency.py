@@ -21,12 +21,12 @@ import uuid
 from pathlib import Path
 
 from agent.cgroups.v1 import V1Backend
+from agent.engine.engine import Engine
+from agent.engine.state import StateStore
 from agent.models import AgentConfig, HardwareProfile, MissionProfile
-from agent.reconciling import Engine
 from agent.runtime.containers import oci_config
 from agent.runtime.ops import Launch
 from agent.status import Origin
-from agent.store import StateStore
 from bench._util import row, summary
 from tests.conftest import CGROUP_ROOT, purge_prefix
 from tests.images import busybox_layout

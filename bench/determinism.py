@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from agent.cgroups.v1 import V1Backend
+from agent.engine.engine import Engine
+from agent.engine.state import StateStore
 from agent.models import AgentConfig, HardwareProfile, MissionProfile
-from agent.reconciling import Engine
 from agent.status import Origin
-from agent.store import StateStore
 from bench._util import pct
 from tests.conftest import CGROUP_ROOT, purge_prefix
 

@@ -26,7 +26,7 @@ from tests.conftest import purge_prefix
 
 REPO = Path(__file__).resolve().parent.parent
 N_PARTITIONS, PER_PARTITION = 5, 10
-PEER_CODE = "import agent.cli, agent.daemon, agent.reconciling, time; time.sleep(3600)"
+PEER_CODE = "import agent.cli, agent.daemon, agent.engine.engine, time; time.sleep(3600)"
 
 
 def mission() -> dict:

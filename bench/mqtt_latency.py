@@ -27,13 +27,14 @@ import aiomqtt
 import yaml
 
 from agent.cgroups.v1 import V1Backend
-from agent.ledger import GenerationLedger
+from agent.engine.engine import Engine
+from agent.engine.state import StateStore
 from agent.models import AgentConfig, HardwareProfile
 from agent.models.config import MqttConfig
-from agent.reconciling import Engine
-from agent.signing import generate, load_private, seal
-from agent.sources.mqtt import MqttLink, payload_bytes
-from agent.store import StateStore
+from agent.sources.ledger import GenerationLedger
+from agent.sources.mqtt import MqttLink
+from agent.sources.mqtt_wire import payload_bytes
+from agent.sources.signing import generate, load_private, seal
 from bench._util import row, summary
 from tests.brokers import plain_broker
 from tests.conftest import CGROUP_ROOT, purge_prefix

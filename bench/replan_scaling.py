@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 
 from agent.models import HardwareProfile, MissionProfile
-from agent.planning import (
+from agent.policy.planning import (
     DesiredPartition,
     ObservedPartition,
     ObservedWorkload,

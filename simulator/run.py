@@ -14,17 +14,17 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.cgroups.v2 import V2Backend
+from agent.engine.engine import Engine
+from agent.engine.platform import Platform
+from agent.engine.state import StateStore, StoredMission
 from agent.events import Event, EventLog
-from agent.kube import objects as ko
-from agent.ledger import GenerationLedger
 from agent.models import AgentConfig, HardwareProfile, MissionProfile, load_file
 from agent.models.config import MqttConfig
-from agent.platform import Platform
-from agent.reconciling import Engine
-from agent.signing import public_text, seal
+from agent.sources.kube import objects as ko
+from agent.sources.ledger import GenerationLedger
 from agent.sources.mqtt import MqttLink
+from agent.sources.signing import public_text, seal
 from agent.status import Origin
-from agent.store import StateStore, StoredMission
 from simulator.clock import VirtualTimeLoop
 from simulator.cpu import SimBoard
 from simulator.platform import SimOps, SimProcesses, SimWindows
@@ -292,7 +292,7 @@ class _Sim:
         self._reconcile_kube()
 
     def _reconcile_kube(self) -> None:
-        """What agent.kube.source does with the cluster's objects, with its own choice
+        """What agent.sources.kube.source does with the cluster's objects, with its own choice
         (``objects.choose``: the most recently created profile flies); a deleted one that
         flies is withdrawn."""
         chosen = ko.choose([{"metadata": {"name": name, "namespace": "sim",

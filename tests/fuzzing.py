@@ -20,18 +20,19 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from agent.engine.platform import Platform
+from agent.engine.port import Decision
+from agent.engine.state import StateStore, encode
 from agent.errors import ProfileError
 from agent.events import EventLog
+from agent.health.reports import parse as parse_report
 from agent.images.store import ImageError, ImageStore
-from agent.kube import objects as ko
-from agent.kube.watching import ProfileCache
-from agent.ledger import GenerationLedger
 from agent.models import AgentConfig, HardwareProfile, MissionProfile, load_text
 from agent.models.config import MqttConfig
-from agent.platform import Platform
-from agent.port import Decision
-from agent.reporting import parse as parse_report
-from agent.signing import public_text, seal
+from agent.sources.kube import objects as ko
+from agent.sources.kube.watching import ProfileCache
+from agent.sources.ledger import GenerationLedger
+from agent.sources.signing import public_text, seal
 from agent.status import (
     CgroupStatus,
     DegradedStatus,
@@ -42,7 +43,6 @@ from agent.status import (
     Status,
     WindowsStatus,
 )
-from agent.store import StateStore, encode
 from tests.test_models import GOOD
 
 NODE = "fuzz-board"

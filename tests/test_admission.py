@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.admission import admit, partition_cores, placement_pool, shared_pool
 from agent.models import HardwareProfile, MissionProfile
+from agent.policy.admission import admit, partition_cores, placement_pool, shared_pool
 from tests.helpers import mission, partition, workload
 
 

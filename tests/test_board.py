@@ -10,6 +10,7 @@ import lzma
 import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,10 @@ from typing import Any
 import pytest
 import yaml
 
-from agent.board import booting, inputs, packing
-from agent.board.guest import options, summary
-from agent.board.inputs import BoardError, check
-from agent.signing import generate
+from agent.ground.board import booting, inputs, packing, rootfs
+from agent.ground.board.inputs import BoardError, check
+from agent.guest import options, summary
+from agent.sources.signing import generate
 from tests.conftest import REPO
 
 HW = REPO / "hwprofiles"
@@ -171,7 +172,7 @@ def test_guest_reports_parse_and_qemu_gets_the_board_shape() -> None:
 
 
 def test_disk_boot_modules_come_with_their_dependencies_first(tmp_path: Path) -> None:
-    from agent.board.diskboot import module_order
+    from agent.ground.board.diskboot import module_order
     mods = tmp_path / "kernel"
     for name, deps in {"ext4": "mbcache,jbd2,crc16", "jbd2": "", "mbcache": "",
                        "crc16": "", "virtio_blk": "virtio,virtio_ring", "virtio": "",
@@ -184,6 +185,40 @@ def test_disk_boot_modules_come_with_their_dependencies_first(tmp_path: Path) ->
     assert order.index("virtio") < order.index("virtio_blk")
     assert order.index("jbd2") < order.index("ext4") and "unrelated" not in order
     assert "crc32c_generic" not in order, "not a module here: built in"
+
+
+def test_the_flight_tree_has_no_ground_side_code_and_the_agent_needs_none(
+        tmp_path: Path) -> None:
+    rootfs.copy_agent(tmp_path)
+    tree = tmp_path / "agent"
+    assert (tree / "daemon.py").exists() and not (tree / "ground").exists()
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    # Only the copied tree: this checkout's editable install would find agent.ground.
+    alone = ("import sys; sys.meta_path[:] = [f for f in sys.meta_path "
+             "if 'editable' not in str(f)]\n")
+
+    def py(code: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-c", alone + code], env=env,
+                              capture_output=True, text=True, check=False, cwd=tmp_path)
+
+    def sortie(*args: str) -> subprocess.CompletedProcess[str]:
+        return py(f"import sys; from agent.cli import main; sys.exit(main({list(args)!r}))")
+
+    # every flight module imports, from the copy, without the ground side
+    res = py("import pkgutil, importlib, agent\n"
+             f"assert agent.__file__.startswith({str(tmp_path)!r}), agent.__file__\n"
+             "mods = [m.name for m in pkgutil.walk_packages(agent.__path__, 'agent.')\n"
+             "        if not m.name.endswith('__main__')]\n"
+             "for m in mods: importlib.import_module(m)\n"
+             "print(len(mods))")
+    assert res.returncode == 0, res.stderr
+    assert int(res.stdout) > 40
+    ok = sortie("check", str(REPO / "schedules" / "demo.yaml"), "--hw",
+                str(HW / "raspberry-pi-4.yaml"))
+    assert ok.returncode == 0, ok.stderr
+    push = sortie("push", "m.yaml", "--key", "k", "--node", "n", "--broker",
+                  "mqtt://127.0.0.1:1")
+    assert push.returncode == 1 and "ground-side command" in push.stderr, push.stderr
 
 
 def test_boot_refuses_a_directory_that_is_not_an_image(tmp_path: Path) -> None:
@@ -255,6 +290,9 @@ def test_the_image_boots_and_flies_its_baked_mission_on_cgroup_v2(
     # The flashable disk, booted as a board boots it: systemd starts sortie.service.
     disk = booting.boot(out, run_s=40, timeout_s=300, report_s=5, disk=True)
     assert disk.clean and disk.agent_rc == 0, "\n".join(disk.console[-60:])
+    arch = "amd64" if board == "qemu-x86_64.yaml" else "arm64"
+    flown = CACHE / f"root-{arch}" / rootfs.LIB / "agent"
+    assert (flown / "daemon.py").exists() and not (flown / "ground").exists()
     assert disk.last is not None and disk.last["mission"] == {"name": "qemu-check",
                                                              "generation": 1}
     assert all(p["workloads"] == {"hog": "running"} for p in disk.last["partitions"])

@@ -12,13 +12,13 @@ import subprocess
 import pytest
 
 from agent.cgroups.v1 import V1Backend
+from agent.engine.engine import Engine
+from agent.engine.state import StateStore
 from agent.errors import WorkloadError
 from agent.models import AgentConfig, HardwareProfile
-from agent.reconciling import Engine
 from agent.runtime.identity import resolve_identity
 from agent.runtime.spawn import SpawnRequest, spawn
 from agent.status import Origin
-from agent.store import StateStore
 from agent.timing.sched import SchedPolicy
 from tests.conftest import CGROUP_ROOT, needs_root_v1
 from tests.helpers import SPINNER, mission, partition, wait_for, workload

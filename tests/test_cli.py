@@ -99,7 +99,7 @@ def test_hw_detect_writes_a_valid_profile(tmp_path: Path) -> None:
 
 def test_run_without_root_explains_why(monkeypatch: pytest.MonkeyPatch,
                                        capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(cli.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
     assert cli.main(["run"]) == 1
     assert "needs root" in capsys.readouterr().err
 
@@ -107,7 +107,7 @@ def test_run_without_root_explains_why(monkeypatch: pytest.MonkeyPatch,
 def test_run_with_a_missing_profile_is_a_usage_error(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(cli.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
     cfg = write(tmp_path / "agent.yaml", {"state_dir": str(tmp_path / "state")})
     code = cli.main(["run", "--config", str(cfg), "--profile", str(tmp_path / "nope.yaml")])
     assert code == 2

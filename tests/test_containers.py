@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 
 from agent.cgroups.v1 import V1Backend
+from agent.engine.engine import Engine
+from agent.engine.state import StateStore
 from agent.errors import ProfileError
 from agent.images.store import ImageError, ImageStore
 from agent.models import AgentConfig, HardwareProfile
-from agent.reconciling import Engine
 from agent.status import Origin
-from agent.store import StateStore
 from tests.conftest import CGROUP_ROOT, REPO, needs_root_v1
 from tests.helpers import mission, partition, workload
 from tests.images import busybox_layout

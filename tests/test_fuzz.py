@@ -158,8 +158,8 @@ def test_kube_objects_through_the_simulator(sim: Any, rig: Rig, data: st.DataObj
     """Whatever is written to the API server is answered (never a 5xx); what it stores
     (pruned, defaulted, validated) is what a board reads, and the board's decision on it is
     a mission or a refusal, never an exception."""
-    from agent.kube import objects as ko
-    from agent.kube.crd import PLURAL
+    from agent.sources.kube import objects as ko
+    from agent.sources.kube.names import PLURAL
     from tests.test_kubeapi import call
     seed = SEEDS["kube-object"][0]
     doc = json.loads(data.draw(mutated_documents(seed)))

@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncio
 
 from agent.cgroups.v1 import V1Backend
-from agent.health import ErrorKind, HealthOrder
+from agent.engine.engine import Engine
+from agent.engine.state import StateStore
+from agent.health.table import ErrorKind, HealthOrder
 from agent.models import AgentConfig, HardwareProfile
-from agent.reconciling import Engine
 from agent.status import Origin
-from agent.store import StateStore
 from tests.conftest import CGROUP_ROOT, needs_root_v1
 from tests.helpers import mission, partition, wait_for, workload
 
@@ -31,7 +31,7 @@ async def test_three_errors_at_once_are_carried_out_one_by_one_under_the_lock(
                                                            "restart-workload"}))
     assert (await e.submit(m, ORIGIN)).outcome == "applied"
     trace: list[tuple[str, str, bool]] = []
-    real = e._health_action
+    real = e.orders.act
 
     async def traced(o: HealthOrder) -> None:
         trace.append(("start", o.kind.value, e._lock.locked()))
@@ -39,7 +39,7 @@ async def test_three_errors_at_once_are_carried_out_one_by_one_under_the_lock(
         await asyncio.sleep(0.05)  # long enough for an overlap to show
         trace.append(("end", o.kind.value, e._lock.locked()))
 
-    e._health_action = traced  # type: ignore[method-assign]
+    e.orders.act = traced  # type: ignore[method-assign]
     try:
         pids = {p: e.runners[p]["w"].pid for p in "abc"}
         e.monitor.report(ErrorKind.CRASH, "a", "w", "exited with code 1")
@@ -59,7 +59,7 @@ async def test_three_errors_at_once_are_carried_out_one_by_one_under_the_lock(
         for p in "ac":  # restarted by the actions, inside them: new processes already
             assert e.runners[p]["w"].restarts == 1 and e.runners[p]["w"].pid != pids[p]
     finally:
-        e._health_action = real  # type: ignore[method-assign]
+        e.orders.act = real  # type: ignore[method-assign]
         await e.shutdown(teardown=True)
 
 
@@ -69,13 +69,13 @@ async def test_failing_health_checks_restart_through_the_monitor_under_the_lock(
                StateStore(agent_config.state_dir))
     await e.start()
     locked: list[bool] = []
-    real = e._health_action
+    real = e.orders.act
 
     async def traced(o: HealthOrder) -> None:
         locked.append(e._lock.locked())
         await real(o)
 
-    e._health_action = traced  # type: ignore[method-assign]
+    e.orders.act = traced  # type: ignore[method-assign]
     check = {"command": ["/bin/false"], "interval_ms": 20, "timeout_ms": 500,
              "failure_threshold": 2}
     try:
@@ -89,5 +89,5 @@ async def test_failing_health_checks_restart_through_the_monitor_under_the_lock(
         assert verdict.message.endswith("-> restart-workload")
         assert locked and all(locked)
     finally:
-        e._health_action = real  # type: ignore[method-assign]
+        e.orders.act = real  # type: ignore[method-assign]
         await e.shutdown(teardown=True)

@@ -16,13 +16,13 @@ import pytest
 import yaml
 
 from agent.cgroups.v1 import V1Backend
-from agent.ledger import GenerationLedger
+from agent.engine.engine import Engine
+from agent.engine.state import StateStore
 from agent.models import AgentConfig, HardwareProfile
 from agent.models.config import MqttConfig
-from agent.reconciling import Engine
-from agent.signing import EnvelopeError, generate, parse, public_text, seal, verify
+from agent.sources.ledger import GenerationLedger
 from agent.sources.mqtt import MqttLink
-from agent.store import StateStore
+from agent.sources.signing import EnvelopeError, generate, parse, public_text, seal, verify
 from tests.brokers import plain_broker
 from tests.conftest import CGROUP_ROOT, REPO, needs_root_v1
 from tests.helpers import mission_doc, partition, wait_for_sync, workload

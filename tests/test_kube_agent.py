@@ -19,11 +19,11 @@ import pytest
 import yaml
 
 from agent.cgroups.v1 import V1Backend
-from agent.kube.source import KubeSource
+from agent.engine.engine import Engine
+from agent.engine.state import StateStore
 from agent.models import AgentConfig, HardwareProfile
 from agent.models.config import KubeConfig
-from agent.reconciling import Engine
-from agent.store import StateStore
+from agent.sources.kube.source import KubeSource
 from tests.conftest import CGROUP_ROOT, REPO, needs_root_v1
 from tests.helpers import mission_doc, partition, wait_for, wait_for_sync, workload
 from tests.kubesim import CRD, Cluster, cluster, kubectls

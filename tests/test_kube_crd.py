@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import yaml
 
-from agent.kube.crd import manifest, manifest_yaml
+from agent.ground.crd import manifest, manifest_yaml
 from agent.models import MissionProfile
 from simulator.kubeapi.schema import structural_errors
 from tests.conftest import REPO

@@ -12,9 +12,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.errors import ProfileError
-from agent.kube import objects as ko
-from agent.kube.watching import ProfileCache, backoff_s
 from agent.models import HardwareProfile
+from agent.sources.kube import objects as ko
+from agent.sources.kube.watching import ProfileCache, backoff_s
 from tests.helpers import mission_doc, partition
 
 
@@ -102,8 +102,8 @@ def test_backoff_is_jittered_exponential_capped_and_honours_retry_after() -> Non
 
 def test_a_broken_kubeconfig_never_quotes_its_token(tmp_path: Path) -> None:
     from agent.errors import AgentError
-    from agent.kube.api import load_config
     from agent.models.config import KubeConfig
+    from agent.sources.kube.api import load_config
     kc = tmp_path / "kubeconfig"
     kc.write_text("apiVersion: v1\nusers:\n- name: board\n  user:\n"
                   "    token: s3cr3t-t0ken: [oops\n")

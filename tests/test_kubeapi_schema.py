@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from agent.kube.crd import manifest
+from agent.ground.crd import manifest
 from simulator.kubeapi import schema
 from tests.kubesim import CRD, Cluster, cluster
 from tests.test_kubeapi import SPEC, TOKEN

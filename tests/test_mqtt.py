@@ -19,13 +19,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.cgroups.v1 import V1Backend
-from agent.ledger import GenerationLedger
+from agent.engine.engine import Engine
+from agent.engine.state import StateStore
 from agent.models import AgentConfig, HardwareProfile
 from agent.models.config import MqttConfig
-from agent.reconciling import Engine
-from agent.signing import EnvelopeError, generate, parse, seal, verify
+from agent.sources.ledger import GenerationLedger
 from agent.sources.mqtt import MqttLink
-from agent.store import StateStore
+from agent.sources.signing import EnvelopeError, generate, parse, seal, verify
 from tests.brokers import plain_broker, tls_broker
 from tests.conftest import CGROUP_ROOT, REPO, needs_root_v1
 from tests.helpers import mission_doc, partition, wait_for, workload
@@ -111,7 +111,7 @@ def test_ledger_blocks_replays_across_restarts(tmp_path: Path) -> None:
 def test_keygen_writes_a_usable_pair(tmp_path: Path) -> None:
     priv, pub = generate(tmp_path, "ops")
     assert oct(priv.stat().st_mode & 0o777) == "0o600"
-    from agent.signing import load_private, load_public
+    from agent.sources.signing import load_private, load_public
     key = load_private(priv)
     env = parse(seal(key, "ops", NODE, "m", 1, profile()))
     verify(env, {"ops": load_public(pub.read_text())}, set(), NODE)
@@ -213,7 +213,7 @@ async def test_bad_pushes_are_answered_and_change_nothing(rig, tmp_path: Path) -
     acks.append(await raw(seal(OTHER, "planner", NODE, "m", 6, profile(6))))  # bad sig
     acks.append(await raw(seal(OTHER, "old", NODE, "m", 6, profile(6))))  # revoked
     older = profile(4)
-    from agent.signing import load_private
+    from agent.sources.signing import load_private
     k = load_private(keys / "planner.key")
     acks.append(await raw(seal(k, "planner", NODE, "m", 4, older)))  # lower generation
     acks.append(await raw(seal(k, "planner", "other-board", "m", 7, profile(7))))

@@ -3,42 +3,16 @@ and adoption. Unprivileged: the engine runs on the simulator's kernel-like cgrou
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from agent.models import HardwareProfile, MissionProfile
-from agent.planning import describe
+from agent.engine.state import StoredMission
+from agent.policy.planning import describe
 from agent.status import Origin
-from agent.store import StoredMission
-from simulator.clock import VirtualTimeLoop
 from simulator.run import _Sim
-from simulator.scenario import Scenario
 from tests.helpers import mission, partition, workload
+from tests.simengine import on_sim
 
 ORIGIN = Origin("config")
-BOARD4 = HardwareProfile.model_validate({
-    "name": "b4", "arch": "aarch64", "cores": [{"id": i} for i in range(4)],
-    "memory_mib": 8192, "reserved": {"cores": [0], "cpu_fraction": 0.2, "memory_mib": 512}})
-SC = Scenario.model_validate({"name": "t", "mission": "m.yaml", "duration_s": 1})
-
-
-def on_sim(tmp_path: Path, first: MissionProfile,
-           body: Callable[[_Sim], Awaitable[None]]) -> None:
-    loop = VirtualTimeLoop()
-    asyncio.set_event_loop(loop)
-
-    async def go() -> None:
-        sim = _Sim(SC, first, BOARD4, tmp_path)
-        try:
-            await body(sim)
-        finally:
-            await sim.engine.shutdown(teardown=True)
-    try:
-        loop.run_until_complete(go())
-    finally:
-        asyncio.set_event_loop(None)
-        loop.close()
 
 
 def test_plan_on_a_degraded_board_is_what_submit_then_does(tmp_path: Path) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from agent.models import HardwareProfile
-from agent.planning import (
+from agent.policy.planning import (
     EnsurePartition,
     ObservedPartition,
     ObservedWorkload,

@@ -11,11 +11,11 @@ import time
 from pathlib import Path
 
 from agent.cgroups.v1 import V1Backend
+from agent.engine.engine import Engine
+from agent.engine.state import StateStore
+from agent.health.reports import RATE_PER_S
 from agent.models import AgentConfig, HardwareProfile
-from agent.reconciling import Engine
-from agent.reporting import RATE_PER_S
 from agent.status import Origin
-from agent.store import StateStore
 from tests.conftest import CGROUP_ROOT, needs_root_v1
 from tests.helpers import mission, partition, wait_for, workload
 

@@ -10,10 +10,10 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.admission import admit
-from agent.degraded import ORDER, degraded_board, fit
 from agent.errors import ProfileError
 from agent.models import HardwareProfile, MissionProfile, load_file
+from agent.policy.admission import admit
+from agent.policy.degraded import ORDER, degraded_board, fit
 from agent.status import Origin
 from simulator import scenario
 from simulator.cpu import BANDWIDTH_SLICE_US, TICK_US, SimBoard
@@ -362,7 +362,7 @@ def test_giving_up_the_partition_root_shows_in_what_the_engine_holds(tmp_path: P
     unchanged and not re-applied, must then read as not exclusive, not as before."""
     import asyncio
 
-    from agent.store import StoredMission
+    from agent.engine.state import StoredMission
     from simulator.clock import VirtualTimeLoop
     from simulator.run import _Sim
     from simulator.scenario import Scenario

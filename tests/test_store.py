@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from agent.engine.state import StateStore, StoredMission, decode, encode, write_atomic
 from agent.status import Origin
-from agent.store import StateStore, StoredMission, decode, encode, write_atomic
 from tests.helpers import mission, partition
 
 

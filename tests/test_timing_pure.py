@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from agent.accounting import Usage
-from agent.admission import KernelFeatures, admit
-from agent.health import (
+from agent.cgroups.features import KernelFeatures
+from agent.health.reports import parse
+from agent.health.table import (
     DEFAULTS,
     ErrorKind,
     JobStats,
@@ -19,7 +19,8 @@ from agent.health import (
     parse_action,
 )
 from agent.models import HardwareProfile, Schedule
-from agent.reporting import parse
+from agent.policy.accounting import Usage
+from agent.policy.admission import admit
 from agent.timing.sched import policy_for
 from agent.timing.windows import Edge, edges, running_at
 from tests.helpers import mission, partition, workload

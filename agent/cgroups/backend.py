@@ -6,7 +6,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from agent.admission import KernelFeatures
+from agent.cgroups.features import KernelFeatures
 from agent.errors import CgroupError
 
 AGENT_GROUP = "agent"

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 from typing import Literal
 
-from agent.admission import KernelFeatures
 from agent.cgroups.backend import (
     AGENT_GROUP,
     CpuSample,
@@ -20,6 +19,7 @@ from agent.cgroups.backend import (
     partition_dir,
     workload_dir,
 )
+from agent.cgroups.features import KernelFeatures
 from agent.cgroups.fs import (
     CgroupFs,
     RealCgroupFs,

@@ -215,7 +215,7 @@ class ImageStore:
         return idx
 
     def _write_index(self, index: dict[str, Any]) -> None:
-        from agent.store import write_atomic
+        from agent.engine.state import write_atomic
         write_atomic(self.layout / "index.json", json.dumps(index, indent=1).encode())
 
     def import_path(self, path: Path) -> list[str]:

@@ -19,13 +19,12 @@ from agent.cgroups import CgroupBackend
 from agent.errors import AgentError
 from agent.events import EventLog, Severity
 from agent.models import Workload
-from agent.planning import workload_hash
 from agent.runtime import procs
 from agent.runtime.logs import log_path
 from agent.runtime.ops import Launch, ProcessOps, RealOps
 from agent.runtime.stopping import terminate_group
 from agent.status import ProbeStatus, WorkloadStatus
-from agent.timing.sched import SchedPolicy
+from agent.timing.sched import SchedPolicy, workload_hash
 
 log = logging.getLogger("sortie.runtime")
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Literal
 
-from agent.models import Budget
+from agent.models import Budget, Workload
 
 
 @dataclass(frozen=True)
@@ -33,3 +34,10 @@ def policy_for(budget: Budget) -> SchedPolicy | None:
         return SchedPolicy("deadline", runtime_ns=d.runtime_us * 1000,
                            deadline_ns=d.deadline_us * 1000, period_ns=d.period_us * 1000)
     return None
+
+
+def workload_hash(spec: Workload, sched: SchedPolicy | None) -> str:
+    """What a running process was started from: its spec and its scheduling policy."""
+    if sched is None:
+        return spec.spec_hash()
+    return hashlib.sha256((spec.spec_hash() + repr(sched)).encode()).hexdigest()[:16]

@@ -1,0 +1,36 @@
+"""``sortie`` command line. Exit codes scripts can trust: 0 ok, 1 refused/failed, 2 usage
+(3: a pushed board did not answer). ``parser`` builds the commands, ``commands`` runs the
+board-side ones, ``render`` draws tables; the ground-side commands live in
+``agent.ground.commands``."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+
+from agent.cli.common import EXIT_REFUSED, print_violations
+from agent.errors import AgentError, ProfileError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from agent.cli.parser import build_parser
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        code: int = args.func(args)
+    except ProfileError as exc:
+        print_violations(f"{exc.source}: {len(exc.violations)} problem(s):", exc.violations)
+        return EXIT_REFUSED
+    except AgentError as exc:
+        print(f"sortie: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    except OSError as exc:  # a file named on the command line: missing, unreadable
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"sortie: {where}{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    except KeyboardInterrupt:
+        return 130
+    return code

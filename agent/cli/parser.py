@@ -1,0 +1,187 @@
+"""The ``sortie`` argument parser. Ground-side commands resolve when run, so a flight
+image (which has no ``agent.ground``) parses them and says they are not installed."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from agent import __version__
+from agent.cli import commands as cmd
+from agent.cli.common import DEFAULT_CONFIG, Parser
+from agent.errors import AgentError
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def ground(name: str) -> Command:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            mod = importlib.import_module("agent.ground.commands")
+        except ModuleNotFoundError as exc:
+            raise AgentError(f"`sortie {args.command}` is a ground-side command, not "
+                             "installed on this board (flight images carry the agent "
+                             "only)") from exc
+        fn: Command = getattr(mod, name)
+        return fn(args)
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="sortie", description="Orchestration agent for flight-computer "
+               "edge boards: cgroup partitions with deterministic CPU budgets.")
+    p.add_argument("--version", action="version", version=f"sortie {__version__}")
+    p.add_argument("--log-level", default="info",
+                   choices=["debug", "info", "warning", "error"])
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--config", type=Path, help=f"agent config (default {DEFAULT_CONFIG} "
+                        "if present, else built-in defaults)")
+
+    def output(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("-o", "--output", choices=["json", "yaml"],
+                        help="machine-readable output")
+
+    r = sub.add_parser("run", help="run the agent (root)")
+    common(r)
+    r.add_argument("--profile", type=Path, action="append",
+                   help="mission profile file or directory (repeatable); default: the "
+                        "config's profile_dirs, else the embedded demo")
+    r.add_argument("--hw", type=Path, help="hardware profile (default: config, else detect)")
+    r.add_argument("--state-dir", type=Path, help="override the config's state_dir")
+    r.add_argument("--teardown", action="store_true",
+                   help="on exit stop every workload and remove the cgroups "
+                        "(default: leave the mission flying)")
+    r.set_defaults(func=cmd.cmd_run)
+
+    c = sub.add_parser("check", help="admission check of a profile against a board")
+    common(c)
+    c.add_argument("profile", type=Path)
+    c.add_argument("--hw", type=Path, help="hardware profile (default: this machine)")
+    c.add_argument("--host-checks", action="store_true",
+                   help="also check users and commands on this machine when --hw is given")
+    output(c)
+    c.set_defaults(func=cmd.cmd_check)
+
+    pl = sub.add_parser("plan", help="what applying a profile would change")
+    common(pl)
+    pl.add_argument("profile", type=Path)
+    pl.add_argument("--hw", type=Path, help="hardware profile when no agent is running")
+    output(pl)
+    pl.set_defaults(func=cmd.cmd_plan)
+
+    s = sub.add_parser("status", help="partitions, workloads, budgets and measured usage")
+    common(s)
+    s.add_argument("--socket", type=Path, help="local API socket (default from config)")
+    output(s)
+    s.set_defaults(func=cmd.cmd_status)
+
+    mo = sub.add_parser("mode", help="switch the window schedule (mode) at the next "
+                        "major-frame boundary")
+    common(mo)
+    mo.add_argument("name", help="schedule name from the running mission")
+    mo.set_defaults(func=cmd.cmd_mode)
+
+    kg = sub.add_parser("keygen", help="make a planner signing key pair (Ed25519)")
+    kg.add_argument("--kid", default="planner", help="key id the board will know it by")
+    kg.add_argument("--out", type=Path, default=Path("."), help="directory for the keys")
+    kg.set_defaults(func=ground("cmd_keygen"))
+
+    def broker(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--node", required=True, help="the board's node name")
+        sp.add_argument("--broker", required=True, help="mqtt://host:port or mqtts://...")
+        sp.add_argument("--username")
+        sp.add_argument("--password-file", type=Path)
+        sp.add_argument("--ca-file", type=Path, help="CA that signs the broker certificate")
+        sp.add_argument("--cert", type=Path, help="client certificate")
+        sp.add_argument("--cert-key", type=Path, help="client certificate's key")
+        sp.add_argument("--topic-root", default="sortie/v1")
+
+    pu = sub.add_parser("push", help="sign a profile and push it to a board over MQTT")
+    pu.add_argument("profile", type=Path)
+    pu.add_argument("--key", type=Path, required=True, help="planner private key (keygen)")
+    pu.add_argument("--kid", help="key id (default: the key file's name)")
+    pu.add_argument("--timeout", type=float, default=10.0,
+                    help="seconds to wait for the board's answer (exit 3 without one)")
+    broker(pu)
+    output(pu)
+    pu.set_defaults(func=ground("cmd_push"))
+
+    wa = sub.add_parser("watch", help="a board's status, telemetry and events, live")
+    wa.add_argument("--seconds", type=float, help="stop after this long")
+    broker(wa)
+    output(wa)
+    wa.set_defaults(func=ground("cmd_watch"))
+
+    si = sub.add_parser("sim", help="run the agent against a simulated board (no root)")
+    si.add_argument("scenario", type=Path, help="scenario file (simulator/scenarios/)")
+    si.add_argument("--hw", type=Path, required=True, help="hardware profile to simulate")
+    si.add_argument("--out", type=Path, default=Path("sim-out"),
+                    help="directory for the timeline picture and the trace")
+    output(si)
+    si.set_defaults(func=ground("cmd_sim"))
+
+    im = sub.add_parser("image", help="container images (OCI layouts, verified)")
+    im_sub = im.add_subparsers(dest="image_command", required=True, parser_class=Parser)
+    ii = im_sub.add_parser("import", help="verify and import an OCI layout (dir or tar)")
+    common(ii)
+    ii.add_argument("path", type=Path)
+    ii.set_defaults(func=cmd.cmd_image)
+    il = im_sub.add_parser("list", help="imported images")
+    common(il)
+    output(il)
+    il.set_defaults(func=cmd.cmd_image)
+    ig = im_sub.add_parser("gc", help="remove images the last-known-good mission does not use")
+    common(ig)
+    ig.set_defaults(func=cmd.cmd_image)
+
+    bo = sub.add_parser("board", help="board images: build, boot in QEMU")
+    bo_sub = bo.add_subparsers(dest="board_command", required=True, parser_class=Parser)
+    bb = bo_sub.add_parser("build", help="build a flashable image for a board "
+                           "(kernel, initramfs, raw disk, manifest)")
+    bb.add_argument("--hw", type=Path, required=True, help="hardware profile (hwprofiles/)")
+    bb.add_argument("--profiles", type=Path, help="directory of mission profiles to bake in")
+    bb.add_argument("--keys", type=Path, help="directory of trusted planner keys (*.pub)")
+    bb.add_argument("--config", dest="board_config", type=Path,
+                    help="agent config to bake in (paths inside the image are set)")
+    bb.add_argument("--out", type=Path, required=True, help="output directory")
+    bb.add_argument("--cache", type=Path, default=Path(os.environ.get(
+        "SORTIE_CACHE", str(Path.home() / ".cache" / "sortie"))) / "board",
+        help="download and build cache (default $SORTIE_CACHE/board or ~/.cache/sortie/board)")
+    bb.set_defaults(func=ground("cmd_board"))
+    bt = bo_sub.add_parser("boot", help="boot a built image in QEMU and report its agent")
+    bt.add_argument("image", type=Path, help="the build's output directory")
+    bt.add_argument("--seconds", type=float, help="stop the agent and power off after this "
+                    "long (default: until Ctrl-C or --timeout)")
+    bt.add_argument("--timeout", type=float, default=3600, help="hard limit, seconds")
+    bt.add_argument("--report", type=float, default=5, help="status every N seconds")
+    bt.add_argument("--accel", default="tcg", choices=["tcg", "kvm"],
+                    help="kvm only where it works (not on these build machines)")
+    bt.add_argument("--quiet", action="store_true", help="do not show the serial console")
+    bt.add_argument("--mission", help="fly this baked mission instead of the configured "
+                    "one (initramfs boot)")
+    bt.add_argument("--disk", action="store_true", help="boot disk.img through systemd "
+                    "(as a flashed board does) instead of the initramfs")
+    output(bt)
+    bt.set_defaults(func=ground("cmd_board"))
+
+    ku = sub.add_parser("kube", help="Kubernetes helpers")
+    ku_sub = ku.add_subparsers(dest="kube_command", required=True, parser_class=Parser)
+    kc = ku_sub.add_parser("crd", help="print the MissionProfile CRD manifest")
+    kc.set_defaults(func=ground("cmd_kube_crd"))
+
+    sc = sub.add_parser("schema", help="JSON Schema of the documents Sortie reads, and of "
+                        "the status it answers")
+    sc.add_argument("which", nargs="?", choices=["mission", "hardware", "config", "status"])
+    sc.set_defaults(func=cmd.cmd_schema)
+
+    hw = sub.add_parser("hw", help="hardware profiles")
+    hw_sub = hw.add_subparsers(dest="hw_command", required=True, parser_class=Parser)
+    d = hw_sub.add_parser("detect", help="write a hardware profile for this machine")
+    d.add_argument("--out", type=Path, help="file to write (default: stdout)")
+    d.set_defaults(func=cmd.cmd_hw_detect)
+    return p

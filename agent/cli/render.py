@@ -1,0 +1,49 @@
+"""``sortie status`` as a table, from the typed Status."""
+
+from __future__ import annotations
+
+from agent.cli.common import pct
+from agent.status import Status
+
+
+def render_status(s: Status) -> str:
+    m = s.mission
+    lines = [f"board {s.board}  cgroup {s.cgroup.version} /{s.cgroup.prefix}",
+             "mission " + (f"{m.name} generation {m.generation} from {m.origin.source} "
+                           f"{m.origin.path or m.origin.object or m.origin.kid or ''}"
+                           if m else "(none)"), ""]
+    lines.append(f"{'PARTITION':<18}{'DAL':<4}{'CPUS':<8}{'BUDGET':>8}{'USED':>8}"
+                 f"{'THROTTLED':>11}  MEMORY")
+    for p in s.partitions:
+        use = p.usage
+        budget = p.quota_us / p.period_us if p.quota_us and p.period_us and p.quota_us > 0 \
+            else None
+        thr = f"{use.throttled_periods}/{use.periods}" if use else "-"
+        cpus = ",".join(map(str, p.cpus or []))
+        mem = f"{p.memory_bytes >> 20} MiB" if p.memory_bytes else "-"
+        lines.append(f"{p.name:<18}{p.criticality or '-':<4}{cpus:<8}"
+                     f"{pct(budget):>8}{pct(use.share if use else None):>8}{thr:>11}  {mem}")
+        flags = [f for f, on in (("SATURATED", p.health.saturated),
+                                 ("STOPPED by health monitor", p.health.stopped)) if on]
+        if flags:
+            lines.append(f"  ! {', '.join(flags)}")
+        for w in p.workloads:
+            extra = " adopted" if w.adopted else ""
+            restarts = f" restarts {w.restarts}" if w.restarts else ""
+            lines.append(f"  - {w.name:<16}{w.state:<11}pid {w.pid or '-'}{extra}{restarts}")
+    win = s.windows
+    if win.partitions:
+        lines += ["", f"windows: mode {win.mode}, "
+                      f"{'enforcing' if win.enforcing else 'NOT enforcing'}, "
+                      f"timekeeper real-time: {win.realtime}",
+                  f"  {'PARTITION':<16}{'WINDOWS':>8}{'JITTER p50':>12}{'p99':>9}{'max':>9}"
+                  f"{'CPU OUTSIDE':>13}"]
+        for name, f in sorted(win.partitions.items()):
+            j = f.start_jitter_us
+            lines.append(f"  {name:<16}{f.windows:>8}{j.p50:>10.0f}us{j.p99:>7.0f}us"
+                         f"{j.max:>7.0f}us{f.cpu_outside_s * 1000:>10.2f} ms")
+    if s.degraded.shed:
+        lines += ["", f"degraded: shed {', '.join(s.degraded.shed)}"]
+    if s.errors:
+        lines += ["", "errors:"] + [f"  {e}" for e in s.errors]
+    return "\n".join(lines)

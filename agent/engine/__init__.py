@@ -1,0 +1,1 @@
+"""The engine: the one writer of cgroups and processes, its state and what it observes."""

@@ -1,0 +1,71 @@
+"""The engine's state as one typed ``Status`` (the only view the sources and the CLI
+get of it)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from agent.status import (
+    CgroupStatus,
+    DegradedStatus,
+    FilesStatus,
+    KubeStatus,
+    MissionStatus,
+    MqttStatus,
+    PartitionStatus,
+    SourcesStatus,
+    Status,
+    WorkloadStatus,
+)
+
+if TYPE_CHECKING:
+    from agent.engine.engine import Engine
+
+
+@dataclass
+class SourceProbes:
+    """Where each desired-state source's status comes from (set by the daemon)."""
+
+    files: Callable[[], FilesStatus] | None = None
+    mqtt: Callable[[], MqttStatus] | None = None
+    kube: Callable[[], KubeStatus] | None = None
+
+    def status(self) -> SourcesStatus:
+        return SourcesStatus(files=self.files() if self.files else None,
+                             mqtt=self.mqtt() if self.mqtt else None,
+                             kube=self.kube() if self.kube else None)
+
+
+def build_status(e: Engine) -> Status:
+    parts = []
+    for name in sorted(e.desired.keys() | e.limits.keys()):
+        spec = e.mission.partition(name) if e.mission else None
+        lim = e.limits.get(name)
+        parts.append(PartitionStatus(
+            name=name, criticality=spec.criticality if spec else None,
+            desired=name in e.desired,
+            cpus=sorted(lim.cpus) if lim else None,
+            quota_us=lim.quota_us if lim else None,
+            period_us=lim.period_us if lim else None,
+            burst_us=lim.burst_us if lim else None,
+            memory_bytes=lim.memory_bytes if lim else None,
+            pids_max=lim.pids_max if lim else None,
+            usage=e.usage.get(name), health=e.monitor.status(name),
+            workloads=[r.status() for _, r in sorted(e.runners.get(name, {}).items())]
+            + [WorkloadStatus(w, "orphan") for w in sorted(e.orphans.get(name, {}))]))
+    return Status(
+        board=e.board.name,
+        cgroup=CgroupStatus(e.backend.version, e.backend.prefix),
+        mission=None if e.mission is None or e.origin is None else MissionStatus(
+            e.mission.name, e.mission.generation, e.origin),
+        ready_after_s=e.ready_after_s,
+        windows=e.windows.status(),
+        reports=None if e.reports is None else e.reports.status(),
+        internal_errors=dict(e.events.internal_errors),
+        sources=e.sources.status(),
+        degraded=DegradedStatus(dict(e.capacity), e.memory_mib, list(e.shed)),
+        partitions=parts,
+        errors=list(e.errors),
+        events=e.events.recent(20))

@@ -1,0 +1,202 @@
+"""The board's root filesystem: a cached Debian base (mmdebstrap, minbase), then the
+agent, its Python dependencies for the board's architecture, the baked config, hardware
+profile, missions and keys, the systemd unit (real boards) and the init QEMU boots."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import yaml
+
+import agent
+from agent.ground.board.fetching import foreign_exec, run
+from agent.ground.board.inputs import Inputs
+from agent.ground.board.progress import Progress
+
+EPOCH = 1767225600  # 2026-01-01: every file's mtime in the image (reproducible content)
+EXCLUDES = ("/usr/share/doc/*", "/usr/share/man/*", "/usr/share/info/*",
+            "/usr/share/locale/*", "/usr/share/lintian/*")
+PLATFORMS = {"amd64": ["manylinux_2_36_x86_64", "manylinux_2_28_x86_64",
+                       "manylinux_2_17_x86_64", "manylinux2014_x86_64", "linux_x86_64"],
+             "arm64": ["manylinux_2_36_aarch64", "manylinux_2_28_aarch64",
+                       "manylinux_2_17_aarch64", "manylinux2014_aarch64", "linux_aarch64"]}
+"""Wheel tags bookworm's glibc 2.36 runs; Python 3.11 is bookworm's python3."""
+LIB = "opt/sortie/lib"
+
+UNIT = """[Unit]
+Description=Sortie mission agent
+After=local-fs.target network-online.target
+Wants=network-online.target
+
+[Service]
+ExecStart=/usr/local/bin/sortie run --config /etc/sortie/agent.yaml
+Restart=always
+RestartSec=1
+# The agent's workloads live in its own cgroups, not the service's: restarting or
+# upgrading the agent must not stop the mission (it adopts the running workloads).
+KillMode=process
+TimeoutStopSec=20
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+REPORT_UNIT = f"""[Unit]
+Description=Sortie status on the console for a QEMU host (sortie.report_s on the cmdline)
+ConditionKernelCommandLine=sortie.report_s
+After=sortie.service
+
+[Service]
+Environment=PYTHONPATH=/{LIB}
+ExecStart=/usr/bin/python3 -m agent.guest --systemd
+StandardOutput=journal+console
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+LAUNCHER = f"""#!/bin/sh
+PYTHONPATH=/{LIB} exec /usr/bin/python3 -m agent.cli "$@"
+"""
+
+INIT = f"""#!/bin/sh
+# QEMU's path to the agent (rdinit=/init): the same root filesystem as the disk image,
+# without systemd. Real boards boot systemd, which starts sortie.service.
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+mkdir -p /dev/pts /dev/shm && mount -t devpts devpts /dev/pts
+mount -t tmpfs -o mode=0755 tmpfs /run
+mount -t tmpfs tmpfs /tmp
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
+hostname -F /etc/hostname 2>/dev/null
+PYTHONPATH=/{LIB} exec /usr/bin/python3 -m agent.guest
+"""
+
+
+def base_key(inputs: Inputs) -> str:
+    h = hashlib.sha256("|".join([inputs.arch, inputs.suite, inputs.mirror, inputs.security,
+                                 ",".join(inputs.packages), ",".join(EXCLUDES)]).encode())
+    return h.hexdigest()[:16]
+
+
+def base_tarball(inputs: Inputs, cache: Path, say: Progress) -> Path:
+    """Debian minbase + packages for the board's architecture, cached by its inputs."""
+    tar = cache / f"rootfs-{inputs.arch}-{base_key(inputs)}.tar"
+    if tar.exists():
+        say(f"root filesystem base: cached ({tar.name})")
+        return tar
+    say(f"root filesystem base: mmdebstrap {inputs.suite} {inputs.arch} "
+        f"(+{', '.join(inputs.packages)}); about 30 s for amd64, 2-3 min for arm64 "
+        "(maintainer scripts under qemu-user)")
+    tmp = tar.with_name(tar.stem + ".partial.tar")  # mmdebstrap picks the format by suffix
+    cmd = ["mmdebstrap", "--mode=root", "--variant=minbase", f"--architectures={inputs.arch}",
+           f"--include={','.join(inputs.packages)}", "--skip=check/qemu",
+           *[f"--dpkgopt=path-exclude={e}" for e in EXCLUDES],
+           "--customize-hook=rm -rf \"$1\"/var/lib/apt/lists/* \"$1\"/var/cache/apt/*.bin",
+           inputs.suite, str(tmp), f"deb {inputs.mirror} {inputs.suite} main",
+           f"deb {inputs.security} {inputs.suite}-security main"]
+    with foreign_exec(inputs.arch):
+        run(cmd, "mmdebstrap", env={**os.environ, "SOURCE_DATE_EPOCH": str(EPOCH)})
+    tmp.rename(tar)
+    return tar
+
+
+def requirements() -> list[str]:
+    """The agent's own runtime dependencies (no extras), from its installed metadata."""
+    reqs = metadata.requires("sortie") or []
+    return sorted(r.split(";")[0].strip() for r in reqs if "extra ==" not in r)
+
+
+def _pip_platform(arch: str) -> list[str]:
+    out = ["--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp",
+           "--abi", "cp311", "--abi", "abi3", "--abi", "none"]
+    for p in PLATFORMS[arch]:
+        out += ["--platform", p]
+    return out
+
+
+def wheelhouse(inputs: Inputs, cache: Path, say: Progress) -> Path:
+    reqs = requirements()
+    key = hashlib.sha256(("|".join(reqs) + inputs.arch).encode()).hexdigest()[:16]
+    wh = cache / f"wheels-{inputs.arch}-{key}"
+    if (wh / ".complete").exists():
+        say(f"python dependencies: cached ({len(list(wh.glob('*.whl')))} wheels)")
+        return wh
+    say(f"python dependencies: pip download for {inputs.arch}: {', '.join(reqs)}")
+    wh.mkdir(parents=True, exist_ok=True)
+    run([sys.executable, "-m", "pip", "download", "-q", "-d", str(wh),
+         *_pip_platform(inputs.arch), *reqs], "pip download")
+    (wh / ".complete").write_text("\n".join(reqs))
+    return wh
+
+
+GROUND_SIDE = "ground"
+"""``agent/ground``: the planner's and the build host's code, never on a board."""
+
+
+def copy_agent(dest: Path) -> None:
+    """The agent's package as a board runs it: without its ground-side package."""
+    src = Path(agent.__file__).parent
+    junk = shutil.ignore_patterns("__pycache__", "*.pyc")
+
+    def ignore(directory: str, names: list[str]) -> set[str]:
+        skip = set(junk(directory, names))
+        return skip | {GROUND_SIDE} if Path(directory) == src else skip
+    shutil.copytree(src, dest / "agent", ignore=ignore)
+
+
+def _write(path: Path, text: str | bytes, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(text.encode() if isinstance(text, str) else text)
+    path.chmod(mode)
+
+
+def assemble(inputs: Inputs, base: Path, wheels: Path, root: Path, say: Progress) -> None:
+    """Unpack the base and add everything Sortie brings; fast (seconds)."""
+    if root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    say("assembling: base + agent + dependencies + baked config and missions")
+    run(["tar", "-xf", str(base), "-C", str(root), "--numeric-owner"], "tar -x rootfs")
+    run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--find-links",
+         str(wheels), "--target", str(root / LIB), "--no-compile", *_pip_platform(inputs.arch),
+         *requirements()], "pip install --target")
+    copy_agent(root / LIB)
+    for junk in (root / LIB).glob("*.dist-info/RECORD"):
+        junk.unlink()  # lists absolute build paths; not needed to run
+    etc = root / "etc" / "sortie"
+    _write(etc / "agent.yaml", yaml.safe_dump(inputs.config, sort_keys=True))
+    _write(etc / "hardware.yaml", inputs.board_path.read_bytes())
+    (etc / "profiles").mkdir(parents=True, exist_ok=True)
+    for name, data in inputs.profiles.items():
+        _write(etc / "profiles" / name, data)
+    for kid, pub in inputs.keys.items():
+        _write(etc / "keys" / f"{kid}.pub", pub + "\n")
+    etc.chmod(0o700)  # config and keys: root only
+    _write(root / "usr/local/bin/sortie", LAUNCHER, 0o755)
+    _write(root / "etc/systemd/system/sortie.service", UNIT)
+    wants = root / "etc/systemd/system/multi-user.target.wants"
+    wants.mkdir(parents=True, exist_ok=True)
+    _write(root / "etc/systemd/system/sortie-report.service", REPORT_UNIT)
+    for unit in ("sortie.service", "sortie-report.service"):
+        link = wants / unit
+        if not link.is_symlink():
+            link.symlink_to(f"/etc/systemd/system/{unit}")
+    _write(root / "init", INIT, 0o755)
+    _write(root / "usr/local/sbin/sortie-init", INIT, 0o755)
+    _write(root / "etc/hostname", str(inputs.config.get("node_name", inputs.board.name)) + "\n")
+    _write(root / "etc/fstab", "LABEL=sortie-root / ext4 defaults,noatime 0 1\n")
+    normalize(root)
+
+
+def normalize(root: Path, shallow: bool = False) -> None:
+    """Same mtime everywhere, so the same inputs give the same tree and archive."""
+    subprocess.run(["find", str(root), "-maxdepth", "0" if shallow else "1000000", "-exec",
+                    "touch", "-h", "-d", f"@{EPOCH}", "{}", "+"], check=True)

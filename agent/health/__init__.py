@@ -1,0 +1,1 @@
+"""Health: the partitions' tables (pure), the monitor that decides, workloads' job reports."""

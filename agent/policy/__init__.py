@@ -1,0 +1,1 @@
+"""Pure policy: admission, the degraded fit, planning, accounting. No I/O."""

@@ -1,0 +1,117 @@
+"""The board as a Kubernetes node: registered (labels from the board, the Sortie taint),
+its status written when its readiness changes (and every few minutes), its lease renewed
+every few seconds (the heartbeat, as a kubelet's)."""
+
+from __future__ import annotations
+
+import asyncio
+import platform
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from agent import __version__
+from agent.engine.port import EnginePort
+from agent.models.config import KubeConfig
+from agent.sources.kube import objects as ko
+from agent.sources.kube.api import KubeApi, KubeError
+from agent.sources.kube.watching import backoff_s
+
+NODE_STATUS_EVERY_S = 300.0
+"""Full node status at least this often (the lease is the heartbeat, as for a kubelet)."""
+
+
+@dataclass
+class Counters:
+    lists: int = 0
+    gone: int = 0
+    stalls: int = 0
+    errors: int = 0
+    status_writes: int = 0
+    conflicts: int = 0
+    events_sent: int = 0
+    events_dropped: int = 0
+    lease_renewals: int = 0
+    decisions: dict[str, int] = field(default_factory=dict)
+
+
+class NodeKeeper:
+    def __init__(self, cfg: KubeConfig, node_name: str, engine: EnginePort, api: KubeApi,
+                 count: Counters) -> None:
+        self.cfg, self.node_name, self.engine, self.api = cfg, node_name, engine, api
+        self.count = count
+        self.node_uid: str | None = None
+        self._since = engine.platform.wall()
+        self._written: tuple[float, str] = (0.0, "")
+
+    def readiness(self) -> ko.Readiness:
+        m = self.engine.flying()
+        if m is None:
+            return ko.Readiness(True, "SortieReady", "agent running; no mission")
+        shed = f"; degraded, shed {list(m.shed)}" if m.shed else ""
+        return ko.Readiness(True, "SortieReady",
+                            f"flying {m.name} generation {m.generation}{shed}")
+
+    async def register(self) -> None:
+        want = ko.node(self.node_name, self.engine.board, self.cfg.node_labels)
+        cur = await self.api.get("Node", self.node_name)
+        if cur is None:
+            cur = await self.api.create(want)
+            self.engine.events.emit("kube.registered", "kube",
+                                    f"node {self.node_name} registered")
+        else:
+            taints = [t for t in (cur.get("spec") or {}).get("taints") or []
+                      if t.get("key") != ko.TAINT["key"]] + [ko.TAINT]
+            cur = await self.api.merge_patch("Node", self.node_name, {
+                "metadata": {"labels": want["metadata"]["labels"],
+                             "annotations": want["metadata"]["annotations"]},
+                "spec": {"taints": taints}})
+        self.node_uid = cur["metadata"].get("uid")
+        await self.write_status(force=True)
+
+    async def write_status(self, force: bool = False) -> None:
+        ready = self.readiness()
+        now = self.engine.platform.wall()
+        last_at, last_msg = self._written
+        if not force and ready.message == last_msg and now - last_at < NODE_STATUS_EVERY_S:
+            return
+        if ready.message != last_msg:
+            self._since = now
+        status = ko.node_status(self.engine.board, ready, now, platform.release(),
+                                __version__, self._since)
+        await self.api.merge_patch("Node", self.node_name, {"status": status}, status=True)
+        self._written = (now, ready.message)
+
+    async def renew_lease(self) -> None:
+        now = self.engine.platform.wall()
+        want = ko.lease(self.node_name, self.node_uid, self.cfg.lease_duration_s, now)
+        cur = await self.api.get("Lease", self.node_name, "kube-node-lease")
+        if cur is None:
+            await self.api.create(want)
+        else:
+            body = dict(cur)
+            body["spec"] = {**(cur.get("spec") or {}), **want["spec"]}
+            try:
+                await self.api.replace(body)
+            except KubeError as exc:
+                if exc.code != 409:
+                    raise
+                return  # someone renewed in between; the next tick reads it again
+        self.count.lease_renewals += 1
+
+    async def forever(self, failed: Callable[[str, KubeError], None]) -> None:
+        attempt = 0
+        while True:
+            try:
+                await self.register()
+                attempt = 0
+                while True:
+                    t0 = self.engine.platform.monotonic()
+                    await self.renew_lease()
+                    await self.write_status()
+                    await asyncio.sleep(max(0.0, self.cfg.lease_renew_s
+                                            - (self.engine.platform.monotonic() - t0)))
+            except KubeError as exc:
+                failed("node", exc)
+                await asyncio.sleep(backoff_s(attempt, self.cfg.backoff_max_s,
+                                              exc.retry_after_s))
+                attempt += 1

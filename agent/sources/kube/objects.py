@@ -1,0 +1,228 @@
+"""The Kubernetes objects the board writes and reads, as plain dicts. Pure functions: the
+node and its lease, which MissionProfiles target this board, which one flies, and the
+status and Events written back."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from agent.errors import ProfileError, Violation
+from agent.models import HardwareProfile, MissionProfile
+from agent.models.loading import validate
+from agent.sources.kube.names import GROUP, KIND, VERSION
+from agent.status import Origin, Status
+
+Obj = dict[str, Any]
+API_VERSION = f"{GROUP}/{VERSION}"
+ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
+TAINT = {"key": "sortie.dev/board", "value": "true", "effect": "NoSchedule"}
+"""Keeps the default scheduler's pods off the board: only Sortie places work here."""
+COMPONENT = "sortie"
+
+
+def timestamp(now: float) -> str:
+    return dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def micro_time(now: float) -> str:
+    return dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+_META_TYPES: dict[str, type] = {"name": str, "namespace": str, "uid": str,
+                                "resourceVersion": str, "generation": int,
+                                "creationTimestamp": str}
+
+
+def well_formed(obj: Any) -> bool:
+    """An object whose metadata has the types every API server gives it (the rest of the
+    source trusts them): anything else is dropped at the door, whatever sent it."""
+    if not isinstance(obj, dict):
+        return False
+    meta = obj.get("metadata")
+    if not isinstance(meta, dict) or not isinstance(meta.get("name"), str) \
+            or not meta["name"]:
+        return False
+    for k, kind in _META_TYPES.items():
+        v = meta.get(k)
+        if v is not None and (not isinstance(v, kind) or isinstance(v, bool)):
+            return False
+    return isinstance(obj.get("spec", {}), dict)
+
+
+def key(obj: Obj) -> str:
+    meta = obj.get("metadata")
+    if not isinstance(meta, dict):
+        meta = {}
+    return f"{meta.get('namespace', '')}/{meta.get('name', '')}"
+
+
+def rv_int(obj: Obj) -> int | None:
+    """resourceVersions are opaque, but every real server (etcd revisions) and the
+    simulator use integers; ``None`` when one is not, and then nothing is compared."""
+    try:
+        return int((obj.get("metadata") or {}).get("resourceVersion", ""))
+    except (ValueError, TypeError, AttributeError):
+        return None
+
+
+# -- the node ------------------------------------------------------------------------------
+def node_labels(node: str, board: HardwareProfile, extra: dict[str, str]) -> dict[str, str]:
+    return {"kubernetes.io/arch": ARCH[board.arch], "kubernetes.io/os": "linux",
+            "kubernetes.io/hostname": node, "sortie.dev/board": board.name,
+            "node-role.kubernetes.io/sortie": ""} | extra
+
+
+def resources(board: HardwareProfile) -> tuple[dict[str, str], dict[str, str]]:
+    """Capacity (the whole board) and allocatable (what missions may use: the OS cores
+    and memory are reserved)."""
+    cores = len(board.cores)
+    free = cores - len(board.reserved.cores)
+    capacity = {"cpu": str(cores), "memory": f"{board.memory_mib}Mi",
+                "pods": "0", "sortie.dev/partitions": str(cores * 8)}
+    allocatable = capacity | {"cpu": str(free),
+                              "memory": f"{board.memory_mib - board.reserved.memory_mib}Mi"}
+    return capacity, allocatable
+
+
+@dataclass(frozen=True)
+class Readiness:
+    ready: bool
+    reason: str
+    message: str
+
+
+def node_status(board: HardwareProfile, ready: Readiness, now: float, kernel: str,
+                agent_version: str, since: float) -> Obj:
+    capacity, allocatable = resources(board)
+    return {
+        "capacity": capacity, "allocatable": allocatable,
+        "conditions": [{"type": "Ready", "status": "True" if ready.ready else "False",
+                        "reason": ready.reason, "message": ready.message,
+                        "lastHeartbeatTime": timestamp(now),
+                        "lastTransitionTime": timestamp(since)}],
+        "nodeInfo": {"architecture": ARCH[board.arch], "operatingSystem": "linux",
+                     "kernelVersion": kernel, "osImage": f"Sortie board {board.name}",
+                     "kubeletVersion": f"sortie-{agent_version}",
+                     "kubeProxyVersion": "", "containerRuntimeVersion": "sortie://runc",
+                     "machineID": "", "systemUUID": "", "bootID": ""},
+    }
+
+
+def node(name: str, board: HardwareProfile, extra_labels: dict[str, str]) -> Obj:
+    return {"apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "labels": node_labels(name, board, extra_labels),
+                         "annotations": {"sortie.dev/hardware-profile": board.name}},
+            "spec": {"taints": [TAINT]}}
+
+
+def lease(name: str, node_uid: str | None, duration_s: int, now: float) -> Obj:
+    meta: Obj = {"name": name, "namespace": "kube-node-lease"}
+    if node_uid:
+        # Deleting the Node deletes its lease, as for a kubelet.
+        meta["ownerReferences"] = [{"apiVersion": "v1", "kind": "Node", "name": name,
+                                    "uid": node_uid}]
+    return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": meta,
+            "spec": {"holderIdentity": name, "leaseDurationSeconds": duration_s,
+                     "renewTime": micro_time(now)}}
+
+
+# -- which missions are ours -----------------------------------------------------------------
+def targets(obj: Obj, node_name: str, labels: dict[str, str]) -> bool:
+    """A MissionProfile aims at a board by node name, or by labels it must all carry."""
+    spec = obj.get("spec")
+    target = spec.get("target") if isinstance(spec, dict) else None
+    if not isinstance(target, dict):
+        return False
+    if target.get("nodeName"):
+        return bool(target["nodeName"] == node_name)
+    sel = target.get("nodeSelector")
+    return isinstance(sel, dict) and bool(sel) and all(labels.get(k) == v
+                                                       for k, v in sel.items())
+
+
+def choose(objs: list[Obj]) -> Obj | None:
+    """The board flies one mission: the most recently created profile aimed at it (a new
+    profile replaces the previous one); the others are Superseded."""
+    if not objs:
+        return None
+    return max(objs, key=lambda o: ((o["metadata"].get("creationTimestamp") or ""),
+                                    key(o)))
+
+
+def mission_of(obj: Obj) -> MissionProfile:
+    """The mission in a MissionProfile's spec; ProfileError names every bad field."""
+    spec = obj.get("spec")
+    if not isinstance(spec, dict):
+        raise ProfileError(f"missionprofile {key(obj)}", [Violation("spec",
+                                                                    "expected an object")])
+    body = {k: v for k, v in spec.items() if k != "target"}
+    try:
+        return validate(MissionProfile, body, f"missionprofile {key(obj)}")
+    except ProfileError as exc:
+        raise ProfileError(exc.source, [Violation(f"spec.{v.path}" if v.path else "spec",
+                                                  v.reason) for v in exc.violations]) from exc
+
+
+def root_workloads(mission: MissionProfile) -> list[Violation]:
+    """Workloads that would run as root (uid 0, host or container)."""
+    return [Violation(f"spec.partitions[{i}].workloads[{j}].user",
+                      "runs as root; a board flies root workloads from Kubernetes only "
+                      "with kube.allow_root_workloads")
+            for i, p in enumerate(mission.partitions) for j, w in enumerate(p.workloads)
+            if w.user in ("root", 0)]
+
+
+def origin(obj: Obj) -> Origin:
+    meta = obj["metadata"]
+    gen = meta.get("generation")
+    return Origin("kube", object=key(obj), uid=meta.get("uid"),
+                  resource_version=meta.get("resourceVersion"),
+                  object_generation=gen if isinstance(gen, int) else None)
+
+
+# -- what the board writes back ----------------------------------------------------------------
+def condition(ctype: str, ok: bool, reason: str, message: str, now: float,
+              previous: list[Obj]) -> Obj:
+    status = "True" if ok else "False"
+    old = next((c for c in previous if c.get("type") == ctype), None)
+    since = old["lastTransitionTime"] if old and old.get("status") == status \
+        and old.get("lastTransitionTime") else timestamp(now)
+    return {"type": ctype, "status": status, "reason": reason, "message": message[:1024],
+            "lastTransitionTime": since}
+
+
+def event(obj: Obj, node_name: str, reason: str, message: str, warning: bool,
+          now: float) -> Obj:
+    meta = obj["metadata"]
+    digest = hashlib.sha256(f"{key(obj)}{reason}{message}{now}".encode()).hexdigest()[:10]
+    stamp = timestamp(now)
+    return {
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"name": f"{meta['name']}.{digest}", "namespace": meta.get("namespace")},
+        "involvedObject": {"apiVersion": API_VERSION, "kind": KIND, "name": meta["name"],
+                           "namespace": meta.get("namespace"), "uid": meta.get("uid"),
+                           "resourceVersion": meta.get("resourceVersion")},
+        "reason": reason, "message": message[:1024], "type": "Warning" if warning else "Normal",
+        "source": {"component": COMPONENT, "host": node_name},
+        "reportingComponent": COMPONENT, "reportingInstance": node_name,
+        "firstTimestamp": stamp, "lastTimestamp": stamp, "eventTime": None, "count": 1,
+    }
+
+
+def usage_status(status: Status) -> dict[str, Obj]:
+    """Per-partition budget and measured use (percent of one core), from the engine."""
+    out: dict[str, Obj] = {}
+    for p in status.partitions:
+        use = p.usage
+        out[p.name] = {
+            "criticality": p.criticality,
+            "budgetPercent": None if use is None else round(100 * use.budget_share, 2),
+            "usedPercent": None if use is None else round(100 * use.share, 2),
+            "throttledPercent": round(100 * use.throttled_periods / use.periods, 2)
+            if use and use.periods else None,
+            "workloads": {w.name: w.state for w in p.workloads},
+        }
+    return out

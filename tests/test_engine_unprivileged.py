@@ -1,0 +1,173 @@
+"""The engine's own behaviour, without root: refuse, change live, adopt, safe mode,
+withdraw, status. It runs unmodified on the simulator's kernel-like cgroup2 tree with
+simulated processes and a virtual clock (tests/simengine.py); what only the kernel can
+show (real groups, real processes, budgets held) stays in test_engine.py."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from agent.engine.engine import Engine
+from agent.engine.state import StoredMission
+from agent.status import Origin
+from simulator.run import PREFIX, ROOT, _Sim
+from tests.helpers import mission, partition, workload
+from tests.simengine import on_sim
+
+ORIGIN = Origin("config")
+TWO = mission(partition("fc", cores=[1], crit="A", workloads=[workload("ctl")]),
+              partition("hog", crit="E", workloads=[workload("spin")]))
+
+
+def pid_map(e: Engine) -> dict[str, int | None]:
+    return {f"{r.partition}/{r.spec.name}": r.pid for r in e.all_runners()}
+
+
+def procs(sim: _Sim, p: str, w: str) -> list[int]:
+    path = ROOT / PREFIX / f"p-{p}" / f"w-{w}" / "cgroup.procs"
+    return [int(x) for x in sim.board.fs.read(path).split()] \
+        if sim.board.fs.exists(path) else []
+
+
+def test_applies_into_groups_and_a_rejected_mission_changes_nothing(tmp_path: Path) -> None:
+    async def body(sim: _Sim) -> None:
+        e = sim.engine
+        await e.start()
+        assert (await e.submit(TWO, ORIGIN)).outcome == "applied"
+        for p, w in (("fc", "ctl"), ("hog", "spin")):
+            assert procs(sim, p, w) == [e.runners[p][w].pid]
+        assert sim.board.fs.read(ROOT / PREFIX / "p-fc" / "cpuset.cpus").strip() == "1"
+        pids = pid_map(e)
+        bad = mission(partition("fc", cores=[7], quota=500), partition("hog"), generation=2)
+        d = await e.submit(bad, ORIGIN)
+        assert d.outcome == "rejected"
+        assert {"partitions[0].cpu.dedicated_cores", "partitions[0].budget.quota_us"} <= \
+            {v.path for v in d.violations}
+        assert pid_map(e) == pids and e.mission == TWO
+        stored = e.store.load()
+        assert stored is not None and stored.mission == TWO
+        assert e.events.of_kind("mission.rejected")
+
+    on_sim(tmp_path, TWO, body)
+
+
+def test_generation_never_goes_back(tmp_path: Path) -> None:
+    async def body(sim: _Sim) -> None:
+        e = sim.engine
+        await e.start()
+        await e.submit(mission(partition("a"), generation=5), ORIGIN)
+        older = await e.submit(mission(partition("a", quota=30_000), generation=4), ORIGIN)
+        same_gen = await e.submit(mission(partition("a", quota=30_000), generation=5),
+                                  ORIGIN)
+        again = await e.submit(mission(partition("a"), generation=5), ORIGIN)
+        assert older.outcome == "rejected" and "older" in older.violations[0].reason
+        assert same_gen.outcome == "rejected" and "raise the generation" in \
+            same_gen.violations[0].reason
+        assert again.outcome == "unchanged"
+
+    on_sim(tmp_path, TWO, body)
+
+
+def test_live_change_touches_only_what_changed(tmp_path: Path) -> None:
+    async def body(sim: _Sim) -> None:
+        e = sim.engine
+        await e.start()
+        await e.submit(TWO, ORIGIN)
+        before = pid_map(e)
+        changed = mission(partition("fc", cores=[1], crit="A", workloads=[workload("ctl")]),
+                          partition("hog", crit="E", quota=10_000, workloads=[
+                              workload("spin"), workload("extra")]), generation=2)
+        d = await e.submit(changed, ORIGIN)
+        assert d.outcome == "applied"
+        assert d.actions == ["ensure partition hog: cpus [2, 3] quota 10000/100000 us burst "
+                             "0 us memory 64 MiB pids 32",
+                             "start workload hog/extra: /bin/sleep 3600"], d.actions
+        assert e.runners["fc"]["ctl"].pid == before["fc/ctl"]
+        assert e.runners["hog"]["spin"].pid == before["hog/spin"]  # budget: no restart
+        assert procs(sim, "hog", "extra") == [e.runners["hog"]["extra"].pid]
+        cpu_max = ROOT / PREFIX / "p-hog" / "cpu.max"
+        assert sim.board.fs.read(cpu_max).split() == ["10000", "100000"]
+        await e.submit(mission(partition("fc", cores=[1], crit="A",
+                                         workloads=[workload("ctl")]), generation=3), ORIGIN)
+        assert not sim.board.fs.exists(ROOT / PREFIX / "p-hog")
+
+    on_sim(tmp_path, TWO, body)
+
+
+def test_a_restarted_engine_adopts_and_replaces_only_a_changed_spec(tmp_path: Path) -> None:
+    async def body(sim: _Sim) -> None:
+        await sim.engine.start(StoredMission(TWO, ORIGIN))
+        pids = pid_map(sim.engine)
+        await sim.engine.shutdown(teardown=False)  # as after SIGKILL: processes fly on
+        sim.engine = second = sim._engine()
+        await second.start()
+        assert pid_map(second) == pids and all(r.adopted for r in second.all_runners())
+        assert second.mission == TWO
+        d = await second.submit(mission(
+            partition("fc", cores=[1], crit="A", workloads=[workload("ctl")]),
+            partition("hog", crit="E", workloads=[workload("spin", env={"X": "1"})]),
+            generation=2), ORIGIN)
+        assert d.outcome == "applied"
+        assert second.runners["fc"]["ctl"].pid == pids["fc/ctl"]
+        assert second.runners["hog"]["spin"].pid != pids["hog/spin"]
+
+    on_sim(tmp_path, TWO, body)
+
+
+def test_without_any_mission_nothing_is_killed(tmp_path: Path) -> None:
+    async def body(sim: _Sim) -> None:
+        await sim.engine.start(StoredMission(TWO, ORIGIN))
+        pids = pid_map(sim.engine)
+        await sim.engine.shutdown(teardown=False)
+        for f in sim.config.state_dir.glob("*"):
+            f.unlink()
+        sim.engine = second = sim._engine()
+        await second.start()
+        assert second.events.of_kind("agent.safe-mode")
+        assert procs(sim, "fc", "ctl") == [pids["fc/ctl"]]
+        status = second.snapshot()
+        assert [w.state for p in status.partitions for w in p.workloads] == ["orphan"] * 2
+        await second.submit(TWO, ORIGIN)  # the same mission again: adopted, not restarted
+        assert pid_map(second) == pids
+
+    on_sim(tmp_path, TWO, body)
+
+
+def test_a_withdrawn_mission_removes_everything_and_is_remembered(tmp_path: Path) -> None:
+    async def body(sim: _Sim) -> None:
+        e = sim.engine
+        await e.start()
+        await e.submit(TWO, Origin("kube", object="ns/m"))
+        assert await e.withdraw("mqtt", "not its mission") is None
+        d = await e.withdraw("kube", "MissionProfile ns/m was deleted")
+        assert d is not None and d.outcome == "applied"
+        assert not sim.board.fs.exists(ROOT / PREFIX / "p-fc") and e.flying() is None
+        again = sim._engine()
+        await again.start()  # the withdrawal is what the state says now
+        assert again.mission is None and not again.events.of_kind("state.corrupt")
+
+    on_sim(tmp_path, TWO, body)
+
+
+def test_status_reports_partitions_budgets_and_measured_usage(tmp_path: Path) -> None:
+    async def body(sim: _Sim) -> None:
+        e = sim.engine
+        await e.start()
+        await e.submit(TWO, ORIGIN)
+        e.sample()
+        await asyncio.sleep(2.0)  # virtual seconds; the CPU model runs meanwhile
+        e.sample()
+        s = e.snapshot()
+        assert [p.name for p in s.partitions] == ["fc", "hog"]
+        assert s.mission is not None and s.mission.name == "m" and s.cgroup.version == "v2"
+        fc, hog = s.partitions
+        assert fc.cpus == [1] and fc.quota_us == 20_000 and fc.criticality == "A"
+        # Held near its budget (a window starting mid-period sees one period's quota
+        # more; the budgets' accuracy is bench/sim_faithfulness.py's business).
+        assert hog.usage is not None and hog.usage.budget_share == 0.2
+        assert 0.17 <= hog.usage.share <= 0.22
+        assert hog.usage.throttled_periods > 0
+        assert fc.workloads[0].state == "running" and fc.workloads[0].pid is not None
+
+    on_sim(tmp_path, TWO, body, patterns={"hog/spin": {"pattern": "runaway"}})
