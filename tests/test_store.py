@@ -88,3 +88,20 @@ def test_write_atomic_replaces_whole(tmp_path: Path) -> None:
     write_atomic(p, b"one")
     write_atomic(p, b"two")
     assert p.read_bytes() == b"two" and (tmp_path / "f.prev").read_bytes() == b"one"
+
+
+def test_an_earlier_versions_origin_is_read_and_odd_fields_are_dropped(tmp_path: Path) -> None:
+    """State files written before the typed Origin used camelCase Kubernetes keys; a
+    state file is input: a wrong type or an unknown source must not stop the load."""
+    s = StateStore(tmp_path / "state")
+    s.dir.mkdir(mode=0o700)
+    m = mission(partition("a"), generation=3)
+    write_atomic(s.path, encode({"mission": m.model_dump(mode="json"), "origin": {
+        "source": "kube", "object": "ns/m", "uid": "u1", "resourceVersion": "42",
+        "objectGeneration": 7, "admitted_at": 1700000000, "kid": 5, "signed": "yes"}}))
+    got = s.load()
+    assert got is not None and got.mission == m
+    assert got.origin == Origin("kube", object="ns/m", uid="u1", resource_version="42",
+                                object_generation=7, admitted_at=1.7e9)
+    assert Origin.from_dict({"source": "ftp", "generation": True}) == Origin("config")
+    assert Origin.from_dict(["not", "a", "dict"]) == Origin("config")
