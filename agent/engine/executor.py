@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import signal
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from agent.cgroups import CgroupBackend, PartitionLimits
 from agent.cgroups.features import KernelFeatures
 from agent.engine.observing import FoundPartition, FoundWorkload
 from agent.engine.platform import Platform, Runner, Windows
-from agent.errors import AgentError
+from agent.errors import AgentError, CgroupError
 from agent.events import EventLog
 from agent.health.monitor import HealthMonitor
 from agent.health.reports import ReportHub
@@ -42,6 +43,7 @@ log = logging.getLogger("sortie.execute")
 
 # Grace for groups nobody manages any more (their spec is unknown).
 ORPHAN_GRACE_S = 5.0
+RT_GROW_TRIES, RT_GROW_WAIT_S = 150, 0.02
 
 
 def _pop(index: dict[str, dict[str, Any]], partition: str, workload: str) -> Any:
@@ -147,8 +149,7 @@ class Executor:
         rt_after = rt_reserve_us(desired)
         if self.features.rt_group_sched and rt_after > self._rt_reserved:
             # Grow the prefix's RT reserve before partitions claim it, shrink it after.
-            self.backend.reserve_rt(rt_after)
-            self._rt_reserved = rt_after
+            await self._grow_rt(rt_after)
         self._place()
         phases: dict[int, list[Action]] = {}
         for a in actions:
@@ -174,6 +175,20 @@ class Executor:
         self._isolate_os()
         self._retain_reports()
         return errors
+
+    async def _grow_rt(self, runtime_us: int) -> None:
+        """A group removed a moment ago keeps its RT share until the kernel has freed it
+        (after an RCU grace period): the reserve may be refused (EINVAL) for that long."""
+        for attempt in range(RT_GROW_TRIES):
+            try:
+                self.backend.reserve_rt(runtime_us)
+            except CgroupError as exc:
+                if exc.errno != errno.EINVAL or attempt == RT_GROW_TRIES - 1:
+                    raise
+                await asyncio.sleep(RT_GROW_WAIT_S)
+                continue
+            self._rt_reserved = runtime_us
+            return
 
     def _place(self) -> None:
         """Give the desired partitions every core they name (see CgroupBackend.place)."""
