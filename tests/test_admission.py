@@ -7,7 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.models import HardwareProfile, MissionProfile
-from agent.policy.admission import admit, partition_cores, placement_pool, shared_pool
+from agent.policy.admission import admit
+from agent.policy.placement import partition_cores, placement_pool, shared_pool
 from tests.helpers import mission, partition, workload
 
 

@@ -278,3 +278,27 @@ def test_agent_lifecycle_end_to_end(agent_env: dict, prefix: str) -> None:
     assert agent.wait(timeout=30) == 0
     assert not (CGROUP_ROOT / "cpu" / prefix).exists()
     assert not any(is_alive(pid) for pid in running.values())
+
+
+def test_check_shows_each_deadline_bound_and_refuses_what_it_cannot_prove(
+        tmp_path: Path) -> None:
+    hw = write(tmp_path / "hw.yaml", {
+        "name": "b", "arch": "x86_64", "cores": [{"id": 0}, {"id": 1}], "memory_mib": 4096,
+        "reserved": {"cores": [0], "cpu_fraction": 0.2, "memory_mib": 512}})
+    loop = {"name": "loop", "command": ["/bin/true"],
+            "timing": {"period_us": 10_000, "wcet_us": 2_000}}
+    fc = {"name": "fc", "criticality": "A", "memory_mib": 32, "workloads": [loop],
+          "budget": {"mode": "rt", "quota_us": 1_000, "period_us": 100_000,
+                     "rt": {"runtime_us": 8_000, "period_us": 10_000}}}
+    ok = write(tmp_path / "ok.yaml", {"name": "m", "generation": 1, "partitions": [fc]})
+    r = sortie("check", str(ok), "--hw", str(hw))
+    assert r.returncode == 0, r.stderr
+    assert "fc/loop" in r.stdout and "4000 us" in r.stdout and "ok" in r.stdout
+    got = json.loads(sortie("check", str(ok), "--hw", str(hw), "-o", "json").stdout)
+    (b,) = got["timing"]["workloads"]
+    assert (b["response_bound_us"], b["deadline_us"], b["proven"]) == (4_000, 10_000, True)
+    cfs = {**fc, "budget": {"quota_us": 50_000, "period_us": 100_000}}
+    bad = write(tmp_path / "bad.yaml", {"name": "m", "generation": 1, "partitions": [cfs]})
+    r = sortie("check", str(bad), "--hw", str(hw))
+    assert r.returncode == 1
+    assert "partitions[0].workloads[0].timing" in r.stderr and "rt mode" in r.stderr

@@ -19,7 +19,7 @@ from agent.cgroups.backend import (
     partition_dir,
     workload_dir,
 )
-from agent.cgroups.features import KernelFeatures
+from agent.cgroups.features import KernelFeatures, kernel_tick_us
 from agent.cgroups.fs import (
     CgroupFs,
     RealCgroupFs,
@@ -103,6 +103,7 @@ class V1Backend:
             cfs_burst=self.fs.exists(cpu / "cpu.cfs_burst_us"),
             sched_deadline=True,
             freezer=self.fs.exists(self._mounts["freezer"]),
+            tick_us=kernel_tick_us(),
         )
 
     # -- base --------------------------------------------------------------------

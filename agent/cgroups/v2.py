@@ -31,7 +31,7 @@ from agent.cgroups.backend import (
     partition_dir,
     workload_dir,
 )
-from agent.cgroups.features import KernelFeatures
+from agent.cgroups.features import KernelFeatures, kernel_tick_us
 from agent.cgroups.fs import (
     CgroupFs,
     RealCgroupFs,
@@ -84,6 +84,7 @@ class V2Backend:
             cfs_burst=self.fs.exists(self._dir() / "cpu.max.burst"),
             sched_deadline=True,
             freezer=True,
+            tick_us=kernel_tick_us(),
         )
 
     def reserve_rt(self, runtime_us: int) -> None:

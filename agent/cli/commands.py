@@ -14,6 +14,7 @@ import yaml
 
 from agent import __version__
 from agent.api.client import AgentUnreachable, call
+from agent.cgroups.features import KernelFeatures, kernel_tick_us
 from agent.cli.common import (
     EXIT_OK,
     EXIT_REFUSED,
@@ -25,10 +26,12 @@ from agent.cli.common import (
     print_violations,
     profile_paths,
 )
+from agent.cli.render import bound_dict, render_bounds
 from agent.engine.preflight import host_violations
 from agent.errors import Violation
 from agent.models import AgentConfig, HardwareProfile, MissionProfile, load_file
 from agent.policy.admission import admit
+from agent.policy.deadlines import TimingEnv, analyse
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -61,18 +64,28 @@ def cmd_check(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     mission = load_file(MissionProfile, args.profile)
     board = load_board(args.hw, config)
-    violations = admit(mission, board)
+    here = args.hw is None and config.hardware_profile is None
+    # This machine's tick when checking for it; another board re-admits with its own.
+    env = TimingEnv(kernel_tick_us() if here else TimingEnv.tick_us,
+                    config.latency_allowance_us, config.isolate_os)
+    violations = admit(mission, board, KernelFeatures(tick_us=env.tick_us), timing=env)
     # Host checks only make sense for the machine we are on.
-    if (args.hw is None and config.hardware_profile is None) or args.host_checks:
+    if here or args.host_checks:
         violations += host_violations(mission, images_of(config))
+    bounds = analyse(mission, board, env)
     result = {"mission": mission.name, "generation": mission.generation, "board": board.name,
               "admitted": not violations,
-              "violations": [{"path": v.path, "reason": v.reason} for v in violations]}
+              "violations": [{"path": v.path, "reason": v.reason} for v in violations],
+              "timing": {"tick_us": env.tick_us, "latency_allowance_us": env.latency_us,
+                         "workloads": [bound_dict(b) for b in bounds]}}
     if args.output:
         emit(result, args.output)
-    elif violations:
+        return EXIT_REFUSED if violations else EXIT_OK
+    if bounds:
+        print(render_bounds(bounds, env), file=sys.stderr if violations else sys.stdout)
+    if violations:
         print_violations(f"{args.profile}: rejected for board {board.name} "
-                          f"({len(violations)} problem(s)):", violations)
+                         f"({len(violations)} problem(s)):", violations)
     else:
         print(f"{args.profile}: admitted for board {board.name}")
     return EXIT_REFUSED if violations else EXIT_OK

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from agent.cli.common import pct
+from agent.policy.deadlines import Bound, TimingEnv
 from agent.status import Status
 
 
@@ -46,4 +47,25 @@ def render_status(s: Status) -> str:
         lines += ["", f"degraded: shed {', '.join(s.degraded.shed)}"]
     if s.errors:
         lines += ["", "errors:"] + [f"  {e}" for e in s.errors]
+    return "\n".join(lines)
+
+
+def bound_dict(b: Bound) -> dict[str, object]:
+    return {"path": b.path, "partition": b.partition, "workload": b.workload,
+            "deadline_us": b.deadline_us, "response_bound_us": b.response_bound_us,
+            "proven": b.proven, "method": b.method, "why": b.why}
+
+
+def render_bounds(bounds: list[Bound], env: TimingEnv) -> str:
+    """Every timed workload's proven bound against its deadline."""
+    lines = [f"deadlines (tick {env.tick_us} us, latency allowance {env.latency_us} us "
+             "per job):",
+             f"  {'WORKLOAD':<24}{'BOUND':>10}{'DEADLINE':>10}  {'':<6}HOW"]
+    for b in bounds:
+        got = "-" if b.response_bound_us is None else f"{b.response_bound_us} us"
+        verdict = "ok" if b.proven else "MISS?" if b.response_bound_us else "NONE"
+        lines.append(f"  {b.partition + '/' + b.workload:<24}{got:>10}"
+                     f"{b.deadline_us:>8} us  {verdict:<6}{b.method}")
+        if b.why and not b.proven:
+            lines.append(f"  {'':<24}{b.why}")
     return "\n".join(lines)

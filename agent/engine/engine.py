@@ -28,6 +28,7 @@ from agent.health.reports import ReportHub
 from agent.models import AgentConfig, HardwareProfile, MissionProfile, Partition
 from agent.policy.accounting import Usage
 from agent.policy.admission import admit, generation_violations
+from agent.policy.deadlines import TimingEnv
 from agent.policy.degraded import capacity_cause, fit
 from agent.policy.planning import (
     Action,
@@ -135,7 +136,7 @@ class Engine:
                 self.events.emit("agent.safe-mode", "agent", "no mission known; leaving "
                                  f"{len(found)} existing partition(s) untouched", "warning")
             return
-        violations = admit(base.mission, self.board, self.features)
+        violations = admit(base.mission, self.board, self.features, timing=self.timing_env())
         if violations:
             self.events.emit("state.unfit", f"mission/{base.mission.name}",
                              "; ".join(map(str, violations)), "error")
@@ -154,11 +155,16 @@ class Engine:
 
     # -- desired-state changes ---------------------------------------------------
     def check(self, mission: MissionProfile) -> list[Violation]:
-        found = admit(mission, self.board, self.features)
+        found = admit(mission, self.board, self.features, timing=self.timing_env())
         if self.host_checks:
             uses_images = any(w.image for p in mission.partitions for w in p.workloads)
             found += host_violations(mission, self.images if uses_images else None)
         return found + generation_violations(mission, self.mission)
+
+    def timing_env(self) -> TimingEnv:
+        """What the deadline bounds assume on this board (docs/determinism.md)."""
+        return TimingEnv(self.features.tick_us, self.config.latency_allowance_us,
+                         self.config.isolate_os)
 
     async def submit(self, mission: MissionProfile, origin: Origin) -> Decision:
         """Admit and apply; a rejected mission changes nothing."""
@@ -221,7 +227,7 @@ class Engine:
         """What flying ``mission`` means on the board now (pure): the part that fits
         its capacity, the partitions shed and why, and their desired cgroup state."""
         kept, shed, why = fit(mission, self.board, self.capacity, self.features,
-                              self.memory_mib)
+                              self.memory_mib, self.timing_env())
         return kept, shed, why, desired_state(kept, self.board, self._mems)
 
     def _fit(self, mission: MissionProfile) -> tuple[MissionProfile,

@@ -15,6 +15,7 @@ from agent.models.mission import (
     RestartPolicy,
     RtBudget,
     Schedule,
+    Timing,
     Window,
     Workload,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "RestartPolicy",
     "RtBudget",
     "Schedule",
+    "Timing",
     "Window",
     "Workload",
     "load_file",

@@ -119,6 +119,10 @@ class AgentConfig(Frozen):
     report_dir: Path | None = Path("/run/sortie-report")
     """Directory of the workloads' job-report sockets (deadline misses), one per workload,
     each owned by its workload's user; ``None`` disables reports (docs/determinism.md)."""
+    latency_allowance_us: int = Field(default=2_000, ge=0, le=100_000)
+    """Deadline bounds: CPU time interrupts and scheduling latency may take from each job
+    (added to every declared WCET). Measure the board under load (cyclictest) and keep
+    this at or above the worst latency seen; docs/determinism.md."""
     saturation_periods: int = Field(default=5, ge=1)
     """Accounting periods of full-budget use and throttling that flag a runaway."""
     accounting_period_ms: int = Field(default=1_000, ge=100)

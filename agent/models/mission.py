@@ -113,6 +113,24 @@ class HealthCheck(Frozen):
     """Consecutive failures after which the workload is restarted."""
 
 
+class Timing(Frozen):
+    """A workload's timing requirement: one job per period (or, sporadic, at most one per
+    ``period_us``), each needing at most ``wcet_us`` of CPU and due ``deadline_us`` after
+    its release. Admission proves the deadline or refuses the mission."""
+
+    period_us: int = Field(gt=0)
+    """Period of the jobs, or the minimum time between two releases, microseconds."""
+    wcet_us: int = Field(gt=0)
+    """Worst-case execution time of one job (single-threaded), microseconds: the figure
+    a timing analysis or a measurement gives."""
+    deadline_us: int | None = Field(default=None, gt=0)
+    """Relative deadline, microseconds; at most the period (default: the period)."""
+
+    @property
+    def deadline(self) -> int:
+        return self.deadline_us if self.deadline_us is not None else self.period_us
+
+
 Capability = Literal[
     "CAP_AUDIT_CONTROL", "CAP_AUDIT_READ", "CAP_AUDIT_WRITE", "CAP_BLOCK_SUSPEND",
     "CAP_BPF", "CAP_CHECKPOINT_RESTORE", "CAP_CHOWN", "CAP_DAC_OVERRIDE",
@@ -153,6 +171,9 @@ class Workload(Frozen):
     """Containers: the only capabilities the process keeps (default: none)."""
     network: Literal["none", "host"] = "none"
     """Containers: ``none`` (own empty network namespace) or the host's network."""
+    timing: Timing | None = None
+    """Periodic timing requirement; admission proves its deadline (docs/determinism.md).
+    ``None``: the partition's budget is the only guarantee."""
 
     def spec_hash(self) -> str:
         """Digest of everything that needs a restart when it changes."""

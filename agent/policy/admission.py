@@ -10,59 +10,38 @@ from collections.abc import Iterator, Mapping
 
 from agent.cgroups.features import KernelFeatures
 from agent.errors import Violation
-from agent.models import HardwareProfile, MissionProfile, Partition
+from agent.models import HardwareProfile, MissionProfile
+from agent.policy import deadlines
+from agent.policy.deadlines import TimingEnv
+from agent.policy.placement import (
+    EPSILON,
+    partition_cores,
+    shared_pool,
+    windowed,
+)
 
 # Kernel limits for CFS bandwidth (kernel/sched/core.c: tg_set_cfs_bandwidth).
 MIN_QUOTA_US = 1_000
 MIN_PERIOD_US = 1_000
 MAX_PERIOD_US = 1_000_000
-# Float sums of budgets must not fail on rounding noise.
-EPSILON = 1e-9
 # SCHED_DEADLINE: the kernel admits at most sched_rt_runtime/sched_rt_period (95 %) of
 # every CPU of a root domain, and runtime >= 1 us; periods here stay <= 1 s.
 DL_MAX_SHARE = 0.95
 MIN_DL_RUNTIME_US = 1
 
 
-def windowed(mission: MissionProfile) -> set[str]:
-    """Partitions that own a window in any schedule (they run only inside windows)."""
-    return {w.partition for s in mission.schedules for w in s.windows}
-
-
-def shared_pool(mission: MissionProfile, board: HardwareProfile) -> frozenset[int]:
-    """Cores of the board that no partition owns."""
-    owned = {c for p in mission.partitions for c in p.cpu.dedicated_cores}
-    return board.core_ids - owned
-
-
-def placement_pool(mission: MissionProfile, board: HardwareProfile) -> frozenset[int]:
-    """Cores the shared-pool partitions are placed on: the pool without the OS's reserved
-    cores when the other pool cores carry every pool budget (the OS keeps its cores to
-    itself, and on cgroup v2 an exclusive dedicated core can then be a partition root),
-    else the whole pool, sharing the reserved cores as admission counted them."""
-    pool = shared_pool(mission, board)
-    spare = pool - frozenset(board.reserved.cores)
-    shared = [p for p in mission.partitions if not p.cpu.dedicated_cores]
-    if not spare or not shared or any(p.budget.mode == "deadline" for p in shared):
-        return pool  # SCHED_DEADLINE tasks must span their root domain
-    need = [p.budget.utilisation(len(spare)) for p in shared]
-    capacity = sum(board.core_capacity(c) for c in spare)
-    return spare if sum(need) <= capacity + EPSILON else pool
-
-
-def partition_cores(part: Partition, pool: frozenset[int]) -> frozenset[int]:
-    return frozenset(part.cpu.dedicated_cores) if part.cpu.dedicated_cores else pool
-
-
 def admit(mission: MissionProfile, board: HardwareProfile,
           kernel: KernelFeatures | None = None,
-          derate: Mapping[int, float] | None = None) -> list[Violation]:
+          derate: Mapping[int, float] | None = None,
+          timing: TimingEnv | None = None) -> list[Violation]:
     """All reasons ``mission`` does not fit ``board``; empty means admitted.
 
     ``derate`` scales cores that currently deliver less than nominal (thermal
-    throttling): budgets are nominal-speed CPU time, so a core at 60 % holds 60 %."""
+    throttling): budgets are nominal-speed CPU time, so a core at 60 % holds 60 %, and
+    a job's WCET there is longer. Every timed workload's deadline must be proven
+    (``deadlines.analyse``) under ``timing``'s assumptions."""
     kernel = kernel or KernelFeatures()
-    return [
+    shape = [
         *_names(mission),
         *_board_match(mission, board),
         *_kernel_limits(mission, kernel),
@@ -70,7 +49,12 @@ def admit(mission: MissionProfile, board: HardwareProfile,
         *_placement(mission, board),
         *_capacity(mission, board, derate or {}),
         *_windows(mission, board, kernel),
+        *deadlines.timing_violations(mission),
     ]
+    if shape:
+        return shape  # bounds only for a mission whose shape holds
+    env = timing or TimingEnv(tick_us=kernel.tick_us)
+    return deadlines.violations(deadlines.analyse(mission, board, env, derate))
 
 
 def _dupes(names: list[str]) -> set[str]:

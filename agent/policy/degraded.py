@@ -14,6 +14,7 @@ from agent.cgroups.features import KernelFeatures
 from agent.errors import Violation
 from agent.models import HardwareProfile, MissionProfile
 from agent.policy.admission import admit
+from agent.policy.deadlines import TimingEnv
 
 ORDER = {"E": 0, "D": 1, "C": 2, "B": 3, "A": 4}
 
@@ -45,12 +46,12 @@ def without(mission: MissionProfile, shed: set[str]) -> MissionProfile:
 
 
 def fit(mission: MissionProfile, board: HardwareProfile, capacity: Mapping[int, float],
-        kernel: KernelFeatures | None = None,
-        memory_mib: int | None = None) -> tuple[MissionProfile, list[str], list[Violation]]:
+        kernel: KernelFeatures | None = None, memory_mib: int | None = None,
+        timing: TimingEnv | None = None) -> tuple[MissionProfile, list[str], list[Violation]]:
     """(mission that fits, partitions shed in order, why the full mission did not fit)."""
     now = degraded_board(board, capacity, memory_mib)
     derate = {c: f for c, f in capacity.items() if 0 < f < 1}
-    why = admit(mission, now, kernel, derate)
+    why = admit(mission, now, kernel, derate, timing)
     if not why:
         return mission, [], []
     candidates = sorted(mission.partitions,
@@ -59,7 +60,7 @@ def fit(mission: MissionProfile, board: HardwareProfile, capacity: Mapping[int, 
     for p in candidates:
         shed.append(p.name)
         kept = without(mission, set(shed))
-        if kept.partitions and not admit(kept, now, kernel, derate):
+        if kept.partitions and not admit(kept, now, kernel, derate, timing):
             return kept, shed, why
     return without(mission, set(shed)), shed, why
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from agent.cgroups import PartitionLimits
 from agent.models import HardwareProfile, MissionProfile, Partition, Workload
-from agent.policy.admission import partition_cores, placement_pool
+from agent.policy.placement import partition_cores, placement_pool
 from agent.timing.sched import SchedPolicy, policy_for, workload_hash
 
 MIB = 1 << 20

@@ -1,0 +1,316 @@
+"""Deadlines at admission: a sound response-time bound for every timed workload, from
+its partition's mode and the interference on its core. Pure.
+
+A bound may be pessimistic, never below what can happen, under these assumptions
+(docs/determinism.md): a job is single-threaded and needs at most ``wcet_us``; the
+kernel enforces budgets at its tick (a group may overrun its budget by one tick and pays
+it back in the next period); interrupts and scheduling latency cost at most
+``latency_us`` per job, which is added to every job's execution time.
+
+Supply models (all on one core; a partition spread over several cores is refused, since
+a job can wait on a throttled core while another idles):
+
+* never throttled: when the partition's whole demand in any window of one budget period
+  fits its budget, the group is never throttled and its tasks get the core whenever
+  they are ready, less the interference of higher-priority classes;
+* deferrable server: the budget (RT ``rt_runtime_us`` or the CFS quota, each refilled at
+  fixed period boundaries and spent only while the tasks run) can have been used up just
+  before a job arrives: no supply for ``period - budget``, then ``budget`` per period,
+  one tick less (a previous overrun's debt);
+* SCHED_DEADLINE: a constant-bandwidth server whose runtime arrives within each server
+  deadline when the root domain passes the global-EDF density test (Goossens, Funk,
+  Baruah 2003; one CPU: density <= 1).
+
+Inside a partition, workloads run FIFO (rt) or CFS-fair: both work-conserving, so every
+job completes within the partition's busy period, the bound given for each of them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from agent.errors import Violation
+from agent.models import HardwareProfile, MissionProfile, Partition
+from agent.policy.placement import partition_cores, placement_pool, windowed
+
+HORIZON_US = 10_000_000
+"""Bounds beyond 10 s are reported as unbounded (the demand outgrows the supply)."""
+
+
+@dataclass(frozen=True)
+class TimingEnv:
+    """What the bounds assume about the kernel and the board's configuration."""
+
+    tick_us: int = 4_000
+    """Budget enforcement granularity (1 / CONFIG_HZ; 250 Hz here)."""
+    latency_us: int = 2_000
+    """Interrupts and scheduling latency per job, added to each job's WCET (cyclictest at
+    priority 80 next to a 16-thread miner on this machine: max 1,376 us)."""
+    os_isolated: bool = False
+    """The OS's processes are kept off exclusive dedicated cores (config isolate_os)."""
+
+
+@dataclass(frozen=True)
+class Bound:
+    path: str
+    """``partitions[i].workloads[j].timing``."""
+    partition: str
+    workload: str
+    deadline_us: int
+    response_bound_us: int | None
+    """None: no bound can be given (see ``why``)."""
+    method: str
+    why: str = ""
+    """When refused: the reason, and what would make it fit where that can be computed."""
+
+    @property
+    def proven(self) -> bool:
+        return self.response_bound_us is not None and self.response_bound_us <= \
+            self.deadline_us
+
+
+@dataclass(frozen=True)
+class _Task:
+    wcet: int
+    period: int
+
+
+def sbf_deferrable(t: int, budget: int, period: int) -> int:
+    """Least supply in any window of length ``t`` from a budget refilled every period
+    and spent greedily (it may have run out just before the window)."""
+    gap = period - budget
+    if t <= gap:
+        return 0
+    k, rest = divmod(t - gap, period)
+    return k * budget + min(budget, rest)
+
+
+def _inverse_deferrable(x: int, budget: int, period: int) -> int:
+    """The shortest window whose least supply is ``x``."""
+    if x <= 0:
+        return 0
+    k = math.ceil(x / budget) - 1
+    return (period - budget) + k * period + (x - k * budget)
+
+
+def _demand(tasks: list[_Task], t: int) -> int:
+    return sum(math.ceil(t / k.period) * k.wcet for k in tasks)
+
+
+def _window_demand(tasks: list[_Task], window: int) -> int:
+    """Most work the tasks can execute in any window of this length (a job released
+    before it may still run into it: one more job each)."""
+    return sum((math.ceil(window / k.period) + 1) * k.wcet for k in tasks)
+
+
+def busy_period(tasks: list[_Task], inverse: Callable[[int], int],
+                interference: list[tuple[int, int]]) -> int | None:
+    """Smallest t with supply(t) >= demand(t) + interference(t); None past the horizon.
+    ``inverse(x)``: the shortest window that surely supplies x. ``interference``:
+    (budget, period) of higher-priority reservations on the core."""
+    t = sum(k.wcet for k in tasks)
+    while True:
+        need = _demand(tasks, t) + sum((math.ceil(t / p) + 1) * b for b, p in interference)
+        nxt = inverse(need)
+        if nxt <= t:
+            return t
+        if nxt > HORIZON_US:
+            return None
+        t = nxt
+
+
+def _finish(work: int, inverse: Callable[[int], int],
+            interference: list[tuple[int, int]]) -> int | None:
+    """When ``work`` is surely done: the smallest s that supplies it beside the
+    higher-priority interference in [0, s); None past the horizon."""
+    s = inverse(work)
+    while s <= HORIZON_US:
+        nxt = inverse(work + sum((math.ceil(s / p) + 1) * b for b, p in interference))
+        if nxt <= s:
+            return s
+        s = nxt
+    return None
+
+
+def fcfs_response(tasks: list[_Task], inverse: Callable[[int], int],
+                  interference: list[tuple[int, int]]) -> int | None:
+    """Worst response when jobs are served in release order (one task's jobs always are;
+    SCHED_FIFO tasks of one priority too): at each release r in the busy period after a
+    synchronous release, the work released in [0, r] must be done, less r."""
+    length = busy_period(tasks, inverse, interference)
+    if length is None:
+        return None
+    worst = 0
+    for r in sorted({k * t.period for t in tasks for k in range(length // t.period + 1)
+                     if k * t.period < length}):
+        done = _finish(sum((r // t.period + 1) * t.wcet for t in tasks), inverse,
+                       interference)
+        if done is None:
+            return None
+        worst = max(worst, done - r)
+    return worst
+
+
+def analyse(mission: MissionProfile, board: HardwareProfile, env: TimingEnv | None = None,
+            derate: Mapping[int, float] | None = None) -> list[Bound]:
+    """A bound (or the reason there is none) for every timed workload of the mission.
+    ``derate``: cores running below nominal speed stretch the WCETs of jobs on them."""
+    env = env or TimingEnv()
+    derate = derate or {}
+    pool = placement_pool(mission, board)
+    cores = {p.name: partition_cores(p, pool) for p in mission.partitions}
+    in_windows = windowed(mission)
+    out: list[Bound] = []
+    for i, p in enumerate(mission.partitions):
+        if not any(w.timing for w in p.workloads):
+            continue
+        speed = min((derate.get(c, 1.0) for c in cores[p.name]), default=1.0)
+        method, bound, why = _partition(p, mission, cores, in_windows, board, env, speed)
+        for j, w in enumerate(p.workloads):
+            if w.timing is not None:
+                out.append(Bound(f"partitions[{i}].workloads[{j}].timing", p.name, w.name,
+                                 w.timing.deadline, bound, method, why))
+    return out
+
+
+def violations(bounds: list[Bound]) -> list[Violation]:
+    out = []
+    for b in bounds:
+        if b.response_bound_us is None:
+            out.append(Violation(b.path, f"no response-time bound for {b.partition}/"
+                                         f"{b.workload}: {b.why}"))
+        elif b.response_bound_us > b.deadline_us:
+            out.append(Violation(b.path, f"{b.partition}/{b.workload} may respond in "
+                                         f"{b.response_bound_us} us ({b.method}), after its "
+                                         f"deadline of {b.deadline_us} us"
+                                 + (f"; {b.why}" if b.why else "")))
+    return out
+
+
+def timing_violations(mission: MissionProfile) -> list[Violation]:
+    """The timing declarations themselves: wcet <= deadline <= period."""
+    out = []
+    for i, p in enumerate(mission.partitions):
+        for j, w in enumerate(p.workloads):
+            t, at = w.timing, f"partitions[{i}].workloads[{j}].timing"
+            if t is None:
+                continue
+            if t.deadline_us is not None and t.deadline_us > t.period_us:
+                out.append(Violation(f"{at}.deadline_us", f"{t.deadline_us} is after the "
+                                     f"next release ({t.period_us} us): deadlines after the "
+                                     "period are not analysed"))
+            if t.wcet_us > t.deadline:
+                out.append(Violation(f"{at}.wcet_us", f"{t.wcet_us} exceeds the deadline "
+                                     f"{t.deadline} us: no schedule can meet it"))
+    return out
+
+
+# -- one partition ------------------------------------------------------------------------
+def _partition(p: Partition, m: MissionProfile, cores: dict[str, frozenset[int]],
+               in_windows: set[str], board: HardwareProfile, env: TimingEnv,
+               speed: float) -> tuple[str, int | None, str]:
+    untimed = [w.name for w in p.workloads if w.timing is None]
+    if untimed:
+        return "none", None, (f"workload(s) {untimed} of the same partition have no timing "
+                              "and may use its whole budget: declare theirs too")
+    if p.name in in_windows:
+        return "none", None, ("its time windows are not analysed yet: fly timed workloads "
+                              "without windows")
+    tasks = [_Task(math.ceil(w.timing.wcet_us / speed) + env.latency_us, w.timing.period_us)
+             for w in p.workloads if w.timing is not None]
+    mine = cores[p.name]
+    deadline_servers = [x for x in m.partitions
+                        if x.budget.mode == "deadline" and x.budget.deadline is not None
+                        and x.name != p.name]
+    hp_dl = [(d.runtime_us + env.tick_us, d.period_us) for d in
+             (x.budget.deadline for x in deadline_servers) if d is not None]
+    if p.budget.mode == "deadline":
+        return _deadline(p, tasks, m, board, env)
+    if len(mine) != 1:
+        return "none", None, (f"it spans {len(mine)} cores {sorted(mine)}; the analysis is "
+                              "for one core: give it one dedicated core, or budgets that "
+                              "leave it one core of the pool")
+    if p.budget.mode == "rt":
+        assert p.budget.rt is not None
+        rivals = [x.name for x in m.partitions if x.name != p.name and x.budget.mode == "rt"
+                  and x.budget.rt is not None and cores[x.name] & mine
+                  and x.budget.rt.priority >= p.budget.rt.priority]
+        hp = hp_dl + [(x.budget.rt.runtime_us + env.tick_us, x.budget.rt.period_us)
+                      for x in m.partitions if x.name in rivals and x.budget.rt is not None]
+        return _server(tasks, p.budget.rt.runtime_us, p.budget.rt.period_us, hp, rivals,
+                       "rt", env, fcfs=True)
+    shared = [x.name for x in m.partitions if x.name != p.name and cores[x.name] & mine]
+    if not p.cpu.dedicated_cores or shared:
+        return "none", None, ("a CFS partition shares its core with other CFS groups "
+                              f"({shared or 'the shared pool'}), and CFS gives no group "
+                              "priority over another: use rt mode, or one dedicated core")
+    if not (p.cpu.exclusive and env.os_isolated):
+        return "none", None, ("the OS's processes may run on its dedicated core: make it "
+                              "exclusive and set isolate_os in the agent config, or use rt "
+                              "mode")
+    rts = [(x.budget.rt.runtime_us + env.tick_us, x.budget.rt.period_us)
+           for x in m.partitions if x.budget.rt is not None and cores[x.name] & mine]
+    return _server(tasks, min(p.budget.quota_us, p.budget.period_us), p.budget.period_us,
+                   hp_dl + rts, [], "cfs", env, fcfs=len(tasks) == 1)
+
+
+def _server(tasks: list[_Task], budget: int, period: int, hp: list[tuple[int, int]],
+            rivals: list[str], kind: str, env: TimingEnv,
+            fcfs: bool) -> tuple[str, int | None, str]:
+    """``fcfs``: jobs are served in release order (else CFS-fair among several tasks:
+    each job is bounded by the whole busy period)."""
+    respond = fcfs_response if fcfs else busy_period
+    window = _window_demand(tasks, period)
+    need_budget = window  # never throttled with at least this much per period
+    if window <= budget:
+        bound = respond(tasks, lambda x: x, hp)
+        return (f"{kind} budget never exhausted ({window} of {budget} us per {period} us)",
+                bound, "" if bound is not None else "the core is overloaded")
+    if hp:
+        return "none", None, (f"the {kind} budget can run out ({window} us of demand per "
+                              f"{period} us against {budget}) while higher-priority "
+                              f"reservations ({rivals or 'SCHED_DEADLINE'}) share the core: "
+                              f"a budget of {need_budget} us per {period} us would never "
+                              "run out")
+    effective = budget - env.tick_us
+    if effective <= 0:
+        return "none", None, (f"a budget of {budget} us is within one tick "
+                              f"({env.tick_us} us) of nothing: at least {need_budget} us "
+                              f"per {period} us")
+    bound = respond(tasks, lambda x: _inverse_deferrable(x + env.tick_us, budget, period),
+                    [])
+    hint = ""
+    if need_budget <= period:
+        hint = f"a budget of {need_budget} us per {period} us would never run out"
+    return f"{kind} deferrable server ({budget} us per {period} us)", bound, hint
+
+
+def _deadline(p: Partition, tasks: list[_Task], m: MissionProfile, board: HardwareProfile,
+              env: TimingEnv) -> tuple[str, int | None, str]:
+    d = p.budget.deadline
+    assert d is not None
+    if len(tasks) != 1:
+        return "none", None, "a SCHED_DEADLINE partition holds one task"
+    (task,) = tasks
+    if task.period < d.period_us:
+        return "none", None, (f"jobs every {task.period} us are more often than the "
+                              f"reservation's period {d.period_us} us")
+    servers = [x.budget.deadline for x in m.partitions if x.budget.deadline is not None
+               and x.budget.mode == "deadline"]
+    dens = [(s.runtime_us + env.tick_us) / min(s.deadline_us, s.period_us) for s in servers]
+    cpus = len(board.core_ids)
+    # No more reservations than CPUs: each gets a CPU whenever it runs (the class above
+    # RT and CFS); else the global-EDF density test, with every overrun counted.
+    if len(dens) > cpus and sum(dens) > cpus - (cpus - 1) * max(dens):
+        return "none", None, (f"the SCHED_DEADLINE reservations' density {sum(dens):.2f} "
+                              f"fails the global-EDF test on {cpus} CPU(s)")
+    effective = d.runtime_us - env.tick_us
+    if effective <= 0:
+        return "none", None, (f"a runtime of {d.runtime_us} us is within one tick of "
+                              "nothing")
+    extra = (math.ceil(task.wcet / effective) - 1) * d.period_us
+    return (f"SCHED_DEADLINE server ({d.runtime_us}/{d.deadline_us}/{d.period_us} us)",
+            d.deadline_us + extra,
+            "" if extra == 0 else f"a runtime of {task.wcet + env.tick_us} us per job")

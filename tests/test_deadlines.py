@@ -1,0 +1,165 @@
+"""Deadlines proven at admission (pure): the supply model, the bounds, the refusals."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from agent.models import HardwareProfile, MissionProfile
+from agent.policy.admission import admit
+from agent.policy.deadlines import (
+    TimingEnv,
+    _inverse_deferrable,
+    analyse,
+    sbf_deferrable,
+)
+
+BOARD = HardwareProfile.model_validate({
+    "name": "b", "arch": "x86_64", "cores": [{"id": 0}, {"id": 1}], "memory_mib": 4096,
+    "reserved": {"cores": [0], "cpu_fraction": 0.2, "memory_mib": 512}})
+ISOLATED = TimingEnv(tick_us=4_000, latency_us=500, os_isolated=True)
+
+
+def timed(name: str, wcet: int, period: int, deadline: int | None = None) -> dict[str, object]:
+    t: dict[str, object] = {"period_us": period, "wcet_us": wcet}
+    if deadline is not None:
+        t["deadline_us"] = deadline
+    return {"name": name, "command": ["/bin/true"], "timing": t}
+
+
+def part(name: str, crit: str, workloads: list[dict[str, object]], quota: int = 10_000,
+         period: int = 100_000, **more: object) -> dict[str, object]:
+    return {"name": name, "criticality": crit, "memory_mib": 32, "workloads": workloads,
+            "budget": {"quota_us": quota, "period_us": period, **more.pop("budget", {})},
+            **more}
+
+
+def mission(*parts: dict[str, object]) -> MissionProfile:
+    return MissionProfile.model_validate({"name": "m", "generation": 1,
+                                          "partitions": list(parts)})
+
+
+def rt(runtime: int, period: int = 10_000, priority: int = 50) -> dict[str, object]:
+    return {"mode": "rt", "rt": {"runtime_us": runtime, "period_us": period,
+                                 "priority": priority}}
+
+
+# Small enough for the timed partition and the miner to share core 1 (the pool without
+# the OS's core): the analysis is per core.
+MINER = part("miner", "E", [{"name": "m", "command": ["/bin/true"]}], quota=5_000)
+
+
+@given(st.integers(1, 50_000), st.integers(1, 100_000), st.integers(0, 400_000))
+def test_the_inverse_is_the_shortest_window_that_supplies(budget: int, extra: int,
+                                                         x: int) -> None:
+    period = budget + extra
+    t = _inverse_deferrable(x, budget, period)
+    assert sbf_deferrable(t, budget, period) >= x
+    if x > 0:
+        assert sbf_deferrable(t - 1, budget, period) < x
+
+
+def test_the_deferrable_supply_starts_after_one_gap() -> None:
+    assert [sbf_deferrable(t, 5, 10) for t in (0, 5, 6, 10, 15, 16, 20)] == \
+        [0, 0, 1, 5, 5, 6, 10]
+
+
+def test_the_measured_miss_is_refused_with_the_way_out() -> None:
+    """The issue's case: DAL A 4 ms every 10 ms in a 50 % CFS budget next to a miner
+    (measured: worst above 11 ms). CFS gives no group priority: no bound, refused."""
+    m = mission(part("fc", "A", [timed("loop", 4_000, 10_000)], quota=50_000),
+                part("miner", "E", [{"name": "m", "command": ["/bin/true"]}], quota=30_000))
+    (why,) = admit(m, BOARD, timing=ISOLATED)
+    assert why.path == "partitions[0].workloads[0].timing"
+    assert "CFS" in why.reason and "rt mode" in why.reason
+
+
+def test_an_rt_budget_that_can_run_out_gives_a_long_bound_and_the_budget_that_fits() -> None:
+    m = mission(part("fc", "A", [timed("loop", 4_000, 10_000)], quota=1_000,
+                     budget=rt(5_000)), MINER)
+    (b,) = analyse(m, BOARD, ISOLATED)
+    # 9 ms of demand per 10 ms can meet a spent budget: 5 ms without supply, then 5 ms
+    # per 10 ms, less one tick of debt; the job of 4.5 ms needs 8.5 of supply.
+    assert b.response_bound_us == 5_000 + 5_000 + 5_000 + 3_500 and not b.proven
+    assert "deferrable server" in b.method and "9000 us per 10000 us" in b.why
+    (why,) = admit(m, BOARD, timing=ISOLATED)
+    assert "after its deadline of 10000 us" in why.reason
+
+
+def test_an_rt_budget_that_never_runs_out_bounds_the_job_by_its_own_time() -> None:
+    m = mission(part("fc", "A", [timed("loop", 3_000, 10_000)], quota=1_000,
+                     budget=rt(7_000)), MINER)
+    (b,) = analyse(m, BOARD, ISOLATED)
+    assert b.response_bound_us == 3_500 and b.proven and "never exhausted" in b.method
+    assert admit(m, BOARD, timing=ISOLATED) == []
+
+
+def test_workloads_of_one_partition_wait_for_each_other() -> None:
+    m = mission(part("fc", "A", [timed("a", 1_000, 10_000), timed("b", 2_000, 20_000)],
+                     quota=1_000, budget=rt(9_000)), MINER)
+    bounds = analyse(m, BOARD, ISOLATED)
+    assert [b.response_bound_us for b in bounds] == [1_500 + 2_500] * 2
+
+
+def test_a_higher_priority_rt_partition_on_the_core_interferes() -> None:
+    alone = mission(part("fc", "A", [timed("a", 1_000, 10_000)], quota=1_000,
+                         budget=rt(3_000, priority=50)), MINER)
+    other = part("nav", "B", [timed("n", 500, 10_000)], quota=1_000,
+                 budget=rt(2_000, priority=60))
+    shared = mission(part("fc", "A", [timed("a", 1_000, 10_000)], quota=1_000,
+                          budget=rt(3_000, priority=50)), other, MINER)
+    (a,) = analyse(alone, BOARD, ISOLATED)
+    b_fc, b_nav = analyse(shared, BOARD, ISOLATED)
+    assert a.response_bound_us == 1_500
+    # nav (priority 60) may take its budget plus a tick's overrun in every period it
+    # touches: 3 x 6 ms in the first 19.5 ms. nav sees no interference from fc.
+    assert b_fc.response_bound_us == 1_500 + 3 * (2_000 + 4_000)
+    assert b_nav.response_bound_us == 1_000
+
+
+def test_untimed_siblings_windows_and_spread_partitions_give_no_bound() -> None:
+    env = ISOLATED
+    sib = mission(part("fc", "A", [timed("a", 1_000, 10_000),
+                                   {"name": "b", "command": ["/bin/true"]}],
+                       quota=1_000, budget=rt(9_000)))
+    assert "have no timing" in analyse(sib, BOARD, env)[0].why
+    board4 = BOARD.model_copy(update={"cores": [*BOARD.cores, *[
+        BOARD.cores[0].model_copy(update={"id": i}) for i in (2, 3)]]})
+    spread = mission(part("fc", "A", [timed("a", 1_000, 10_000)], quota=1_000,
+                          budget=rt(9_000)), part("x", "E", [{"name": "b", "command": [
+                              "/bin/true"]}], quota=250_000))
+    assert "spans 4 cores" in analyse(spread, board4, env)[0].why
+    cfs_shared_os = mission(part("fc", "A", [timed("a", 1_000, 10_000)], quota=50_000,
+                                 cpu={"dedicated_cores": [1]}))
+    assert "isolate_os" in analyse(cfs_shared_os, BOARD, TimingEnv())[0].why
+    (ok,) = analyse(cfs_shared_os, BOARD, env)
+    assert ok.proven and ok.response_bound_us == 1_500
+
+
+def test_bad_timing_declarations_name_the_field() -> None:
+    m = mission(part("fc", "A", [timed("a", 12_000, 10_000), timed("b", 1_000, 10_000,
+                                                                    deadline=20_000)],
+                     quota=1_000, budget=rt(9_000)))
+    got = {v.path: v.reason for v in admit(m, BOARD, timing=ISOLATED)}
+    assert "exceeds the deadline" in got["partitions[0].workloads[0].timing.wcet_us"]
+    assert "after the next release" in got["partitions[0].workloads[1].timing.deadline_us"]
+
+
+def test_a_slower_core_stretches_the_bound() -> None:
+    m = mission(part("fc", "A", [timed("loop", 2_000, 10_000)], quota=1_000,
+                     budget=rt(9_000)), MINER)
+    (full,) = analyse(m, BOARD, ISOLATED)
+    (slow,) = analyse(m, BOARD, ISOLATED, derate={1: 0.5})
+    assert (full.response_bound_us, slow.response_bound_us) == (2_500, 4_500)
+
+
+def test_sched_deadline_bounds_by_the_server_deadline() -> None:
+    dl = {"mode": "deadline", "deadline": {"runtime_us": 7_000, "deadline_us": 8_000,
+                                           "period_us": 10_000}}
+    m = mission(part("fc", "A", [timed("loop", 2_000, 10_000)], quota=1_000, budget=dl))
+    (b,) = analyse(m, BOARD, ISOLATED)
+    assert b.response_bound_us == 8_000 and b.proven
+    short = {"mode": "deadline", "deadline": {"runtime_us": 3_000, "deadline_us": 8_000,
+                                              "period_us": 10_000}}
+    m2 = mission(part("fc", "A", [timed("loop", 2_000, 10_000)], quota=1_000, budget=short))
+    assert "within one tick" in analyse(m2, BOARD, ISOLATED)[0].why
