@@ -117,6 +117,8 @@ class WorkloadStatus:
     image: str | None = None
     log: str | None = None
     health: ProbeStatus | None = None
+    policy: str | None = None
+    """Scheduling policy and priority it runs with (SCHED_FIFO 50, SCHED_OTHER, ...)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +133,8 @@ class PartitionStatus:
     burst_us: int | None
     memory_bytes: int | None
     pids_max: int | None
+    weight: int | None
+    """CFS weight against other groups on shared cores (0: the idle class)."""
     usage: Usage | None
     health: PartitionHealth
     workloads: list[WorkloadStatus]

@@ -19,7 +19,8 @@ from agent.cgroups.fs import parse_cpu_list
 from agent.errors import CgroupError
 
 _CONTROLLER_FILES = {
-    "cpu": {"cpu.max": "max 100000\n", "cpu.max.burst": "0\n", "cpu.weight": "100\n"},
+    "cpu": {"cpu.max": "max 100000\n", "cpu.max.burst": "0\n", "cpu.weight": "100\n",
+            "cpu.idle": "0\n"},
     "cpuset": {"cpuset.cpus": "\n", "cpuset.mems": "\n", "cpuset.cpus.effective": "\n",
                "cpuset.mems.effective": "\n", "cpuset.cpus.partition": "member\n"},
     "memory": {"memory.max": "max\n", "memory.current": "0\n"},
@@ -177,6 +178,19 @@ class FakeCgroup2Fs:
         if not v.isdigit() or (quota != "max" and int(v) > int(quota)):
             raise _err(path, "kernel refused write: Invalid argument", errno.EINVAL, v)
         g.files["cpu.max.burst"] = v + "\n"
+
+    def _w_cpu_weight(self, path: Path, g: _Group, v: str) -> None:
+        # Linux: sched_group_set_shares refuses an idle group; 1..10000 otherwise.
+        if not v.isdigit() or not 1 <= int(v) <= 10_000 or g.files["cpu.idle"] == "1\n":
+            raise _err(path, "kernel refused write: Invalid argument", errno.EINVAL, v)
+        g.files["cpu.weight"] = v + "\n"
+
+    def _w_cpu_idle(self, path: Path, g: _Group, v: str) -> None:
+        if v not in ("0", "1"):
+            raise _err(path, "kernel refused write: Invalid argument", errno.EINVAL, v)
+        if v == "0" and g.files["cpu.idle"] == "1\n":
+            g.files["cpu.weight"] = "100\n"  # leaving the idle class resets the weight
+        g.files["cpu.idle"] = v + "\n"
 
     def _w_cpuset_cpus(self, path: Path, g: _Group, v: str) -> None:
         try:

@@ -107,3 +107,17 @@ def test_a_foreign_exclusive_cpuset_is_named_at_start(prefix: str) -> None:
         assert f"{prefix}-foreign (cpus 1) holds some of them exclusively" in str(exc.value)
     finally:
         foreign.rmdir()
+
+
+def test_criticality_weights_and_the_idle_class_as_cgget_sees_them(v1: V1Backend,
+                                                                    prefix: str) -> None:
+    from dataclasses import replace
+    a = v1.apply_partition("a", replace(LIMITS, weight=1_000))
+    e = v1.apply_partition("e", replace(LIMITS, cpus=frozenset({0}), weight=0))
+    assert (a.weight, e.weight) == (1_000, 0)
+    assert cgget("cpu.shares", f"{prefix}/p-a") == "10240"
+    assert cgget("cpu.idle", f"{prefix}/p-e") == "1"
+    # Leaving the idle class: the kernel resets the weight; the one asked for holds.
+    back = v1.apply_partition("e", replace(LIMITS, cpus=frozenset({0}), weight=200))
+    assert back.weight == 200 and cgget("cpu.idle", f"{prefix}/p-e") == "0"
+    assert cgget("cpu.shares", f"{prefix}/p-e") == "2048"

@@ -172,3 +172,14 @@ def test_a_restart_keeps_the_member_layout_for_partitions_on_reserved_cores(
     again.ensure_base(frozenset({0}))
     assert not again.partitioned
     assert fs.read(ROOT / "sortie/p-pool/cpuset.cpus.effective") == "0\n"
+
+
+def test_weights_and_the_idle_class_in_the_kernels_order(v2: V2Backend,
+                                                          fs: FakeCgroup2Fs) -> None:
+    from dataclasses import replace
+    e = v2.apply_partition("e", replace(LIMITS, weight=0))
+    assert e.weight == 0 and fs.read(ROOT / "sortie/p-e/cpu.idle") == "1\n"
+    with pytest.raises(CgroupError):  # the kernel refuses a weight on an idle group
+        fs.write(ROOT / "sortie/p-e/cpu.weight", "500")
+    back = v2.apply_partition("e", replace(LIMITS, weight=500))
+    assert back.weight == 500 and fs.read(ROOT / "sortie/p-e/cpu.weight") == "500\n"

@@ -39,6 +39,10 @@ class PartitionLimits:
     rt_period_us: int = 1_000_000
     exclusive: bool = False
     """Dedicated cores held exclusively (v1 ``cpuset.cpu_exclusive``)."""
+    weight: int = 100
+    """CFS weight against the other groups on shared cores, on the v2 ``cpu.weight`` scale
+    (1-10000; v1 ``cpu.shares`` = weight x 1024 / 100). 0: the idle class (``cpu.idle``),
+    which runs only when no other group wants the core."""
 
 
 @dataclass(frozen=True)

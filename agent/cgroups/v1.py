@@ -29,6 +29,7 @@ from agent.cgroups.fs import (
     parse_keyed,
     parse_pids,
 )
+from agent.cgroups.weights import read_weight, set_weight
 from agent.errors import CgroupError
 
 CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "pids", "freezer")
@@ -240,6 +241,7 @@ class V1Backend:
             self.fs.write(burst, str(limits.burst_us))
         elif limits.burst_us:
             raise CgroupError(str(burst), "kernel has no CFS burst support", str(limits.burst_us))
+        set_weight(self.fs, cpu, "cpu.shares", limits.weight)
         rt = cpu / "cpu.rt_runtime_us"
         if self.fs.exists(rt):
             # The kernel wants runtime <= period after every single write, and refuses
@@ -278,6 +280,7 @@ class V1Backend:
             rt_runtime_us=int(self.fs.read(rt)) if has_rt else 0,
             rt_period_us=int(self.fs.read(cpu / "cpu.rt_period_us")) if has_rt else 1_000_000,
             exclusive=self.fs.read(cs / "cpuset.cpu_exclusive").strip() == "1",
+            weight=read_weight(self.fs, cpu, "cpu.shares"),
         )
 
     def remove_partition(self, partition: str) -> None:

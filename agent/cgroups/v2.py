@@ -41,6 +41,7 @@ from agent.cgroups.fs import (
     parse_keyed,
     parse_pids,
 )
+from agent.cgroups.weights import read_weight, set_weight
 from agent.errors import CgroupError
 
 NEEDED = ("cpu", "cpuset", "memory", "pids")
@@ -197,6 +198,7 @@ class V2Backend:
             raise CgroupError(str(burst), "kernel has no CFS burst support", str(limits.burst_us))
         self.fs.write(d / "memory.max", str(limits.memory_bytes))
         self.fs.write(d / "pids.max", str(limits.pids_max))
+        set_weight(self.fs, d, "cpu.weight", limits.weight)
         if limits.rt_runtime_us:
             raise CgroupError(str(d), "cgroup v2 has no RT group scheduling",
                               str(limits.rt_runtime_us))
@@ -225,6 +227,7 @@ class V2Backend:
             pids_max=-1 if pids == "max" else int(pids),
             exclusive=self.fs.exists(d / "cpuset.cpus.partition")
             and self.fs.read(d / "cpuset.cpus.partition").strip() == "root",
+            weight=read_weight(self.fs, d, "cpu.weight"),
         )
 
     def remove_partition(self, partition: str) -> None:

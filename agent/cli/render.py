@@ -13,7 +13,7 @@ def render_status(s: Status) -> str:
              "mission " + (f"{m.name} generation {m.generation} from {m.origin.source} "
                            f"{m.origin.path or m.origin.object or m.origin.kid or ''}"
                            if m else "(none)"), ""]
-    lines.append(f"{'PARTITION':<18}{'DAL':<4}{'CPUS':<8}{'BUDGET':>8}{'USED':>8}"
+    lines.append(f"{'PARTITION':<18}{'DAL':<4}{'WEIGHT':<7}{'CPUS':<8}{'BUDGET':>8}{'USED':>8}"
                  f"{'THROTTLED':>11}  MEMORY")
     for p in s.partitions:
         use = p.usage
@@ -22,7 +22,8 @@ def render_status(s: Status) -> str:
         thr = f"{use.throttled_periods}/{use.periods}" if use else "-"
         cpus = ",".join(map(str, p.cpus or []))
         mem = f"{p.memory_bytes >> 20} MiB" if p.memory_bytes else "-"
-        lines.append(f"{p.name:<18}{p.criticality or '-':<4}{cpus:<8}"
+        weight = "-" if p.weight is None else "idle" if p.weight == 0 else str(p.weight)
+        lines.append(f"{p.name:<18}{p.criticality or '-':<4}{weight:<7}{cpus:<8}"
                      f"{pct(budget):>8}{pct(use.share if use else None):>8}{thr:>11}  {mem}")
         flags = [f for f, on in (("SATURATED", p.health.saturated),
                                  ("STOPPED by health monitor", p.health.stopped)) if on]
@@ -31,7 +32,8 @@ def render_status(s: Status) -> str:
         for w in p.workloads:
             extra = " adopted" if w.adopted else ""
             restarts = f" restarts {w.restarts}" if w.restarts else ""
-            lines.append(f"  - {w.name:<16}{w.state:<11}pid {w.pid or '-'}{extra}{restarts}")
+            lines.append(f"  - {w.name:<16}{w.state:<11}pid {w.pid or '-'}{extra}{restarts}"
+                         + (f"  {w.policy}" if w.policy else ""))
     win = s.windows
     if win.partitions:
         lines += ["", f"windows: mode {win.mode}, "

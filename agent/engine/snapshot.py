@@ -52,6 +52,7 @@ def build_status(e: Engine) -> Status:
             burst_us=lim.burst_us if lim else None,
             memory_bytes=lim.memory_bytes if lim else None,
             pids_max=lim.pids_max if lim else None,
+            weight=lim.weight if lim else None,
             usage=e.usage.get(name), health=e.monitor.status(name),
             workloads=[r.status() for _, r in sorted(e.runners.get(name, {}).items())]
             + [WorkloadStatus(w, "orphan") for w in sorted(e.orphans.get(name, {}))]))

@@ -81,6 +81,12 @@ class RestartWorkload:
 Action = EnsurePartition | RemovePartition | StopWorkload | StartWorkload | RestartWorkload
 
 
+CRITICALITY_WEIGHT: dict[str, int] = {"A": 1_000, "B": 500, "C": 200, "D": 100, "E": 0}
+"""CFS weight by design assurance level where partitions share cores: a higher DAL wins
+contention by design (x2-x5 per level, DAL D the kernel's default); DAL E is the idle
+class. Deadlines are proven by rt budgets, not weights (docs/determinism.md)."""
+
+
 def partition_limits(part: Partition, cores: frozenset[int], mems: str) -> PartitionLimits:
     """Kernel values for one partition. Pure."""
     b = part.budget
@@ -96,6 +102,7 @@ def partition_limits(part: Partition, cores: frozenset[int], mems: str) -> Parti
         rt_runtime_us=rt.runtime_us if rt else 0,
         rt_period_us=rt.period_us if rt else 1_000_000,
         exclusive=bool(part.cpu.dedicated_cores) and part.cpu.exclusive,
+        weight=CRITICALITY_WEIGHT[part.criticality],
     )
 
 

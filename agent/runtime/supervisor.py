@@ -278,7 +278,8 @@ class WorkloadRunner:
             last_exit=self.last_exit.describe() if self.last_exit else None,
             last_error=self.last_error, spec_hash=self.spec_hash, image=self.spec.image,
             log=str(self.log_file),
-            health=self._health.status() if self._health else None)
+            health=self._health.status() if self._health else None,
+            policy=self.sched.describe() if self.sched else "SCHED_OTHER")
 
 
 class _HealthProbe:
