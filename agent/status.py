@@ -83,6 +83,7 @@ class JobFigures:
     jobs: int
     misses: int
     max_response_us: int
+    p99_response_us: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +99,21 @@ class PartitionHealth:
 class ProbeStatus:
     consecutive_failures: int
     last: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class TimingStatus:
+    """A timed workload: what it declared, what admission proved, what was measured."""
+
+    period_us: int
+    wcet_us: int
+    deadline_us: int
+    response_bound_us: int | None
+    """The bound admission proved on the board as it is now (None: none)."""
+    jobs: int = 0
+    misses: int = 0
+    worst_us: int = 0
+    p99_us: int = 0
 
 
 WorkloadState = Literal["running", "backoff", "crash-loop", "stopping", "stopped",
@@ -119,6 +135,7 @@ class WorkloadStatus:
     health: ProbeStatus | None = None
     policy: str | None = None
     """Scheduling policy and priority it runs with (SCHED_FIFO 50, SCHED_OTHER, ...)."""
+    timing: TimingStatus | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -160,7 +160,8 @@ class Rig:
 
     def report(self, data: bytes) -> None:
         got = parse_report(data)
-        if got is not None and (got[0] < 0 or got[1] <= 0):
+        if got is not None and (got[0] < 0 or got[1] <= 0
+                                or (got[2] is not None and got[2] < 0)):
             raise AssertionError(f"accepted a nonsense report {got}")
 
     def oci_tar(self, data: bytes) -> None:

@@ -171,3 +171,30 @@ def test_status_reports_partitions_budgets_and_measured_usage(tmp_path: Path) ->
         assert fc.workloads[0].state == "running" and fc.workloads[0].pid is not None
 
     on_sim(tmp_path, TWO, body, patterns={"hog/spin": {"pattern": "runaway"}})
+
+
+def test_a_timed_workload_shows_its_bound_beside_what_was_measured(tmp_path: Path) -> None:
+    loop = dict(workload("loop"), timing={"period_us": 10_000, "wcet_us": 2_000})
+    dl = {"mode": "deadline", "quota_us": 1_000, "period_us": 100_000, "deadline": {
+        "runtime_us": 9_000, "deadline_us": 10_000, "period_us": 10_000}}
+    m = mission(dict(partition("fc", crit="A", workloads=[loop]), budget=dl))
+
+    async def body(sim: _Sim) -> None:
+        e = sim.engine
+        await e.start()
+        assert (await e.submit(m, ORIGIN)).outcome == "applied"
+        await asyncio.sleep(2.0)
+        (fc,) = e.snapshot().partitions
+        (w,) = fc.workloads
+        assert w.policy is not None and w.policy.startswith("SCHED_DEADLINE")
+        t = w.timing
+        assert t is not None and t.response_bound_us == 10_000 and t.deadline_us == 10_000
+        assert t.jobs >= 150 and t.misses == 0 and 2_000 <= t.p99_us <= t.worst_us
+        assert t.worst_us <= t.response_bound_us
+        # a job over its declared WCET breaks the proof's assumption: the monitor says so
+        e.monitor.on_job("fc", "loop", 3_000, 10_000, exec_us=2_500)
+        (ev,) = e.events.of_kind("health.wcet-overrun")
+        assert "more than its declared WCET of 2000 us" in ev.message
+
+    on_sim(tmp_path, m, body,
+           patterns={"fc/loop": {"pattern": "periodic", "period_ms": 10, "work_ms": 2}})

@@ -173,8 +173,10 @@ def test_bursty_job_is_not_saturation() -> None:
 
 
 def test_job_reports() -> None:
-    assert parse(b"job 1830 10000") == (1830, 10000)
-    for bad in (b"", b"job", b"job x 1", b"job 1 0", b"job -1 5", b"hello 1 2", b"\xff" * 9):
+    assert parse(b"job 1830 10000") == (1830, 10000, None)
+    assert parse(b"job 1830 10000 1200") == (1830, 10000, 1200)  # and its CPU time
+    for bad in (b"", b"job", b"job x 1", b"job 1 0", b"job -1 5", b"hello 1 2", b"\xff" * 9,
+                b"job 1 2 -3", b"job 1 2 3 4", b"job 1 2 x"):
         assert parse(bad) is None
     s = JobStats()
     assert not s.record(900, 1000) and s.record(1200, 1000)

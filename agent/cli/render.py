@@ -34,6 +34,12 @@ def render_status(s: Status) -> str:
             restarts = f" restarts {w.restarts}" if w.restarts else ""
             lines.append(f"  - {w.name:<16}{w.state:<11}pid {w.pid or '-'}{extra}{restarts}"
                          + (f"  {w.policy}" if w.policy else ""))
+            t = w.timing
+            if t is not None:
+                bound = "none" if t.response_bound_us is None else f"{t.response_bound_us}"
+                lines.append(f"      deadline {t.deadline_us} us, bound {bound} us; measured "
+                             f"{t.jobs} jobs, worst {t.worst_us} us, p99 {t.p99_us} us, "
+                             f"misses {t.misses}")
     win = s.windows
     if win.partitions:
         lines += ["", f"windows: mode {win.mode}, "

@@ -28,7 +28,7 @@ from agent.health.reports import ReportHub
 from agent.models import AgentConfig, HardwareProfile, MissionProfile, Partition
 from agent.policy.accounting import Usage
 from agent.policy.admission import admit, generation_violations
-from agent.policy.deadlines import TimingEnv
+from agent.policy.deadlines import TimingEnv, analyse
 from agent.policy.degraded import capacity_cause, fit
 from agent.policy.planning import (
     Action,
@@ -72,6 +72,8 @@ class Engine:
         self.origin: Origin | None = None
         self.desired: dict[str, DesiredPartition] = {}
         self.errors: list[str] = []
+        self.bounds: dict[tuple[str, str], int | None] = {}
+        """Each timed workload's response bound, as proven for the board as it is now."""
         self._lock = asyncio.Lock()
         self._mems = ""
         self.capacity: dict[int, float] = {c: 1.0 for c in board.core_ids}
@@ -234,6 +236,9 @@ class Engine:
                                                     dict[str, DesiredPartition]]:
         """``_target``, with an event for every partition shed or restored."""
         kept, shed, why, desired = self._target(mission)
+        slow = {c: f for c, f in self.capacity.items() if 0 < f < 1}
+        self.bounds = {(b.partition, b.workload): b.response_bound_us
+                       for b in analyse(kept, self.board, self.timing_env(), slow)}
         cause = capacity_cause(self.capacity, self.memory_mib)
         for p in shed:
             if p not in self.shed:

@@ -4,7 +4,7 @@ get of it)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from agent.status import (
@@ -14,14 +14,17 @@ from agent.status import (
     KubeStatus,
     MissionStatus,
     MqttStatus,
+    PartitionHealth,
     PartitionStatus,
     SourcesStatus,
     Status,
+    TimingStatus,
     WorkloadStatus,
 )
 
 if TYPE_CHECKING:
     from agent.engine.engine import Engine
+    from agent.models import Partition
 
 
 @dataclass
@@ -38,10 +41,24 @@ class SourceProbes:
                              kube=self.kube() if self.kube else None)
 
 
+def _timed(e: Engine, partition: str, ws: WorkloadStatus, spec: Partition | None,
+           health: PartitionHealth) -> WorkloadStatus:
+    w = next((x for x in spec.workloads if x.name == ws.name), None) if spec else None
+    if w is None or w.timing is None:
+        return ws
+    jobs = health.jobs.get(ws.name)
+    t = TimingStatus(w.timing.period_us, w.timing.wcet_us, w.timing.deadline,
+                     e.bounds.get((partition, ws.name)),
+                     jobs.jobs if jobs else 0, jobs.misses if jobs else 0,
+                     jobs.max_response_us if jobs else 0, jobs.p99_response_us if jobs else 0)
+    return replace(ws, timing=t)
+
+
 def build_status(e: Engine) -> Status:
     parts = []
     for name in sorted(e.desired.keys() | e.limits.keys()):
         spec = e.mission.partition(name) if e.mission else None
+        health = e.monitor.status(name)
         lim = e.limits.get(name)
         parts.append(PartitionStatus(
             name=name, criticality=spec.criticality if spec else None,
@@ -53,8 +70,9 @@ def build_status(e: Engine) -> Status:
             memory_bytes=lim.memory_bytes if lim else None,
             pids_max=lim.pids_max if lim else None,
             weight=lim.weight if lim else None,
-            usage=e.usage.get(name), health=e.monitor.status(name),
-            workloads=[r.status() for _, r in sorted(e.runners.get(name, {}).items())]
+            usage=e.usage.get(name), health=health,
+            workloads=[_timed(e, name, r.status(), spec, health)
+                       for _, r in sorted(e.runners.get(name, {}).items())]
             + [WorkloadStatus(w, "orphan") for w in sorted(e.orphans.get(name, {}))]))
     return Status(
         board=e.board.name,

@@ -104,7 +104,8 @@ class HealthMonitor:
             self.report(ErrorKind.WINDOW_OVERRUN, partition, None,
                         f"{(outside_ns - before) / 1e6:.1f} ms of CPU outside its windows")
 
-    def on_job(self, partition: str, workload: str, response_us: int, deadline_us: int) -> None:
+    def on_job(self, partition: str, workload: str, response_us: int, deadline_us: int,
+               exec_us: int | None = None) -> None:
         stats = self.jobs.setdefault((partition, workload), JobStats())
         now = self.clock()
         last = self._last_report.get((partition, workload))
@@ -116,6 +117,13 @@ class HealthMonitor:
         if stats.record(response_us, deadline_us):
             self.report(ErrorKind.DEADLINE_MISS, partition, workload,
                         f"job took {response_us} us against a {deadline_us} us deadline")
+        spec = self.table(partition)
+        w = next((x for x in spec.workloads if x.name == workload), None) if spec else None
+        if exec_us is not None and w is not None and w.timing is not None \
+                and exec_us > w.timing.wcet_us:
+            self.report(ErrorKind.WCET_OVERRUN, partition, workload,
+                        f"job used {exec_us} us of CPU, more than its declared WCET of "
+                        f"{w.timing.wcet_us} us: its deadline's proof no longer holds")
 
     def check_silence(self) -> None:
         """A workload that reported jobs and went quiet has missed its deadlines (hung)."""
@@ -170,5 +178,5 @@ class HealthMonitor:
         return PartitionHealth(
             saturated=bool(det and det.flagged), stopped=partition in self.stopped,
             counters=dict(self.counters.get(partition, {})),
-            jobs={w: JobFigures(s.jobs, s.misses, s.max_response_us)
+            jobs={w: JobFigures(s.jobs, s.misses, s.max_response_us, s.p99_us())
                   for (p, w), s in self.jobs.items() if p == partition})

@@ -3,14 +3,17 @@
 Each workload gets its own unix datagram socket (path in ``SORTIE_REPORT_SOCKET``),
 owned by the workload's user with mode 0600: the kernel lets no other user (root aside)
 send to it, so a stranger can neither speak for a workload nor flood its reports. Each
-datagram is ASCII ``job RESPONSE_US DEADLINE_US``: one completed job, its response time
-and its deadline, both in microseconds. The sender must moreover sit in exactly that
-workload's cgroup (``/PREFIX/p-P/w-W`` from the hierarchy root, identified by the kernel
-through SCM_CREDENTIALS): another process of the same user cannot report for it, and a
-path someone builds in a delegated cgroup of their own (``.../sortie/p-X/w-Y``) does not
-match. Each socket is read at most ``RATE_PER_S`` datagrams a second; past that it is
-left unread for the rest of the second (the kernel queues, then refuses), so one noisy
-workload costs the agent a bounded share of a core and nobody else's reports.
+datagram is ASCII ``job RESPONSE_US DEADLINE_US [EXEC_US]``: one completed job, its
+response time (release to completion) and its deadline, and optionally the CPU time it
+took, all in microseconds (an EXEC_US above the declared ``timing.wcet_us`` is a WCET
+overrun for the health monitor: the proof assumed the WCET). The sender must moreover
+sit in exactly that workload's cgroup (``/PREFIX/p-P/w-W`` from the hierarchy root,
+identified by the kernel through SCM_CREDENTIALS): another process of the same user
+cannot report for it, and a path someone builds in a delegated cgroup of their own
+(``.../sortie/p-X/w-Y``) does not match. Each socket is read at most ``RATE_PER_S``
+datagrams a second; past that it is left unread for the rest of the second (the kernel
+queues, then refuses), so one noisy workload costs the agent a bounded share of a core
+and nobody else's reports.
 
 Example (send without blocking: a full queue must not delay the job)::
 
@@ -48,7 +51,7 @@ RCVBUF = 32 * 1024
 NEGATIVE_TTL_S = 1.0
 """How long a sender found outside the workload's cgroup is refused without looking again."""
 
-Sink = Callable[[str, str, int, int], None]
+Sink = Callable[[str, str, int, int, int | None], None]
 """(partition, workload, response_us, deadline_us)."""
 Key = tuple[str, str]
 
@@ -71,17 +74,19 @@ def cgroup_path(pid: int) -> str | None:
                 found.get((True, "")))
 
 
-def parse(data: bytes) -> tuple[int, int] | None:
+def parse(data: bytes) -> tuple[int, int, int | None] | None:
     fields = data.split()
-    if len(fields) != 3 or fields[0] != b"job" or any(len(f) > 12 for f in fields[1:]):
+    if len(fields) not in (3, 4) or fields[0] != b"job" \
+            or any(len(f) > 12 for f in fields[1:]):
         return None
     try:
         response, deadline = int(fields[1]), int(fields[2])
+        exec_us = int(fields[3]) if len(fields) == 4 else None
     except ValueError:
         return None
-    if response < 0 or deadline <= 0:
+    if response < 0 or deadline <= 0 or (exec_us is not None and exec_us < 0):
         return None
-    return response, deadline
+    return response, deadline, exec_us
 
 
 @dataclass

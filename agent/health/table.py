@@ -12,6 +12,7 @@ flight-critical partition is kept running and a best-effort one is contained:
 | oom                | restart-workload   | restart-workload   | stop-partition   |
 | pids-exhausted     | log                | log                | stop-partition   |
 | window-overrun     | log                | log                | log              |
+| wcet-overrun       | log                | log                | ignore           |
 | health-check       | restart-workload   | restart-workload   | restart-workload |
 
 ``restart-workload`` for a crash means "the restart policy handles it"; for other errors
@@ -40,6 +41,8 @@ class ErrorKind(StrEnum):
     OOM = "oom"
     PIDS_EXHAUSTED = "pids-exhausted"
     WINDOW_OVERRUN = "window-overrun"
+    WCET_OVERRUN = "wcet-overrun"
+    """A job took more CPU than the WCET its deadline's proof assumed."""
     HEALTH_CHECK = "health-check"
     """The workload's own health check failed its threshold of times in a row."""
 
@@ -115,9 +118,11 @@ _CRITICAL: dict[ErrorKind, HealthAction] = {
     ErrorKind.CRASH: RestartWorkload(), ErrorKind.CRASH_LOOP: Log(),
     ErrorKind.BUDGET_SATURATION: Log(), ErrorKind.DEADLINE_MISS: Log(),
     ErrorKind.OOM: RestartWorkload(), ErrorKind.PIDS_EXHAUSTED: Log(),
-    ErrorKind.WINDOW_OVERRUN: Log(), ErrorKind.HEALTH_CHECK: RestartWorkload()}
+    ErrorKind.WINDOW_OVERRUN: Log(), ErrorKind.WCET_OVERRUN: Log(),
+    ErrorKind.HEALTH_CHECK: RestartWorkload()}
 _MIDDLE = {**_CRITICAL, ErrorKind.CRASH_LOOP: StopPartition()}
-_BEST_EFFORT = {**_MIDDLE, ErrorKind.DEADLINE_MISS: Ignore(), ErrorKind.OOM: StopPartition(),
+_BEST_EFFORT = {**_MIDDLE, ErrorKind.DEADLINE_MISS: Ignore(), ErrorKind.WCET_OVERRUN: Ignore(),
+                ErrorKind.OOM: StopPartition(),
                 ErrorKind.PIDS_EXHAUSTED: StopPartition()}
 DEFAULTS: dict[Criticality, dict[ErrorKind, HealthAction]] = {
     "A": _CRITICAL, "B": _CRITICAL, "C": _MIDDLE, "D": _MIDDLE, "E": _BEST_EFFORT}
@@ -171,6 +176,9 @@ class SaturationDetector:
         return False
 
 
+RECENT_JOBS = 2_000
+
+
 @dataclass
 class JobStats:
     """Jobs a workload reported through the report socket."""
@@ -178,11 +186,21 @@ class JobStats:
     jobs: int = 0
     misses: int = 0
     max_response_us: int = 0
+    recent: deque[int] = field(default_factory=lambda: deque(maxlen=RECENT_JOBS))
+    """The last responses, for a percentile (bounded memory per workload)."""
 
     def record(self, response_us: int, deadline_us: int) -> bool:
         """Count one job; True when it missed its deadline."""
         self.jobs += 1
         self.max_response_us = max(self.max_response_us, response_us)
+        self.recent.append(response_us)
         missed = response_us > deadline_us
         self.misses += missed
         return missed
+
+    def p99_us(self) -> int:
+        """99th percentile of the recent responses (0 before any)."""
+        if not self.recent:
+            return 0
+        ordered = sorted(self.recent)
+        return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]

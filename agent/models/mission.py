@@ -181,7 +181,7 @@ class Workload(Frozen):
 
 
 HealthErrorKind = Literal["crash", "crash-loop", "budget-saturation", "deadline-miss", "oom",
-                          "pids-exhausted", "window-overrun", "health-check"]
+                          "pids-exhausted", "window-overrun", "wcet-overrun", "health-check"]
 HealthActionName = Annotated[str, StringConstraints(
     pattern=r"^(ignore|log|restart-workload|restart-partition|stop-partition"
             r"|switch-mode:[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)$")]

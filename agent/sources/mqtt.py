@@ -273,8 +273,10 @@ class MqttLink:
             return
         s = self.engine.snapshot()
         usage = {p.name: to_json(p.usage) for p in s.partitions if p.usage is not None}
+        timing = {f"{p.name}/{w.name}": to_json(w.timing) for p in s.partitions
+                  for w in p.workloads if w.timing is not None}
         self._send(self.t["telemetry"], {"node": self.node, "at": self.engine.platform.wall(),
-                                         "partitions": usage})
+                                         "partitions": usage, "timing": timing})
         self._publish_status(s)
 
     # -- connection ------------------------------------------------------------------

@@ -225,4 +225,11 @@ def usage_status(status: Status) -> dict[str, Obj]:
             if use and use.periods else None,
             "workloads": {w.name: w.state for w in p.workloads},
         }
+        timed = {w.name: {"deadlineUs": w.timing.deadline_us,
+                          "responseBoundUs": w.timing.response_bound_us,
+                          "jobs": w.timing.jobs, "misses": w.timing.misses,
+                          "worstUs": w.timing.worst_us, "p99Us": w.timing.p99_us}
+                 for w in p.workloads if w.timing is not None}
+        if timed:
+            out[p.name]["timing"] = timed
     return out
