@@ -264,6 +264,10 @@ def _server(tasks: list[_Task], budget: int, period: int, hp: list[tuple[int, in
     respond = fcfs_response if fcfs else busy_period
     window = _window_demand(tasks, period)
     need_budget = window  # never throttled with at least this much per period
+    fits = (f"a budget of {need_budget} us per {period} us would never run out"
+            if need_budget <= period else
+            f"no budget per {period} us suffices ({need_budget} us of demand per period): "
+            "fewer or lighter workloads here, or a longer period")
     if window <= budget:
         bound = respond(tasks, lambda x: x, hp)
         return (f"{kind} budget never exhausted ({window} of {budget} us per {period} us)",
@@ -272,19 +276,14 @@ def _server(tasks: list[_Task], budget: int, period: int, hp: list[tuple[int, in
         return "none", None, (f"the {kind} budget can run out ({window} us of demand per "
                               f"{period} us against {budget}) while higher-priority "
                               f"reservations ({rivals or 'SCHED_DEADLINE'}) share the core: "
-                              f"a budget of {need_budget} us per {period} us would never "
-                              "run out")
+                              f"{fits}")
     effective = budget - env.tick_us
     if effective <= 0:
         return "none", None, (f"a budget of {budget} us is within one tick "
-                              f"({env.tick_us} us) of nothing: at least {need_budget} us "
-                              f"per {period} us")
+                              f"({env.tick_us} us) of nothing: {fits}")
     bound = respond(tasks, lambda x: _inverse_deferrable(x + env.tick_us, budget, period),
                     [])
-    hint = ""
-    if need_budget <= period:
-        hint = f"a budget of {need_budget} us per {period} us would never run out"
-    return f"{kind} deferrable server ({budget} us per {period} us)", bound, hint
+    return f"{kind} deferrable server ({budget} us per {period} us)", bound, fits
 
 
 def _deadline(p: Partition, tasks: list[_Task], m: MissionProfile, board: HardwareProfile,
