@@ -274,6 +274,17 @@ class DegradedStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class TimingAssumptions:
+    """What the deadline bounds assume on this board (docs/determinism.md)."""
+
+    kernel: str
+    """Kernel release."""
+    tick_us: int
+    latency_allowance_us: int
+    os_isolated: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Status:
     board: str
     cgroup: CgroupStatus
@@ -287,6 +298,7 @@ class Status:
     partitions: list[PartitionStatus]
     errors: list[str]
     events: list[Event] = field(default_factory=list)
+    timing: TimingAssumptions | None = None
 
     def partition(self, name: str) -> PartitionStatus | None:
         return next((p for p in self.partitions if p.name == name), None)

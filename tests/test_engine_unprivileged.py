@@ -6,11 +6,13 @@ show (real groups, real processes, budgets held) stays in test_engine.py."""
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
+from agent import cli
 from agent.engine.engine import Engine
 from agent.engine.state import StoredMission
-from agent.status import Origin
+from agent.status import Origin, to_json
 from simulator.run import PREFIX, ROOT, _Sim
 from tests.helpers import mission, partition, workload
 from tests.simengine import on_sim
@@ -191,6 +193,14 @@ def test_a_timed_workload_shows_its_bound_beside_what_was_measured(tmp_path: Pat
         assert t is not None and t.response_bound_us == 10_000 and t.deadline_us == 10_000
         assert t.jobs >= 150 and t.misses == 0 and 2_000 <= t.p99_us <= t.worst_us
         assert t.worst_us <= t.response_bound_us
+        # the reviewer's report, from a saved status (as on the ground)
+        saved = tmp_path / "status.json"
+        saved.write_text(json.dumps({"status": to_json(e.snapshot())}))
+        assert cli.main(["report", "--from", str(saved), "--out", str(tmp_path / "r")]) == 0
+        md = (tmp_path / "r" / "timing-report.md").read_text()
+        assert "| fc/loop | A | SCHED_DEADLINE" in md and "| 10000 us |" in md
+        assert "every measured response within its bound" in md
+        assert "scheduler tick" in md and "## Interference present" in md
         # a job over its declared WCET breaks the proof's assumption: the monitor says so
         e.monitor.on_job("fc", "loop", 3_000, 10_000, exec_us=2_500)
         (ev,) = e.events.of_kind("health.wcet-overrun")

@@ -28,7 +28,7 @@ from agent.cli.common import (
 )
 from agent.cli.render import bound_dict, render_bounds
 from agent.engine.preflight import host_violations
-from agent.errors import Violation
+from agent.errors import AgentError, Violation
 from agent.models import AgentConfig, HardwareProfile, MissionProfile, load_file
 from agent.policy.admission import admit
 from agent.policy.deadlines import TimingEnv, analyse
@@ -205,4 +205,23 @@ def cmd_hw_detect(args: argparse.Namespace) -> int:
         print(f"wrote {args.out}", file=sys.stderr)
     else:
         print(text, end="")
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from agent.cli.report import write
+    from agent.daemon import socket_path
+    from agent.status import parse
+
+    if args.status_file is not None:
+        data = json.loads(args.status_file.read_text())
+        data = data.get("status", data) if isinstance(data, dict) else data
+    else:
+        config = load_config(args.config)
+        data = call(args.socket or socket_path(config), {"op": "status"})["status"]
+    try:
+        status = parse(data)
+    except ValueError as exc:  # pydantic's ValidationError is one
+        raise AgentError(f"not a status this agent understands: {exc}") from exc
+    print(f"wrote {write(status, args.out)}")
     return EXIT_OK

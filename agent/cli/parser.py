@@ -80,6 +80,16 @@ def build_parser() -> argparse.ArgumentParser:
     output(s)
     s.set_defaults(func=cmd.cmd_status)
 
+    rp = sub.add_parser("report", help="a timing report for reviewers: each timed "
+                        "workload's bound against what was measured, and the interference")
+    common(rp)
+    rp.add_argument("--socket", type=Path, help="local API socket (default from config)")
+    rp.add_argument("--from", dest="status_file", type=Path,
+                    help="a saved `sortie status -o json` instead of the running agent")
+    rp.add_argument("--out", type=Path, default=Path("sortie-report"),
+                    help="directory for timing-report.md and timing.png")
+    rp.set_defaults(func=cmd.cmd_report)
+
     mo = sub.add_parser("mode", help="switch the window schedule (mode) at the next "
                         "major-frame boundary")
     common(mo)

@@ -105,7 +105,7 @@ class Executor:
             for w, fw in found.items():
                 spec = want.workloads.get(w) if want else None
                 if want is not None and spec is not None and fw.main_pid is not None \
-                        and fw.spec_hash == workload_hash(spec, want.sched):
+                        and fw.spec_hash == workload_hash(spec, want.sched(w)):
                     out.add((p, w))
         return out
 
@@ -114,7 +114,7 @@ class Executor:
             want = desired[p]
             fw = self.orphans[p].pop(w)
             assert fw.main_pid is not None  # adoptable checked
-            runner = self._runner(p, want.workloads[w], want.sched)
+            runner = self._runner(p, want.workloads[w], want.sched(w))
             runner.adopt(fw.main_pid)
             self.runners.setdefault(p, {})[w] = runner
             if not self.orphans[p]:
@@ -254,7 +254,7 @@ class Executor:
     def _start(self, partition: str, spec: Workload) -> None:
         self.backend.create_workload(partition, spec.name)
         want = self._desired.get(partition)
-        runner = self._runner(partition, spec, want.sched if want else None)
+        runner = self._runner(partition, spec, want.sched(spec.name) if want else None)
         self.runners.setdefault(partition, {})[spec.name] = runner
         runner.start()
 

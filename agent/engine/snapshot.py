@@ -3,6 +3,7 @@ get of it)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -18,6 +19,7 @@ from agent.status import (
     PartitionStatus,
     SourcesStatus,
     Status,
+    TimingAssumptions,
     TimingStatus,
     WorkloadStatus,
 )
@@ -55,6 +57,7 @@ def _timed(e: Engine, partition: str, ws: WorkloadStatus, spec: Partition | None
 
 
 def build_status(e: Engine) -> Status:
+    env = e.timing_env()
     parts = []
     for name in sorted(e.desired.keys() | e.limits.keys()):
         spec = e.mission.partition(name) if e.mission else None
@@ -87,4 +90,6 @@ def build_status(e: Engine) -> Status:
         degraded=DegradedStatus(dict(e.capacity), e.memory_mib, list(e.shed)),
         partitions=parts,
         errors=list(e.errors),
-        events=e.events.recent(20))
+        events=e.events.recent(20),
+        timing=TimingAssumptions(os.uname().release, env.tick_us, env.latency_us,
+                                 env.os_isolated))

@@ -12,7 +12,8 @@ a job can wait on a throttled core while another idles):
 
 * never throttled: when the partition's whole demand in any window of one budget period
   fits its budget, the group is never throttled and its tasks get the core whenever
-  they are ready, less the interference of higher-priority classes;
+  they are ready, less the interference of higher-priority reservations (a budget in
+  every period a window touches, plus one overrun of a tick);
 * deferrable server: the budget (RT ``rt_runtime_us`` or the CFS quota, each refilled at
   fixed period boundaries and spent only while the tasks run) can have been used up just
   before a job arrives: no supply for ``period - budget``, then ``budget`` per period,
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 from agent.errors import Violation
 from agent.models import HardwareProfile, MissionProfile, Partition
 from agent.policy.placement import partition_cores, placement_pool, windowed
+from agent.timing.sched import policies_for
 
 HORIZON_US = 10_000_000
 """Bounds beyond 10 s are reported as unbounded (the demand outgrows the supply)."""
@@ -75,6 +77,12 @@ class Bound:
 class _Task:
     wcet: int
     period: int
+    priority: int = 0
+    """SCHED_FIFO priority (rt partitions: deadline-monotonic); 0 elsewhere."""
+
+
+Result = tuple[str, int | None, str]
+"""(method, bound or None, why) for one workload."""
 
 
 def sbf_deferrable(t: int, budget: int, period: int) -> int:
@@ -105,14 +113,21 @@ def _window_demand(tasks: list[_Task], window: int) -> int:
     return sum((math.ceil(window / k.period) + 1) * k.wcet for k in tasks)
 
 
+def _interference(reservations: list[tuple[int, int, int]], t: int) -> int:
+    """Most CPU higher-priority reservations (budget, period, overrun) can take in any
+    window of length t: a budget in every period the window touches, and one overrun
+    not yet paid back (the kernel notices a spent budget at its tick)."""
+    return sum((math.ceil(t / p) + 1) * b + over for b, p, over in reservations)
+
+
 def busy_period(tasks: list[_Task], inverse: Callable[[int], int],
-                interference: list[tuple[int, int]]) -> int | None:
+                interference: list[tuple[int, int, int]]) -> int | None:
     """Smallest t with supply(t) >= demand(t) + interference(t); None past the horizon.
     ``inverse(x)``: the shortest window that surely supplies x. ``interference``:
     (budget, period) of higher-priority reservations on the core."""
     t = sum(k.wcet for k in tasks)
     while True:
-        need = _demand(tasks, t) + sum((math.ceil(t / p) + 1) * b for b, p in interference)
+        need = _demand(tasks, t) + _interference(interference, t)
         nxt = inverse(need)
         if nxt <= t:
             return t
@@ -122,12 +137,12 @@ def busy_period(tasks: list[_Task], inverse: Callable[[int], int],
 
 
 def _finish(work: int, inverse: Callable[[int], int],
-            interference: list[tuple[int, int]]) -> int | None:
+            interference: list[tuple[int, int, int]]) -> int | None:
     """When ``work`` is surely done: the smallest s that supplies it beside the
     higher-priority interference in [0, s); None past the horizon."""
     s = inverse(work)
     while s <= HORIZON_US:
-        nxt = inverse(work + sum((math.ceil(s / p) + 1) * b for b, p in interference))
+        nxt = inverse(work + _interference(interference, s))
         if nxt <= s:
             return s
         s = nxt
@@ -135,7 +150,7 @@ def _finish(work: int, inverse: Callable[[int], int],
 
 
 def fcfs_response(tasks: list[_Task], inverse: Callable[[int], int],
-                  interference: list[tuple[int, int]]) -> int | None:
+                  interference: list[tuple[int, int, int]]) -> int | None:
     """Worst response when jobs are served in release order (one task's jobs always are;
     SCHED_FIFO tasks of one priority too): at each release r in the busy period after a
     synchronous release, the work released in [0, r] must be done, less r."""
@@ -167,9 +182,10 @@ def analyse(mission: MissionProfile, board: HardwareProfile, env: TimingEnv | No
         if not any(w.timing for w in p.workloads):
             continue
         speed = min((derate.get(c, 1.0) for c in cores[p.name]), default=1.0)
-        method, bound, why = _partition(p, mission, cores, in_windows, board, env, speed)
+        results = iter(_partition(p, mission, cores, in_windows, board, env, speed))
         for j, w in enumerate(p.workloads):
             if w.timing is not None:
+                method, bound, why = next(results)
                 out.append(Bound(f"partitions[{i}].workloads[{j}].timing", p.name, w.name,
                                  w.timing.deadline, bound, method, why))
     return out
@@ -204,64 +220,109 @@ def timing_violations(mission: MissionProfile) -> list[Violation]:
             if t.wcet_us > t.deadline:
                 out.append(Violation(f"{at}.wcet_us", f"{t.wcet_us} exceeds the deadline "
                                      f"{t.deadline} us: no schedule can meet it"))
+        rt, timed = p.budget.rt, sum(1 for w in p.workloads if w.timing is not None)
+        if p.budget.mode == "rt" and rt is not None and rt.priority + timed - 1 > 99:
+            out.append(Violation(f"partitions[{i}].budget.rt.priority", f"{timed} timed "
+                                 f"workloads take priorities {rt.priority} to "
+                                 f"{rt.priority + timed - 1} (deadline-monotonic), past "
+                                 "SCHED_FIFO's 99: at most " f"{100 - timed}"))
     return out
 
 
 # -- one partition ------------------------------------------------------------------------
 def _partition(p: Partition, m: MissionProfile, cores: dict[str, frozenset[int]],
                in_windows: set[str], board: HardwareProfile, env: TimingEnv,
-               speed: float) -> tuple[str, int | None, str]:
+               speed: float) -> list[Result]:
+    """One result per timed workload, in the partition's order."""
+    timed = [w for w in p.workloads if w.timing is not None]
+
+    def every(why: str) -> list[Result]:
+        return [("none", None, why)] * len(timed)
+
     untimed = [w.name for w in p.workloads if w.timing is None]
     if untimed:
-        return "none", None, (f"workload(s) {untimed} of the same partition have no timing "
-                              "and may use its whole budget: declare theirs too")
+        return every(f"workload(s) {untimed} of the same partition have no timing and may "
+                     "use its whole budget: declare theirs too")
     if p.name in in_windows:
-        return "none", None, ("its time windows are not analysed yet: fly timed workloads "
-                              "without windows")
-    tasks = [_Task(math.ceil(w.timing.wcet_us / speed) + env.latency_us, w.timing.period_us)
-             for w in p.workloads if w.timing is not None]
+        return every("its time windows are not analysed yet: fly timed workloads without "
+                     "windows")
+    prio = policies_for(p)
+    tasks = [_Task(math.ceil(w.timing.wcet_us / speed) + env.latency_us, w.timing.period_us,
+                   getattr(prio[w.name], "priority", 0))
+             for w in timed if w.timing is not None]
     mine = cores[p.name]
-    deadline_servers = [x for x in m.partitions
-                        if x.budget.mode == "deadline" and x.budget.deadline is not None
-                        and x.name != p.name]
-    hp_dl = [(d.runtime_us + env.tick_us, d.period_us) for d in
-             (x.budget.deadline for x in deadline_servers) if d is not None]
+    hp_dl = [(d.runtime_us, d.period_us, env.tick_us) for d in
+             (x.budget.deadline for x in m.partitions
+              if x.budget.mode == "deadline" and x.name != p.name) if d is not None]
     if p.budget.mode == "deadline":
         return _deadline(p, tasks, m, board, env)
     if len(mine) != 1:
-        return "none", None, (f"it spans {len(mine)} cores {sorted(mine)}; the analysis is "
-                              "for one core: give it one dedicated core, or budgets that "
-                              "leave it one core of the pool")
+        return every(f"it spans {len(mine)} cores {sorted(mine)}; the analysis is for one "
+                     "core: give it one dedicated core, or budgets that leave it one core "
+                     "of the pool")
     if p.budget.mode == "rt":
-        assert p.budget.rt is not None
-        rivals = [x.name for x in m.partitions if x.name != p.name and x.budget.mode == "rt"
-                  and x.budget.rt is not None and cores[x.name] & mine
-                  and x.budget.rt.priority >= p.budget.rt.priority]
-        hp = hp_dl + [(x.budget.rt.runtime_us + env.tick_us, x.budget.rt.period_us)
-                      for x in m.partitions if x.name in rivals and x.budget.rt is not None]
-        return _server(tasks, p.budget.rt.runtime_us, p.budget.rt.period_us, hp, rivals,
-                       "rt", env, fcfs=True)
+        rt = p.budget.rt
+        assert rt is not None
+        out: list[Result] = []
+        for task in tasks:
+            # Other rt partitions on the core with a workload at or above this one's
+            # priority take their whole budget (and a tick) when they run.
+            rivals = [x for x in m.partitions if x.name != p.name and x.budget.mode == "rt"
+                      and x.budget.rt is not None and cores[x.name] & mine
+                      and _top_priority(x) >= task.priority]
+            hp = hp_dl + [(x.budget.rt.runtime_us, x.budget.rt.period_us, env.tick_us)
+                          for x in rivals if x.budget.rt is not None]
+            out.append(_server(tasks, task, rt.runtime_us, rt.period_us, hp,
+                               [x.name for x in rivals], "rt", env, "fp"))
+        return out
     shared = [x.name for x in m.partitions if x.name != p.name and cores[x.name] & mine]
     if not p.cpu.dedicated_cores or shared:
-        return "none", None, ("a CFS partition shares its core with other CFS groups "
-                              f"({shared or 'the shared pool'}), and CFS gives no group "
-                              "priority over another: use rt mode, or one dedicated core")
+        return every("a CFS partition shares its core with other CFS groups "
+                     f"({shared or 'the shared pool'}), and CFS gives no group priority "
+                     "over another: use rt mode, or one dedicated core")
     if not (p.cpu.exclusive and env.os_isolated):
-        return "none", None, ("the OS's processes may run on its dedicated core: make it "
-                              "exclusive and set isolate_os in the agent config, or use rt "
-                              "mode")
-    rts = [(x.budget.rt.runtime_us + env.tick_us, x.budget.rt.period_us)
+        return every("the OS's processes may run on its dedicated core: make it exclusive "
+                     "and set isolate_os in the agent config, or use rt mode")
+    rts = [(x.budget.rt.runtime_us, x.budget.rt.period_us, env.tick_us)
            for x in m.partitions if x.budget.rt is not None and cores[x.name] & mine]
-    return _server(tasks, min(p.budget.quota_us, p.budget.period_us), p.budget.period_us,
-                   hp_dl + rts, [], "cfs", env, fcfs=len(tasks) == 1)
+    # CFS: one workload's jobs come in release order; several share the core fairly.
+    order = "fcfs" if len(tasks) == 1 else "busy"
+    return [_server(tasks, t, min(p.budget.quota_us, p.budget.period_us), p.budget.period_us,
+                    hp_dl + rts, [], "cfs", env, order) for t in tasks]
 
 
-def _server(tasks: list[_Task], budget: int, period: int, hp: list[tuple[int, int]],
-            rivals: list[str], kind: str, env: TimingEnv,
-            fcfs: bool) -> tuple[str, int | None, str]:
-    """``fcfs``: jobs are served in release order (else CFS-fair among several tasks:
-    each job is bounded by the whole busy period)."""
-    respond = fcfs_response if fcfs else busy_period
+def _top_priority(x: Partition) -> int:
+    return max((getattr(s, "priority", 0) for s in policies_for(x).values()), default=0)
+
+
+def fp_response(tasks: list[_Task], task: _Task, inverse: Callable[[int], int],
+                interference: list[tuple[int, int, int]]) -> int | None:
+    """Fixed priorities: the smallest t that supplies the job and every job of the
+    partition's higher-priority tasks released in [0, t), beside the interference."""
+    higher = [k for k in tasks if k is not task and k.priority > task.priority]
+    t = task.wcet
+    while t <= HORIZON_US:
+        need = task.wcet + _demand(higher, t) + _interference(interference, t)
+        nxt = inverse(need)
+        if nxt <= t:
+            return t if t <= task.period else None  # past its period: not this analysis
+        t = nxt
+    return None
+
+
+def _server(tasks: list[_Task], task: _Task, budget: int, period: int,
+            hp: list[tuple[int, int, int]], rivals: list[str], kind: str, env: TimingEnv,
+            order: str) -> Result:
+    """One task's bound in a budget server. ``order``: ``fp`` (fixed priorities),
+    ``fcfs`` (jobs in release order) or ``busy`` (CFS-fair: the whole busy period)."""
+    def respond(inverse: Callable[[int], int],
+                extra: list[tuple[int, int, int]]) -> int | None:
+        if order == "fp":
+            return fp_response(tasks, task, inverse, extra)
+        if order == "fcfs":
+            return fcfs_response(tasks, inverse, extra)
+        return busy_period(tasks, inverse, extra)
+
     window = _window_demand(tasks, period)
     need_budget = window  # never throttled with at least this much per period
     fits = (f"a budget of {need_budget} us per {period} us would never run out"
@@ -269,25 +330,31 @@ def _server(tasks: list[_Task], budget: int, period: int, hp: list[tuple[int, in
             f"no budget per {period} us suffices ({need_budget} us of demand per period): "
             "fewer or lighter workloads here, or a longer period")
     if window <= budget:
-        bound = respond(tasks, lambda x: x, hp)
+        bound = respond(lambda x: x, hp)
         return (f"{kind} budget never exhausted ({window} of {budget} us per {period} us)",
-                bound, "" if bound is not None else "the core is overloaded")
+                bound, "" if bound is not None else
+                f"with the higher-priority load on its core ({rivals or 'SCHED_DEADLINE'}) "
+                "a job can still run when the next is released")
     if hp:
         return "none", None, (f"the {kind} budget can run out ({window} us of demand per "
                               f"{period} us against {budget}) while higher-priority "
                               f"reservations ({rivals or 'SCHED_DEADLINE'}) share the core: "
                               f"{fits}")
-    effective = budget - env.tick_us
-    if effective <= 0:
+    if budget - env.tick_us <= 0:
         return "none", None, (f"a budget of {budget} us is within one tick "
                               f"({env.tick_us} us) of nothing: {fits}")
-    bound = respond(tasks, lambda x: _inverse_deferrable(x + env.tick_us, budget, period),
-                    [])
-    return f"{kind} deferrable server ({budget} us per {period} us)", bound, fits
+    bound = respond(lambda x: _inverse_deferrable(x + env.tick_us, budget, period), [])
+    why = fits if bound is not None else f"a job can still run when the next is released: {fits}"
+    return f"{kind} deferrable server ({budget} us per {period} us)", bound, why
 
 
 def _deadline(p: Partition, tasks: list[_Task], m: MissionProfile, board: HardwareProfile,
-              env: TimingEnv) -> tuple[str, int | None, str]:
+              env: TimingEnv) -> list[Result]:
+    return [_deadline_one(p, tasks, m, board, env)] * len(tasks)
+
+
+def _deadline_one(p: Partition, tasks: list[_Task], m: MissionProfile,
+                  board: HardwareProfile, env: TimingEnv) -> Result:
     d = p.budget.deadline
     assert d is not None
     if len(tasks) != 1:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from agent.cgroups import PartitionLimits
 from agent.models import HardwareProfile, MissionProfile, Partition, Workload
 from agent.policy.placement import partition_cores, placement_pool
-from agent.timing.sched import SchedPolicy, policy_for, workload_hash
+from agent.timing.sched import SchedPolicy, policies_for, workload_hash
 
 MIB = 1 << 20
 
@@ -24,8 +24,11 @@ class DesiredPartition:
     workloads: Mapping[str, Workload]
     digest: str
     """Digest of the partition's spec and limits; equal digests mean nothing to do."""
-    sched: SchedPolicy | None = None
-    """Real-time policy its workloads start with (rt / deadline budgets)."""
+    scheds: Mapping[str, SchedPolicy | None] = field(default_factory=dict)
+    """Real-time policy each workload starts with (rt / deadline budgets)."""
+
+    def sched(self, workload: str) -> SchedPolicy | None:
+        return self.scheds.get(workload)
 
 
 @dataclass(frozen=True)
@@ -116,7 +119,7 @@ def desired_state(mission: MissionProfile, board: HardwareProfile,
         digest = hashlib.sha256(
             (p.model_dump_json() + repr(sorted(limits.cpus)) + mems).encode()).hexdigest()
         out[p.name] = DesiredPartition(limits, {w.name: w for w in p.workloads}, digest,
-                                       policy_for(p.budget))
+                                       policies_for(p))
     return out
 
 
@@ -159,7 +162,7 @@ def plan(desired: Mapping[str, DesiredPartition],
             running = have_wl.get(w)
             if running is None or running.spec_hash is None:
                 actions.append(StartWorkload(name, spec))
-            elif running.spec_hash != workload_hash(spec, want.sched):
+            elif running.spec_hash != workload_hash(spec, want.sched(w)):
                 if limits_change:
                     # Out before the limits move: e.g. RT runtime cannot drop to 0 while
                     # the old SCHED_FIFO process still runs in the group.

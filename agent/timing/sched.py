@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
-from agent.models import Budget, Workload
+from agent.models import Budget, Partition, Workload
 
 
 @dataclass(frozen=True)
@@ -41,3 +41,18 @@ def workload_hash(spec: Workload, sched: SchedPolicy | None) -> str:
     if sched is None:
         return spec.spec_hash()
     return hashlib.sha256((spec.spec_hash() + repr(sched)).encode()).hexdigest()[:16]
+
+
+def policies_for(part: Partition) -> dict[str, SchedPolicy | None]:
+    """Each workload's policy. In an rt partition, timed workloads get SCHED_FIFO
+    priorities deadline-monotonic above the partition's priority (shortest deadline
+    highest: ``priority + n - 1`` down to ``priority``); untimed ones the partition's."""
+    base = policy_for(part.budget)
+    out = {w.name: base for w in part.workloads}
+    if base is None or base.kind != "fifo":
+        return out
+    timed = sorted((w for w in part.workloads if w.timing is not None),
+                   key=lambda w: (w.timing.deadline if w.timing else 0, w.name))
+    for rank, w in enumerate(timed):
+        out[w.name] = replace(base, priority=min(99, base.priority + len(timed) - 1 - rank))
+    return out
