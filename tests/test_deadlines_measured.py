@@ -79,3 +79,31 @@ async def test_measured_responses_stay_within_the_admitted_bound(
         assert stats.max_response_us <= bound.response_bound_us, seen  # type: ignore[operator]
     finally:
         await e.shutdown(teardown=True)
+
+
+async def test_timed_rt_workloads_run_at_deadline_monotonic_priorities(
+        agent_config: AgentConfig, board: HardwareProfile) -> None:
+    import os
+
+    def timed(name: str, deadline: int) -> dict[str, object]:
+        return {"name": name, "command": ["/bin/sleep", "3600"], "stop_grace_ms": 200,
+                "timing": {"period_us": 20_000, "wcet_us": 500, "deadline_us": deadline}}
+    m = mission(dict(partition("fc", crit="A", cores=[1], workloads=[
+        timed("slow", 20_000), timed("fast", 5_000), timed("mid", 10_000)]),
+        budget={"mode": "rt", "quota_us": 1_000, "period_us": 100_000,
+                "rt": {"runtime_us": 8_000, "period_us": 10_000, "priority": 40}}))
+    cfg = agent_config.model_copy(update={"latency_allowance_us": 100})  # not measured here
+    e = Engine(cfg, board, V1Backend(CGROUP_ROOT, cfg.cgroup_prefix), StateStore(cfg.state_dir))
+    await e.start()
+    try:
+        d = await e.submit(m, Origin("config"))
+        assert d.outcome == "applied", d
+        prio = {w: os.sched_getparam(e.runners["fc"][w].pid or 0).sched_priority  # type: ignore[arg-type]
+                for w in ("fast", "mid", "slow")}
+        assert prio == {"fast": 42, "mid": 41, "slow": 40}
+        assert all(os.sched_getscheduler(e.runners["fc"][w].pid or 0) == os.SCHED_FIFO
+                   for w in prio)
+        (fc,) = e.snapshot().partitions
+        assert {w.name: w.policy for w in fc.workloads}["fast"] == "SCHED_FIFO priority 42"
+    finally:
+        await e.shutdown(teardown=True)
