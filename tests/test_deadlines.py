@@ -174,3 +174,38 @@ def test_sched_deadline_bounds_by_the_server_deadline() -> None:
                                               "period_us": 10_000}}
     m2 = mission(part("fc", "A", [timed("loop", 2_000, 10_000)], quota=1_000, budget=short))
     assert "within one tick" in analyse(m2, BOARD, ISOLATED)[0].why
+
+
+def windowed(wins_a: list[tuple[int, int]], quota: int = 10_000,
+             schedules: int = 1) -> MissionProfile:
+    a = part("fc", "A", [timed("loop", 1_000, 20_000)], quota=quota)
+    b = part("nav", "B", [{"name": "n", "command": ["/bin/true"]}], quota=quota)
+    sched = [{"name": f"s{k}", "major_frame_us": 20_000, "windows": [
+        *({"partition": "fc", "offset_us": o, "duration_us": d} for o, d in wins_a),
+        {"partition": "nav", "offset_us": 10_000, "duration_us": 10_000}]}
+        for k in range(schedules)]
+    return MissionProfile.model_validate({"name": "m", "generation": 1, "partitions": [a, b],
+                                          "schedules": sched})
+
+
+def test_the_window_supply_is_the_least_over_every_start() -> None:
+    from agent.policy.deadlines import sbf_windows
+    wins = [(0, 4), (10, 12)]  # 6 of every 20
+    # gaps of 6 and 8: from the end of (10, 12), 8 without supply, then 4, 6 more, 2
+    assert [sbf_windows(t, wins, 20) for t in (0, 6, 8, 10, 20, 26)] == [0, 0, 0, 2, 6, 6]
+
+
+def test_a_windowed_partition_is_bounded_by_its_frame_layout() -> None:
+    m = windowed([(0, 10_000)])
+    (b,) = analyse(m, BOARD, ISOLATED)
+    # each window loses two latency allowances (thaw, the previous owner's freeze): 1 ms.
+    # Worst start at its window's end: nav's 10 ms, 1 ms lost, the job's 1.5 ms.
+    assert b.response_bound_us == 10_000 + 1_000 + 1_500 and b.proven, b
+    assert "time windows" in b.method and admit(m, BOARD, timing=ISOLATED) == []
+    # 6 jobs of 1.5 ms can fall in one 100 ms CFS period: a 5 ms quota could throttle it
+    assert "a quota of 9000 us" in analyse(windowed([(0, 10_000)], quota=5_000),
+                                           BOARD, ISOLATED)[0].why
+    other = windowed([(0, 10_000)], schedules=2)
+    changed = other.model_copy(update={"schedules": [other.schedules[0], windowed(
+        [(0, 8_000)]).schedules[0].model_copy(update={"name": "s1"})]})
+    assert "differ between schedules" in analyse(changed, BOARD, ISOLATED)[0].why

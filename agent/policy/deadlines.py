@@ -243,13 +243,12 @@ def _partition(p: Partition, m: MissionProfile, cores: dict[str, frozenset[int]]
     if untimed:
         return every(f"workload(s) {untimed} of the same partition have no timing and may "
                      "use its whole budget: declare theirs too")
-    if p.name in in_windows:
-        return every("its time windows are not analysed yet: fly timed workloads without "
-                     "windows")
     prio = policies_for(p)
     tasks = [_Task(math.ceil(w.timing.wcet_us / speed) + env.latency_us, w.timing.period_us,
                    getattr(prio[w.name], "priority", 0))
              for w in timed if w.timing is not None]
+    if p.name in in_windows:
+        return [_windows(p, m, tasks, t, env) for t in tasks]
     mine = cores[p.name]
     hp_dl = [(d.runtime_us, d.period_us, env.tick_us) for d in
              (x.budget.deadline for x in m.partitions
@@ -346,6 +345,76 @@ def _server(tasks: list[_Task], task: _Task, budget: int, period: int,
     bound = respond(lambda x: _inverse_deferrable(x + env.tick_us, budget, period), [])
     why = fits if bound is not None else f"a job can still run when the next is released: {fits}"
     return f"{kind} deferrable server ({budget} us per {period} us)", bound, why
+
+
+def _layout(m: MissionProfile, name: str) -> list[tuple[int, tuple[tuple[int, int], ...]]]:
+    """Per schedule: (major frame, the partition's windows as (offset, duration))."""
+    return [(s.major_frame_us, tuple(sorted((w.offset_us, w.duration_us)
+                                            for w in s.windows if w.partition == name)))
+            for s in m.schedules]
+
+
+def sbf_windows(t: int, windows: list[tuple[int, int]], frame: int) -> int:
+    """Least supply in any window of length t from (start, end) slices repeated every
+    frame: the worst start is the end of a slice."""
+    per_frame = sum(e - s for s, e in windows)
+    q, r = divmod(t, frame)
+    worst = None
+    for _, a in windows:
+        got = sum(max(0, min(e + k * frame, a + r) - max(s + k * frame, a))
+                  for k in (0, 1, 2) for s, e in windows)
+        worst = got if worst is None else min(worst, got)
+    return q * per_frame + (worst or 0)
+
+
+def _inverse_windows(x: int, windows: list[tuple[int, int]], frame: int) -> int:
+    if x <= 0:
+        return 0
+    lo, hi = x, HORIZON_US + 1
+    if sbf_windows(hi, windows, frame) < x:
+        return HORIZON_US + 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if sbf_windows(mid, windows, frame) >= x:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def _windows(p: Partition, m: MissionProfile, tasks: list[_Task], task: _Task,
+             env: TimingEnv) -> Result:
+    """Time windows: the partition alone on its cores inside its windows (admission's
+    rule), frozen outside them. Each window loses two latency allowances: its thaw, and
+    the previous owner's freeze taking hold."""
+    layouts = _layout(m, p.name)
+    absent = [s.name for s, (_, wins) in zip(m.schedules, layouts, strict=True) if not wins]
+    if absent:
+        return "none", None, (f"schedule(s) {absent} give it no window: its jobs would wait "
+                              "for a mode switch")
+    if len(set(layouts)) > 1:
+        return "none", None, ("its windows differ between schedules, and a mode switch "
+                              "between layouts is not analysed: give it the same windows "
+                              "in every schedule")
+    if p.budget.mode != "cfs":
+        return "none", None, "rt and deadline budgets inside time windows are not analysed"
+    demand = _window_demand(tasks, p.budget.period_us)
+    if demand > p.budget.quota_us:
+        return "none", None, (f"its CFS cap could throttle it inside its windows ({demand} "
+                              f"us of demand per {p.budget.period_us} us against a quota of "
+                              f"{p.budget.quota_us}): a quota of {demand} us would never "
+                              "run out")
+    frame, wins = layouts[0]
+    loss = 2 * env.latency_us
+    slices = [(o + loss, o + d) for o, d in wins if d > loss]
+    if not slices:
+        return "none", None, (f"every window is within {loss} us (two latency "
+                              "allowances) of nothing")
+    order = fcfs_response if len(tasks) == 1 else busy_period
+    bound = order(tasks, lambda x: _inverse_windows(x, slices, frame), [])
+    return (f"time windows ({sum(e - s for s, e in slices)} of {frame} us per frame, "
+            f"{loss} us lost per window)", bound, "" if bound is not None else
+            "its windows supply less than its workloads need")
 
 
 def _deadline(p: Partition, tasks: list[_Task], m: MissionProfile, board: HardwareProfile,
