@@ -146,6 +146,6 @@ async def test_a_windowed_workload_meets_the_bound_of_its_frame_layout(
               f"{bound.response_bound_us} us, misses {stats.misses}")
         assert stats.misses == 0, seen
         assert stats.max_response_us <= bound.response_bound_us, seen  # type: ignore[operator]
-        assert stats.max_response_us > 5_000, seen  # it did wait for its window
+        assert stats.max_response_us > 3_000, seen  # some jobs waited for their window
     finally:
         await e.shutdown(teardown=True)
