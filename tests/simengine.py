@@ -19,9 +19,10 @@ BOARD4 = HardwareProfile.model_validate({
 
 
 def on_sim(tmp_path: Path, first: MissionProfile, body: Callable[[_Sim], Awaitable[None]],
-           patterns: dict[str, Any] | None = None, hw: HardwareProfile = BOARD4) -> None:
+           patterns: dict[str, Any] | None = None, hw: HardwareProfile = BOARD4,
+           **config: Any) -> None:
     """Run ``body`` with a simulated board whose CPU model runs (usage accrues); every
-    group is removed after."""
+    group is removed after. ``config``: agent config fields to override."""
     sc = Scenario.model_validate({"name": "t", "mission": "m.yaml", "duration_s": 1,
                                   "workloads": patterns or {}})
     loop = VirtualTimeLoop()
@@ -29,6 +30,9 @@ def on_sim(tmp_path: Path, first: MissionProfile, body: Callable[[_Sim], Awaitab
 
     async def go() -> None:
         sim = _Sim(sc, first, hw, tmp_path)
+        if config:
+            sim.config = sim.config.model_copy(update=config)
+            sim.engine = sim._engine()
         sim.board.on_change = sim._kick
         sim._handle = loop.call_at(loop.time(), sim._tick)
         try:
