@@ -15,14 +15,16 @@ from typing import Any
 from agent.api.server import serve
 from agent.cgroups import make_backend
 from agent.engine.engine import Engine
+from agent.engine.locking import WriterLock
 from agent.engine.state import StateStore, StoredMission
 from agent.errors import AgentError
-from agent.events import EventLog
+from agent.events import Event, EventLog
 from agent.models import AgentConfig, HardwareProfile, MissionProfile
 from agent.models.loading import validate
 from agent.runtime import procs
 from agent.sources import files
 from agent.status import FileChoice, FilesStatus, to_json
+from agent.systemd import Notifier
 
 log = logging.getLogger("sortie.daemon")
 
@@ -57,6 +59,30 @@ async def _load_files(engine: Engine, opts: RunOptions, wanted: str | None,
                            "; ".join(map(str, err.violations)), "error")
     if result.chosen is not None:
         await engine.submit(result.chosen.mission, result.chosen.origin)
+
+
+STATUS_EVENTS = ("mission.", "degraded.", "state.")
+"""Events after which systemd's STATUS= line is rewritten."""
+
+
+async def pet(notifier: Notifier, lock: WriterLock, interval_s: float) -> None:
+    """Pet systemd's watchdog from the event loop itself, so a blocked loop stops the
+    petting; and not while a change has held the engine's lock for a whole watchdog
+    period (a hung reconcile): systemd then restarts the agent, which adopts the
+    mission (KillMode=process leaves the workloads flying)."""
+    while True:
+        await asyncio.sleep(interval_s / 2)
+        if lock.busy_for() < interval_s:
+            notifier.watchdog()
+
+
+def service_status(engine: Engine) -> str:
+    """The one line `systemctl status sortie` shows."""
+    f = engine.flying()
+    if f is None:
+        return "no mission"
+    return (f"flying {f.name} generation {f.generation}"
+            + (f"; degraded, shed {', '.join(f.shed)}" if f.shed else ""))
 
 
 def handlers(engine: Engine) -> dict[str, Any]:
@@ -106,6 +132,13 @@ async def run(config: AgentConfig, board: HardwareProfile, opts: RunOptions) -> 
     engine.ready_after_s = ready_s
     events.emit("agent.ready", "agent", f"first reconcile done {ready_s * 1000:.0f} ms "
                 f"after start; cgroup {backend.version}, board {board.name}")
+    notifier = Notifier()
+    notifier.ready(service_status(engine))
+
+    def on_event(ev: Event) -> None:
+        if ev.kind.startswith(STATUS_EVENTS):
+            notifier.status(service_status(engine))
+    events.subscribe(on_event)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -145,6 +178,9 @@ async def run(config: AgentConfig, board: HardwareProfile, opts: RunOptions) -> 
                           tg.create_task(telemetry(), name="telemetry")]
             if kube is not None:
                 tasks.append(tg.create_task(kube.run_forever(), name="kube"))
+            if notifier.watchdog_s is not None:
+                tasks.append(tg.create_task(pet(notifier, engine.lock, notifier.watchdog_s),
+                                            name="watchdog"))
             stopper: asyncio.Task[Any] = tg.create_task(stop.wait(), name="stop")
             # A "forever" task that ends is a failure: escalate instead of limping on.
             done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
@@ -157,12 +193,14 @@ async def run(config: AgentConfig, board: HardwareProfile, opts: RunOptions) -> 
                     exc = t.exception()
                     raise AgentError(f"task {t.get_name()} ended unexpectedly: {exc}") from exc
     finally:
+        notifier.stopping()
         if kube is not None:
             await kube.close()  # after its tasks ended: they use the client
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             with contextlib.suppress(ValueError, RuntimeError):
                 loop.remove_signal_handler(sig)
         await engine.shutdown(opts.teardown or config.stop_workloads_on_exit)
+        notifier.close()
         events.emit("agent.stopped", "agent",
                     "workloads stopped, cgroups removed" if opts.teardown
                     or config.stop_workloads_on_exit else "workloads left running")

@@ -34,10 +34,10 @@ async def test_three_errors_at_once_are_carried_out_one_by_one_under_the_lock(
     real = e.orders.act
 
     async def traced(o: HealthOrder) -> None:
-        trace.append(("start", o.kind.value, e._lock.locked()))
+        trace.append(("start", o.kind.value, e.lock.locked()))
         await real(o)
         await asyncio.sleep(0.05)  # long enough for an overlap to show
-        trace.append(("end", o.kind.value, e._lock.locked()))
+        trace.append(("end", o.kind.value, e.lock.locked()))
 
     e.orders.act = traced  # type: ignore[method-assign]
     try:
@@ -72,7 +72,7 @@ async def test_failing_health_checks_restart_through_the_monitor_under_the_lock(
     real = e.orders.act
 
     async def traced(o: HealthOrder) -> None:
-        locked.append(e._lock.locked())
+        locked.append(e.lock.locked())
         await real(o)
 
     e.orders.act = traced  # type: ignore[method-assign]

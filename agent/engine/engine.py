@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from agent.cgroups import CgroupBackend, PartitionLimits
 from agent.cgroups.features import KernelFeatures
 from agent.engine.executor import Executor
+from agent.engine.locking import WriterLock
 from agent.engine.observing import FoundWorkload, observe
 from agent.engine.orders import HealthOrders
 from agent.engine.platform import Platform, Runner
@@ -74,7 +75,7 @@ class Engine:
         self.errors: list[str] = []
         self.bounds: dict[tuple[str, str], int | None] = {}
         """Each timed workload's response bound, as proven for the board as it is now."""
-        self._lock = asyncio.Lock()
+        self.lock = WriterLock(self.platform.monotonic)
         self._mems = ""
         self.capacity: dict[int, float] = {c: 1.0 for c in board.core_ids}
         self.memory_mib: int | None = None
@@ -89,7 +90,8 @@ class Engine:
                                config.log_max_bytes)
         self.executor = Executor(config, board, backend, self.events, self.platform,
                                  self.windows, self.monitor, self.sampler.forget)
-        self.orders = HealthOrders(self._lock, self.executor, self.events, self._switch_mode)
+        self.orders = HealthOrders(self.lock.held, self.executor, self.events,
+                                   self._switch_mode)
         self.sources = SourceProbes()
         """Status of each desired-state source (files, mqtt, kube), shown in status."""
         self.ready_after_s: float | None = None
@@ -144,7 +146,7 @@ class Engine:
                              "; ".join(map(str, violations)), "error")
             self.executor.remember(found)
             return
-        async with self._lock:
+        async with self.lock.held():
             self.capacity = self._read_capacity()
             flying, desired = self._fit(base.mission)
             self.executor.remember(found)
@@ -170,7 +172,7 @@ class Engine:
 
     async def submit(self, mission: MissionProfile, origin: Origin) -> Decision:
         """Admit and apply; a rejected mission changes nothing."""
-        async with self._lock:
+        async with self.lock.held():
             subject = f"mission/{mission.name}"
             violations = self.check(mission)
             if violations:
@@ -197,7 +199,7 @@ class Engine:
         """Stop flying the mission if ``source`` gave it (its object was deleted): every
         partition goes, and the state says so. None when the mission is not that
         source's."""
-        async with self._lock:
+        async with self.lock.held():
             if self.mission is None or self.origin is None or self.origin.source != source:
                 return None
             name, gen = self.mission.name, self.mission.generation
@@ -259,7 +261,7 @@ class Engine:
         now, mem = self._read_capacity(), self.platform.memory_mib()
         if now == self.capacity and mem == self.memory_mib:
             return
-        async with self._lock:
+        async with self.lock.held():
             self.events.emit("board.capacity", "board", f"capacity per core now {now}"
                              + (f", memory {mem} MiB" if mem is not None else ""),
                              "warning" if any(f < 1 for f in now.values()) or mem is not None
@@ -296,7 +298,7 @@ class Engine:
 
     async def switch_mode(self, mode: str) -> str:
         """Switch the window schedule at the next major-frame boundary."""
-        async with self._lock:
+        async with self.lock.held():
             return self._switch_mode(mode)
 
     def _switch_mode(self, mode: str) -> str:
@@ -360,7 +362,7 @@ class Engine:
     async def shutdown(self, teardown: bool) -> None:
         """Leave workloads running (default), or stop them and remove every cgroup."""
         await self.settle_health()  # they take the lock: wait before holding it
-        async with self._lock:
+        async with self.lock.held():
             if not teardown:
                 self.executor.detach()
                 return

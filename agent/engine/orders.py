@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 
 from agent.engine.executor import Executor
 from agent.errors import AgentError
@@ -13,7 +14,8 @@ from agent.health import table as hm
 
 
 class HealthOrders:
-    def __init__(self, lock: asyncio.Lock, executor: Executor, events: EventLog,
+    def __init__(self, lock: Callable[[], AbstractAsyncContextManager[None]],
+                 executor: Executor, events: EventLog,
                  switch_mode: Callable[[str], object]) -> None:
         self.lock, self.executor, self.events = lock, executor, events
         self.switch_mode = switch_mode
@@ -27,7 +29,7 @@ class HealthOrders:
 
     async def _carry_out(self, o: hm.HealthOrder) -> None:
         try:
-            async with self.lock:
+            async with self.lock():
                 await self.act(o)
         except (AgentError, OSError) as exc:
             self.events.emit("health.action-failed", f"partition/{o.partition}",

@@ -35,11 +35,18 @@ After=local-fs.target network-online.target
 Wants=network-online.target
 
 [Service]
+# READY=1 after the first reconcile, STATUS= with the flying mission, WATCHDOG=1 from the
+# agent's event loop every WatchdogSec/2 while it is healthy (agent/systemd.py).
+Type=notify
+NotifyAccess=main
+WatchdogSec=10
+TimeoutStartSec=120
 ExecStart=/usr/local/bin/sortie run --config /etc/sortie/agent.yaml
 Restart=always
 RestartSec=1
 # The agent's workloads live in its own cgroups, not the service's: restarting or
-# upgrading the agent must not stop the mission (it adopts the running workloads).
+# upgrading the agent (a watchdog restart too) must not stop the mission (it adopts the
+# running workloads).
 KillMode=process
 TimeoutStopSec=20
 
