@@ -123,13 +123,41 @@ def report_once() -> None:
         say(f"SORTIE-GUEST status unavailable: {exc}")
 
 
-def report_under_systemd(run_s: float, report_s: float) -> None:
+def main_pid() -> int:
+    out = subprocess.run(["systemctl", "show", "-p", "MainPID", "--value", "sortie.service"],
+                         capture_output=True, text=True, check=False).stdout.strip()
+    return int(out) if out.isdigit() else 0
+
+
+def pids_line() -> None:
+    """``SORTIE-PIDS {"agent": PID, "workloads": {P/W: PID}}`` for the host."""
+    from agent.api.client import call
+    try:
+        st = call(SOCKET, {"op": "status"}, 2.0)["status"]
+    except Exception:  # a frozen agent does not answer: that is the point
+        return
+    pids = {f"{p['name']}/{w['name']}": w.get("pid") for p in st.get("partitions", [])
+            for w in p.get("workloads", [])}
+    say("SORTIE-PIDS " + json.dumps({"agent": main_pid(), "workloads": pids}))
+
+
+def report_under_systemd(run_s: float, report_s: float, freeze_s: float = 0) -> None:
     """Disk boots: systemd runs the agent (sortie.service); this only reports, and after
-    ``run_s`` stops the service and powers the guest off the way a board would."""
+    ``run_s`` stops the service and powers the guest off the way a board would.
+    ``freeze_s``: SIGSTOP the agent then, as a hang would (systemd's watchdog must
+    restart it, and the restarted agent adopt the workloads)."""
     say(f"SORTIE-GUEST systemd uptime={uptime():.2f}s run_s={run_s or 'forever'}")
     start = time.monotonic()
+    frozen = False
     while run_s <= 0 or time.monotonic() - start < run_s:
         report_once()
+        pids_line()
+        if freeze_s and not frozen and time.monotonic() - start >= freeze_s:
+            pid = main_pid()
+            if pid:
+                os.kill(pid, signal.SIGSTOP)
+                frozen = True
+                say(f"SORTIE-GUEST froze agent pid {pid}")
         time.sleep(report_s)
     subprocess.run(["systemctl", "stop", "sortie.service"], check=False)
     rc = subprocess.run(["systemctl", "show", "-p", "ExecMainStatus", "--value",
@@ -143,7 +171,8 @@ def main() -> None:
     opts = options(Path("/proc/cmdline").read_text())
     if "--systemd" in sys.argv:
         report_under_systemd(float(opts.get("sortie.run_s", "0")),
-                             float(opts.get("sortie.report_s", "5")))
+                             float(opts.get("sortie.report_s", "5")),
+                             float(opts.get("sortie.freeze_s", "0")))
         return
     run_s = float(opts.get("sortie.run_s", "0"))
     report_s = float(opts.get("sortie.report_s", "5"))

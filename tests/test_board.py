@@ -299,6 +299,20 @@ def test_the_image_boots_and_flies_its_baked_mission_on_cgroup_v2(
     print(f"{board}: disk boot through systemd, first status {disk.first_status_s:.1f} s")
     if board != "qemu-x86_64.yaml":
         return  # the exclusive-core check once is enough for the CI budget
+    # A hung agent under the real systemd: SIGSTOP it; the watchdog (WatchdogSec=10) must
+    # restart it, and the new agent adopt the mission's processes (KillMode=process).
+    hung = booting.boot(out, run_s=75, timeout_s=300, report_s=3, disk=True, freeze_s=12)
+    pids = [json.loads(line.split("SORTIE-PIDS ", 1)[1]) for line in hung.console
+            if "SORTIE-PIDS " in line]
+    frozen = [line for line in hung.console if "froze agent pid" in line]
+    assert frozen and pids, "\n".join(hung.console[-60:])
+    old = int(frozen[0].rsplit(" ", 1)[1])
+    before = [p for p in pids if p["agent"] == old]
+    after = [p for p in pids if p["agent"] not in (old, 0)]
+    assert before and after, "\n".join(hung.console[-60:])
+    assert after[-1]["workloads"] == before[-1]["workloads"], (before[-1], after[-1])
+    print(f"{board}: agent {old} frozen, restarted by systemd's watchdog as "
+          f"{after[-1]['agent']}; workloads kept {after[-1]['workloads']}")
     # The other baked mission: a DAL A partition alone on core 1 as an exclusive cpuset
     # partition: the kernel must say "root" (Linux 6.1 needs the prefix to be one too).
     excl = booting.boot(out, run_s=36, timeout_s=200, report_s=3, mission="exclusive-check")

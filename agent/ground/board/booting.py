@@ -43,13 +43,15 @@ class Boot:
 
 
 def command(image: Path, manifest: dict[str, Any], run_s: float, report_s: float,
-            accel: str, disk: bool = False, mission: str | None = None) -> list[str]:
+            accel: str, disk: bool = False, mission: str | None = None,
+            freeze_s: float = 0) -> list[str]:
     """QEMU for the initramfs path (rdinit=/init, no systemd), or with ``disk`` the raw
     disk image as a virtio disk booted through systemd (a snapshot: the image is not
     written)."""
     q, art = manifest["qemu"], manifest["artifacts"]
     sortie = f"sortie.run_s={run_s:g} sortie.report_s={report_s:g}" + (
-        f" sortie.mission={mission}" if mission else "")
+        f" sortie.mission={mission}" if mission else "") + (
+        f" sortie.freeze_s={freeze_s:g}" if freeze_s else "")
     if disk:
         boot = ["-initrd", str(image / art["disk_initrd"]["file"]), "-drive",
                 f"file={image / art['disk']['file']},format=raw,if=virtio,snapshot=on"]
@@ -84,14 +86,14 @@ def load_manifest(image: Path, disk: bool = False) -> dict[str, Any]:
 
 def boot(image: Path, run_s: float = 0, timeout_s: float = 600, report_s: float = 5,
          accel: str = "tcg", echo: Callable[[str], None] | None = None,
-         disk: bool = False, mission: str | None = None) -> Boot:
+         disk: bool = False, mission: str | None = None, freeze_s: float = 0) -> Boot:
     """``mission``: fly that baked mission instead of the configured one (initramfs
     path only: a flashed board flies what its config says)."""
     if mission and disk:
         raise BoardError([Violation("--mission", "only for the initramfs boot; a disk "
                                                  "boot flies what the baked config says")])
     manifest = load_manifest(image, disk)
-    cmd = command(image, manifest, run_s, report_s, accel, disk, mission)
+    cmd = command(image, manifest, run_s, report_s, accel, disk, mission, freeze_s)
     result = Boot(cmd)
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
