@@ -20,3 +20,15 @@ def summary(values: list[float]) -> dict[str, float]:
 def row(name: str, s: dict[str, float], unit: str = "ms") -> str:
     return (f"{name:<36} n={int(s['n']):<4} p50={s['p50']:9.2f}{unit} p90={s['p90']:9.2f}{unit}"
             f" p99={s['p99']:9.2f}{unit} max={s['max']:9.2f}{unit}")
+
+
+def equal_weights(prefix: str, partitions: tuple[str, ...]) -> None:
+    """What the agent wrote before criticality weights (the kernel's default weight for
+    every group, no idle class), put back by hand on a v1 host for a peer run."""
+    from tests.conftest import CGROUP_ROOT
+    for p in partitions:
+        d = CGROUP_ROOT / "cpu" / prefix / f"p-{p}"
+        with open(d / "cpu.idle", "w") as f:
+            f.write("0")
+        with open(d / "cpu.shares", "w") as f:
+            f.write("1024")

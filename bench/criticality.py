@@ -29,7 +29,7 @@ from agent.engine.engine import Engine
 from agent.engine.state import StateStore
 from agent.models import AgentConfig, HardwareProfile, MissionProfile
 from agent.status import Origin
-from bench._util import row, summary
+from bench._util import equal_weights, row, summary
 from tests.conftest import CGROUP_ROOT, purge_prefix
 
 BOARD = HardwareProfile.model_validate({
@@ -67,15 +67,6 @@ def mission(gen: int, out: Path, rt: bool) -> MissionProfile:
          "workloads": [miner]}]})
 
 
-def equal_weights(prefix: str) -> None:
-    for p in ("fc", "miner"):
-        d = CGROUP_ROOT / "cpu" / prefix / f"p-{p}"
-        with open(d / "cpu.idle", "w") as f:
-            f.write("0")
-        with open(d / "cpu.shares", "w") as f:
-            f.write("1024")
-
-
 async def main(seconds: float) -> None:
     prefix = f"sortie-bench-{uuid.uuid4().hex[:6]}"
     tmp = Path(tempfile.mkdtemp(prefix="sortie-crit-"))
@@ -96,7 +87,7 @@ async def main(seconds: float) -> None:
             d = await engine.submit(mission(gen, out, rt), Origin("config"))
             assert d.outcome == "applied", d
             if name == "equal weights":
-                equal_weights(prefix)
+                equal_weights(prefix, ("fc", "miner"))
             await asyncio.sleep(1.0)  # the miner's 16 workers up; then measure afresh
             out.write_text("")
             await asyncio.sleep(seconds)

@@ -109,16 +109,6 @@ def mission(case: Case, gen: int, proven: bool) -> MissionProfile:
                     else 80_000, "period_us": 100_000}}]})
 
 
-def set_equal_weights(prefix: str) -> None:
-    """What the agent wrote before criticality weights: the kernel's default for all."""
-    for p in ("fc", "mine"):
-        d = CGROUP_ROOT / "cpu" / prefix / f"p-{p}"
-        with open(d / "cpu.idle", "w") as f:
-            f.write("0")
-        with open(d / "cpu.shares", "w") as f:
-            f.write("1024")
-
-
 async def fly(engine: Engine, m: MissionProfile, seconds: float,
               equal_weights: bool, prefix: str) -> dict[str, tuple[int, int, int]]:
     d = await engine.submit(m, Origin("config"))
@@ -126,7 +116,7 @@ async def fly(engine: Engine, m: MissionProfile, seconds: float,
     assert engine.limits["fc"].cpus <= engine.limits["mine"].cpus, \
         "the miner must share the timed partition's cores"
     if equal_weights:
-        set_equal_weights(prefix)
+        equal_weights(prefix, ("fc", "mine"))
     await asyncio.sleep(1.0)
     engine.monitor.jobs.clear()
     await asyncio.sleep(seconds)
