@@ -5,7 +5,6 @@ board-side ones, ``render`` draws tables; the ground-side commands live in
 
 from __future__ import annotations
 
-import logging
 import sys
 from collections.abc import Sequence
 
@@ -17,8 +16,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from agent.cli.parser import build_parser
 
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from agent.cli.logs import configure
+    configure(args.log_level, args.log_format)
     try:
         code: int = args.func(args)
     except ProfileError as exc:

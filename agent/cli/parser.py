@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="sortie", description="Orchestration agent for flight-computer "
                "edge boards: cgroup partitions with deterministic CPU budgets.")
     p.add_argument("--version", action="version", version=f"sortie {__version__}")
+    p.add_argument("--log-format", default="text", choices=["text", "json"],
+                   help="json: one object per line for log shippers (text is journald's "
+                        "own format under systemd)")
     p.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"])
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
