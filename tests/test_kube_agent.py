@@ -461,3 +461,34 @@ async def test_root_workloads_from_kubernetes_need_the_switch(
                 engine, _s):
             await wait_for(lambda: engine.mission is not None and all(pids(engine).values()),
                            10)
+
+
+async def test_a_missing_crd_is_named_once_with_the_command_that_mends_it(
+        tmp_path: Path, agent_config: AgentConfig, board: HardwareProfile) -> None:
+    with cluster(tmp_path) as c:  # the CRD is not installed
+        engine = Engine(agent_config, board, V1Backend(CGROUP_ROOT, agent_config.cgroup_prefix),
+                        StateStore(agent_config.state_dir))
+        await engine.start()
+        src = KubeSource(kube_cfg(c), NODE, engine)
+        task = asyncio.get_running_loop().create_task(src.run_forever())
+        try:
+            await wait_for(lambda: src.count.errors >= 3, 15)  # it keeps retrying...
+            (told,) = engine.events.of_kind("kube.misconfigured")  # ...and says it once
+            assert "MissionProfile CRD is not installed" in told.message
+            assert "kubectl apply -f docs/kube/missionprofile-crd.yaml" in told.message
+            await kubectl(c, "apply", "-f", str(CRD))
+            await wait_for(lambda: src.connected, 15)
+            assert engine.events.of_kind("kube.connected")
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await src.close()
+            await engine.shutdown(teardown=True)
+
+
+def test_what_no_retry_cures_is_said_in_words() -> None:
+    from agent.sources.kube.objects import diagnose
+    assert "rbac.yaml" in (diagnose("node", 403, "nodes is forbidden") or "")
+    assert "credentials" in (diagnose("list/watch", 401, "Unauthorized") or "")
+    assert diagnose("list/watch", 0, "connection refused") is None  # an outage passes
+    assert diagnose("list/watch", 503, "unavailable") is None

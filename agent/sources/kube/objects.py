@@ -12,7 +12,7 @@ from typing import Any
 from agent.errors import ProfileError, Violation
 from agent.models import HardwareProfile, MissionProfile
 from agent.models.loading import validate
-from agent.sources.kube.names import GROUP, KIND, VERSION
+from agent.sources.kube.names import GROUP, KIND, PLURAL, VERSION
 from agent.status import Origin, Status
 
 Obj = dict[str, Any]
@@ -233,3 +233,22 @@ def usage_status(status: Status) -> dict[str, Obj]:
         if timed:
             out[p.name]["timing"] = timed
     return out
+
+
+def diagnose(what: str, code: int, message: str) -> str | None:
+    """What is wrong with the cluster link, in words and with the command that mends it,
+    for the errors that retrying cannot cure. None for outages (they pass)."""
+    if code == 404 and what == "list/watch":
+        return (f"the API server has no {PLURAL}.{GROUP} resource: the MissionProfile CRD "
+                "is not installed. Install it with `kubectl apply -f "
+                "docs/kube/missionprofile-crd.yaml` (or `sortie kube crd | kubectl apply "
+                "-f -`)")
+    if code == 403:
+        return (f"{what}: forbidden ({message}): this board's ServiceAccount lacks the "
+                "RBAC it needs; apply docs/kube/rbac.yaml for it (one ServiceAccount, Role "
+                "and binding per board)")
+    if code == 401:
+        return (f"{what}: unauthorized: the API server does not accept the credentials "
+                "of the board's kubeconfig (expired or revoked token, or a certificate "
+                "it does not trust)")
+    return None

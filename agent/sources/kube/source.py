@@ -1,12 +1,9 @@
-"""The Kubernetes source: the board as a node (registration, lease), MissionProfiles
-aimed at it listed and watched into the engine, and their status and Events written back.
-
-Four named tasks, each surviving API errors on its own with jittered backoff: ``sync``
-(list, then watch from the last resourceVersion; relist on 410), ``node`` (register, renew
-the lease every 10 s), ``status`` (conditions and measured usage through the status
-subresource, optimistic concurrency), ``events``. With the cluster gone the engine keeps
-flying what it has; when it returns, the relist converges (deletions included).
-"""
+"""The Kubernetes source: MissionProfiles aimed at the board listed and watched into the
+engine, their status and Events written back; the node itself is ``node.py``. Four tasks,
+each surviving API errors with jittered backoff: ``sync`` (list, then watch; relist on
+410), ``node``, ``status`` (status subresource, optimistic concurrency), ``events``. With
+the cluster gone the engine flies on; when it returns, the relist converges. Errors no
+retry can cure (no CRD, no RBAC, bad credentials) are said once as an event."""
 
 from __future__ import annotations
 
@@ -75,6 +72,7 @@ class KubeSource:
         self._lock = asyncio.Lock()
         self._attempt = 0
         """Failed connection attempts in a row (the watch resets it on every event)."""
+        self._told: str | None = None  # the misconfiguration said last (once, not per retry)
         self._ignored: set[tuple[str, str, int]] = set()
         """Out-of-scope profiles already reported (key, uid, generation)."""
         self.node = NodeKeeper(cfg, node_name, engine, self.api, self.count)
@@ -95,6 +93,10 @@ class KubeSource:
     def _failed(self, what: str, exc: KubeError) -> None:
         self.count.errors += 1
         self.last_error = f"{what}: {exc}"
+        why = ko.diagnose(what, exc.code, exc.message)
+        if why is not None and why != self._told:
+            self._told = why
+            self.engine.events.emit("kube.misconfigured", "kube", why, "error")
         if what != "list/watch":
             return  # "connected" is the watch's state; the other tasks retry on their own
         if self.connected:
@@ -113,6 +115,7 @@ class KubeSource:
                     items, rv = await self.api.list_profiles()
                     self.count.lists += 1
                     self.cache.reset(items, rv)
+                    self._told = None
                     if not self.connected:
                         self.engine.events.emit("kube.connected", "kube",
                                                 f"listed {len(items)} MissionProfile(s) at "
