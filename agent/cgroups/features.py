@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 
@@ -26,6 +27,7 @@ class KernelFeatures:
 COARSEST_TICK_US = 10_000
 
 
+@functools.cache  # the kernel's configuration does not change while it runs
 def kernel_tick_us() -> int:
     """1 / CONFIG_HZ of the running kernel, from its configuration (/proc/config.gz or
     /boot/config-RELEASE); the coarsest possible when neither can be read."""

@@ -12,11 +12,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from agent.cli.common import pct
 from agent.status import PartitionStatus, Status, WorkloadStatus
-
-
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{x * 100:.1f} %"
 
 
 def _timed(s: Status) -> list[tuple[PartitionStatus, WorkloadStatus]]:
@@ -76,8 +73,8 @@ def markdown(s: Status, png: str | None) -> str:
         weight = "-" if p.weight is None else "idle" if p.weight == 0 else str(p.weight)
         thr = f"{use.throttled_periods}/{use.periods}" if use else "-"
         lines.append(f"| {p.name} | {p.criticality or '-'} | {weight} | "
-                     f"{','.join(map(str, p.cpus or []))} | {_pct(budget)} | "
-                     f"{_pct(use.share if use else None)} | {thr} |")
+                     f"{','.join(map(str, p.cpus or []))} | {pct(budget)} | "
+                     f"{pct(use.share if use else None)} | {thr} |")
     shed = s.degraded.shed
     lines += ["", f"Degraded: shed {shed}." if shed else "The board had its full capacity.",
               ""]

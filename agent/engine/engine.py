@@ -30,7 +30,7 @@ from agent.models import AgentConfig, HardwareProfile, MissionProfile, Partition
 from agent.policy.accounting import Usage
 from agent.policy.admission import admit, generation_violations
 from agent.policy.deadlines import TimingEnv, analyse
-from agent.policy.degraded import capacity_cause, fit
+from agent.policy.degraded import capacity_cause, derating, fit
 from agent.policy.planning import (
     Action,
     DesiredPartition,
@@ -238,9 +238,8 @@ class Engine:
                                                     dict[str, DesiredPartition]]:
         """``_target``, with an event for every partition shed or restored."""
         kept, shed, why, desired = self._target(mission)
-        slow = {c: f for c, f in self.capacity.items() if 0 < f < 1}
-        self.bounds = {(b.partition, b.workload): b.response_bound_us
-                       for b in analyse(kept, self.board, self.timing_env(), slow)}
+        self.bounds = {(b.partition, b.workload): b.response_bound_us for b in
+                       analyse(kept, self.board, self.timing_env(), derating(self.capacity))}
         cause = capacity_cause(self.capacity, self.memory_mib)
         for p in shed:
             if p not in self.shed:

@@ -120,33 +120,33 @@ def _interference(reservations: list[tuple[int, int, int]], t: int) -> int:
     return sum((math.ceil(t / p) + 1) * b + over for b, p, over in reservations)
 
 
+def _fixpoint(start: int, need: Callable[[int], int],
+              inverse: Callable[[int], int]) -> int | None:
+    """The smallest window t >= start that surely supplies what it needs,
+    ``inverse(need(t)) <= t`` (``inverse(x)``: the shortest window that surely supplies
+    x); None past the horizon."""
+    t = start
+    while t <= HORIZON_US:
+        nxt = inverse(need(t))
+        if nxt <= t:
+            return t
+        t = nxt
+    return None
+
+
 def busy_period(tasks: list[_Task], inverse: Callable[[int], int],
                 interference: list[tuple[int, int, int]]) -> int | None:
     """Smallest t with supply(t) >= demand(t) + interference(t); None past the horizon.
-    ``inverse(x)``: the shortest window that surely supplies x. ``interference``:
-    (budget, period) of higher-priority reservations on the core."""
-    t = sum(k.wcet for k in tasks)
-    while True:
-        need = _demand(tasks, t) + _interference(interference, t)
-        nxt = inverse(need)
-        if nxt <= t:
-            return t
-        if nxt > HORIZON_US:
-            return None
-        t = nxt
+    ``interference``: (budget, period, overrun) of higher-priority reservations."""
+    return _fixpoint(sum(k.wcet for k in tasks),
+                     lambda t: _demand(tasks, t) + _interference(interference, t), inverse)
 
 
 def _finish(work: int, inverse: Callable[[int], int],
             interference: list[tuple[int, int, int]]) -> int | None:
     """When ``work`` is surely done: the smallest s that supplies it beside the
     higher-priority interference in [0, s); None past the horizon."""
-    s = inverse(work)
-    while s <= HORIZON_US:
-        nxt = inverse(work + _interference(interference, s))
-        if nxt <= s:
-            return s
-        s = nxt
-    return None
+    return _fixpoint(work, lambda s: work + _interference(interference, s), inverse)
 
 
 def fcfs_response(tasks: list[_Task], inverse: Callable[[int], int],
@@ -299,14 +299,10 @@ def fp_response(tasks: list[_Task], task: _Task, inverse: Callable[[int], int],
     """Fixed priorities: the smallest t that supplies the job and every job of the
     partition's higher-priority tasks released in [0, t), beside the interference."""
     higher = [k for k in tasks if k is not task and k.priority > task.priority]
-    t = task.wcet
-    while t <= HORIZON_US:
-        need = task.wcet + _demand(higher, t) + _interference(interference, t)
-        nxt = inverse(need)
-        if nxt <= t:
-            return t if t <= task.period else None  # past its period: not this analysis
-        t = nxt
-    return None
+    t = _fixpoint(task.wcet, lambda t: task.wcet + _demand(higher, t)
+                  + _interference(interference, t), inverse)
+    # A response past the period means backlog: outside what this analysis covers.
+    return t if t is not None and t <= task.period else None
 
 
 def _server(tasks: list[_Task], task: _Task, budget: int, period: int,

@@ -45,12 +45,17 @@ def without(mission: MissionProfile, shed: set[str]) -> MissionProfile:
         "schedules": schedules})
 
 
+def derating(capacity: Mapping[int, float]) -> dict[int, float]:
+    """The cores running below nominal speed (thermal throttling), and how much."""
+    return {c: f for c, f in capacity.items() if 0 < f < 1}
+
+
 def fit(mission: MissionProfile, board: HardwareProfile, capacity: Mapping[int, float],
         kernel: KernelFeatures | None = None, memory_mib: int | None = None,
         timing: TimingEnv | None = None) -> tuple[MissionProfile, list[str], list[Violation]]:
     """(mission that fits, partitions shed in order, why the full mission did not fit)."""
     now = degraded_board(board, capacity, memory_mib)
-    derate = {c: f for c, f in capacity.items() if 0 < f < 1}
+    derate = derating(capacity)
     why = admit(mission, now, kernel, derate, timing)
     if not why:
         return mission, [], []
@@ -68,7 +73,7 @@ def fit(mission: MissionProfile, board: HardwareProfile, capacity: Mapping[int, 
 def capacity_cause(capacity: dict[int, float], memory_mib: int | None) -> str:
     """Why the board has less than it had, in words for an event ("" when it has all)."""
     lost = [c for c, f in sorted(capacity.items()) if f == 0]
-    slow = {c: f for c, f in sorted(capacity.items()) if 0 < f < 1}
+    slow = derating(dict(sorted(capacity.items())))
     mem = f"memory {memory_mib} MiB" if memory_mib is not None else ""
     return "; ".join(x for x in (f"cores offline {lost}" if lost else "",
                                  f"cores derated {slow}" if slow else "", mem) if x)
