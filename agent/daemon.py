@@ -65,6 +65,40 @@ STATUS_EVENTS = ("mission.", "degraded.", "state.")
 """Events after which systemd's STATUS= line is rewritten."""
 
 
+async def write_metrics(engine: Engine, config: AgentConfig) -> None:
+    """node_exporter's textfile, every accounting period. A directory that cannot be
+    written is an event (once per cause, and once when it works again), never a stop."""
+    assert config.metrics is not None
+    # Imported only when configured: prometheus_client costs ~1.4 MiB.
+    from agent.metrics import AgentProcess, TextfileWriter, families, render
+    writer = TextfileWriter(config.metrics.textfile_dir)
+    failing: str | None = None
+    try:
+        while True:
+            try:
+                writer.write(render(families(engine.snapshot(), config.node_name,
+                                             AgentProcess.now())))
+                if failing is not None:
+                    engine.events.emit("metrics.written", "metrics",
+                                       f"{writer.path} is written again")
+                    failing = None
+            except AgentError as exc:
+                if str(exc) != failing:
+                    engine.events.emit("metrics.unwritable", "metrics",
+                                       f"{exc}; retrying every accounting period", "warning")
+                    failing = str(exc)
+            except Exception as exc:  # a bug of ours: counted, never the agent's end
+                if repr(exc) != failing:
+                    engine.events.internal_error("metrics", "writing the metrics", exc)
+                    failing = repr(exc)
+            await asyncio.sleep(config.accounting_period_ms / 1000)
+    finally:
+        try:
+            writer.remove()
+        except AgentError as exc:
+            log.warning("%s", exc)
+
+
 async def pet(notifier: Notifier, lock: WriterLock, interval_s: float) -> None:
     """Pet systemd's watchdog from the event loop itself, so a blocked loop stops the
     petting; and not while a change has held the engine's lock for a whole watchdog
@@ -178,6 +212,8 @@ async def run(config: AgentConfig, board: HardwareProfile, opts: RunOptions) -> 
                           tg.create_task(telemetry(), name="telemetry")]
             if kube is not None:
                 tasks.append(tg.create_task(kube.run_forever(), name="kube"))
+            if config.metrics is not None:
+                tasks.append(tg.create_task(write_metrics(engine, config), name="metrics"))
             if notifier.watchdog_s is not None:
                 tasks.append(tg.create_task(pet(notifier, engine.lock, notifier.watchdog_s),
                                             name="watchdog"))

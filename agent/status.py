@@ -84,6 +84,9 @@ class JobFigures:
     misses: int
     max_response_us: int
     p99_response_us: int = 0
+    response_sum_us: int = 0
+    response_buckets: tuple[tuple[int, int], ...] = ()
+    """(le_us, jobs that responded within it), cumulative, as Prometheus histograms."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +96,21 @@ class PartitionHealth:
     """Stopped by the health monitor; a new mission generation starts it again."""
     counters: dict[str, int]
     jobs: dict[str, JobFigures]
+    actions: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Health verdicts so far: error kind -> action taken -> count."""
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionTotals:
+    """Cumulative figures of the partition's cgroup since it was made (counters restart
+    with a new group), and what it holds now."""
+
+    cpu_used_s: float
+    periods: int
+    throttled_periods: int
+    throttled_s: float
+    memory_bytes: int | None
+    pids: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +173,7 @@ class PartitionStatus:
     usage: Usage | None
     health: PartitionHealth
     workloads: list[WorkloadStatus]
+    totals: PartitionTotals | None = None
 
 
 @dataclass(frozen=True, slots=True)

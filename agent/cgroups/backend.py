@@ -55,6 +55,16 @@ class CpuSample:
     throttled_ns: int
 
 
+@dataclass(frozen=True)
+class ResourceUse:
+    """Memory and tasks a partition holds at one instant (its workloads included)."""
+
+    memory_bytes: int
+    """Charged memory (v1 ``memory.usage_in_bytes``, v2 ``memory.current``)."""
+    pids: int
+    """Tasks (threads) in the group (``pids.current``)."""
+
+
 class CgroupBackend(Protocol):
     """Manages the agent's subtree of cgroups: partitions, their workloads, the agent."""
 
@@ -166,6 +176,10 @@ class CgroupBackend(Protocol):
 
     def cpu_sample(self, partition: str) -> CpuSample:
         """Cumulative CPU counters of a partition."""
+        ...
+
+    def resource_use(self, partition: str) -> ResourceUse:
+        """Memory and tasks the partition holds now."""
         ...
 
 

@@ -16,6 +16,7 @@ from agent.cgroups.backend import (
     AGENT_GROUP,
     CpuSample,
     PartitionLimits,
+    ResourceUse,
     partition_dir,
     workload_dir,
 )
@@ -387,3 +388,9 @@ class V1Backend:
             nr_throttled=stat.get("nr_throttled", 0),
             throttled_ns=stat.get("throttled_time", 0),
         )
+
+    def resource_use(self, partition: str) -> ResourceUse:
+        pdir = partition_dir(partition)
+        return ResourceUse(
+            memory_bytes=int(self.fs.read(self._dir("memory", pdir) / "memory.usage_in_bytes")),
+            pids=int(self.fs.read(self._dir("pids", pdir) / "pids.current")))

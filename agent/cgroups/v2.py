@@ -28,6 +28,7 @@ from agent.cgroups.backend import (
     AGENT_GROUP,
     CpuSample,
     PartitionLimits,
+    ResourceUse,
     partition_dir,
     workload_dir,
 )
@@ -300,3 +301,8 @@ class V2Backend:
             nr_throttled=stat.get("nr_throttled", 0),
             throttled_ns=stat.get("throttled_usec", 0) * 1000,
         )
+
+    def resource_use(self, partition: str) -> ResourceUse:
+        d = self._dir(partition_dir(partition))
+        return ResourceUse(memory_bytes=int(self.fs.read(d / "memory.current")),
+                           pids=int(self.fs.read(d / "pids.current")))

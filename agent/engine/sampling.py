@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 
-from agent.cgroups import CgroupBackend, CpuSample, PartitionLimits
+from agent.cgroups import CgroupBackend, CpuSample, PartitionLimits, ResourceUse
 from agent.engine.platform import Runner, Windows
 from agent.errors import AgentError
 from agent.health.monitor import HealthMonitor
@@ -23,12 +23,19 @@ class Sampler:
         self.backend, self.monitor, self.windows = backend, monitor, windows
         self.clock, self.log_max_bytes = clock, log_max_bytes
         self.usage: dict[str, Usage] = {}
+        self.resources: dict[str, ResourceUse] = {}
         self._samples: dict[str, tuple[float, CpuSample]] = {}
+
+    def totals(self, partition: str) -> CpuSample | None:
+        """The partition's cumulative CPU counters at the last sample."""
+        s = self._samples.get(partition)
+        return None if s is None else s[1]
 
     def forget(self, partition: str) -> None:
         """The partition's group went: a new one's counters start again from zero."""
         self._samples.pop(partition, None)
         self.usage.pop(partition, None)
+        self.resources.pop(partition, None)
 
     def sample(self, desired: dict[str, DesiredPartition],
                present: dict[str, PartitionLimits], runners: Iterable[Runner]) -> None:
@@ -51,6 +58,7 @@ class Sampler:
                 self.monitor.on_usage(p, self.usage[p])
             try:
                 self.monitor.on_counters(p, self.backend.counters(p))
+                self.resources[p] = self.backend.resource_use(p)
             except AgentError as exc:
                 log.warning("cannot read counters of %s: %s", p, exc)
             win = self.windows.stats.get(p)

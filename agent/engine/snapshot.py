@@ -17,6 +17,7 @@ from agent.status import (
     MqttStatus,
     PartitionHealth,
     PartitionStatus,
+    PartitionTotals,
     SourcesStatus,
     Status,
     TimingAssumptions,
@@ -56,6 +57,16 @@ def _timed(e: Engine, partition: str, ws: WorkloadStatus, spec: Partition | None
     return replace(ws, timing=t)
 
 
+def _totals(e: Engine, partition: str) -> PartitionTotals | None:
+    cpu = e.sampler.totals(partition)
+    if cpu is None:
+        return None
+    res = e.sampler.resources.get(partition)
+    return PartitionTotals(cpu.usage_ns / 1e9, cpu.nr_periods, cpu.nr_throttled,
+                           cpu.throttled_ns / 1e9, res.memory_bytes if res else None,
+                           res.pids if res else None)
+
+
 def build_status(e: Engine) -> Status:
     env = e.timing_env()
     parts = []
@@ -76,7 +87,8 @@ def build_status(e: Engine) -> Status:
             usage=e.usage.get(name), health=health,
             workloads=[_timed(e, name, r.status(), spec, health)
                        for _, r in sorted(e.runners.get(name, {}).items())]
-            + [WorkloadStatus(w, "orphan") for w in sorted(e.orphans.get(name, {}))]))
+            + [WorkloadStatus(w, "orphan") for w in sorted(e.orphans.get(name, {}))],
+            totals=_totals(e, name)))
     return Status(
         board=e.board.name,
         cgroup=CgroupStatus(e.backend.version, e.backend.prefix),

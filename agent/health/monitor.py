@@ -56,6 +56,8 @@ class HealthMonitor:
         self.saturation: dict[str, SaturationDetector] = {}
         self.jobs: dict[tuple[str, str], JobStats] = {}
         self.counters: dict[str, dict[str, int]] = {}
+        self.actions: dict[str, dict[str, dict[str, int]]] = {}
+        """partition -> error kind -> action -> verdicts (for metrics)."""
         self.outside_ns: dict[str, int] = {}
         self.stopped: set[str] = set()
         """Partitions the monitor stopped; a new mission generation re-arms them."""
@@ -162,6 +164,8 @@ class HealthMonitor:
                               or not isinstance(action, Log) else "warning")
         self.events.emit(f"health.{kind}", subject, f"{cause} -> {action}", severity,
                          partition=partition, workload=workload)
+        by_kind = self.actions.setdefault(partition, {}).setdefault(kind.value, {})
+        by_kind[str(action)] = by_kind.get(str(action), 0) + 1
         if isinstance(action, Log) or (isinstance(action, RestartWorkload)
                                        and kind is ErrorKind.CRASH):
             return  # the event is the action; a crash's restart is its policy's
@@ -178,5 +182,7 @@ class HealthMonitor:
         return PartitionHealth(
             saturated=bool(det and det.flagged), stopped=partition in self.stopped,
             counters=dict(self.counters.get(partition, {})),
-            jobs={w: JobFigures(s.jobs, s.misses, s.max_response_us, s.p99_us())
-                  for (p, w), s in self.jobs.items() if p == partition})
+            jobs={w: JobFigures(s.jobs, s.misses, s.max_response_us, s.p99_us(),
+                                s.response_sum_us, s.cumulative())
+                  for (p, w), s in self.jobs.items() if p == partition},
+            actions={k: dict(v) for k, v in self.actions.get(partition, {}).items()})

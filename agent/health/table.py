@@ -22,6 +22,7 @@ budget by the kernel; the event is the flag a person (or a stricter table) acts 
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import deque
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -177,6 +178,10 @@ class SaturationDetector:
 
 
 RECENT_JOBS = 2_000
+RESPONSE_BUCKETS_US = (100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000,
+                       100_000, 250_000, 1_000_000)
+"""Upper bounds of the response-time histogram (Prometheus ``le``): the same for every
+workload, so a fleet's histograms add up; a workload's deadline is its own gauge."""
 
 
 @dataclass
@@ -186,6 +191,9 @@ class JobStats:
     jobs: int = 0
     misses: int = 0
     max_response_us: int = 0
+    response_sum_us: int = 0
+    buckets: list[int] = field(default_factory=lambda: [0] * len(RESPONSE_BUCKETS_US))
+    """Jobs per histogram bucket (not cumulative; above the last bound: jobs - sum)."""
     recent: deque[int] = field(default_factory=lambda: deque(maxlen=RECENT_JOBS))
     """The last responses, for a percentile (bounded memory per workload)."""
 
@@ -193,10 +201,22 @@ class JobStats:
         """Count one job; True when it missed its deadline."""
         self.jobs += 1
         self.max_response_us = max(self.max_response_us, response_us)
+        self.response_sum_us += response_us
+        i = bisect_left(RESPONSE_BUCKETS_US, response_us)
+        if i < len(self.buckets):
+            self.buckets[i] += 1
         self.recent.append(response_us)
         missed = response_us > deadline_us
         self.misses += missed
         return missed
+
+    def cumulative(self) -> tuple[tuple[int, int], ...]:
+        """(le_us, jobs at or under it) per bound, as a Prometheus histogram counts."""
+        out, total = [], 0
+        for le, n in zip(RESPONSE_BUCKETS_US, self.buckets, strict=True):
+            total += n
+            out.append((le, total))
+        return tuple(out)
 
     def p99_us(self) -> int:
         """99th percentile of the recent responses (0 before any)."""

@@ -6,7 +6,7 @@ import socket
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from agent.models._base import Frozen, Name
 
@@ -86,6 +86,22 @@ class KubeConfig(Frozen):
     """Longest wait between reconnection attempts (jittered exponential backoff)."""
 
 
+class MetricsConfig(Frozen):
+    """Prometheus metrics through node_exporter's textfile collector (docs/operations.md)."""
+
+    textfile_dir: Path
+    """Directory node_exporter reads ``*.prom`` files from (Debian's package:
+    ``/var/lib/prometheus/node-exporter``); the agent replaces ``sortie.prom`` there every
+    accounting period and removes it when it stops."""
+
+    @field_validator("textfile_dir")
+    @classmethod
+    def _absolute(cls, v: Path) -> Path:
+        if not v.is_absolute():
+            raise ValueError("must be an absolute path")
+        return v
+
+
 class AgentConfig(Frozen):
     """Where the agent finds its board, its missions and its state."""
 
@@ -131,6 +147,8 @@ class AgentConfig(Frozen):
     """Planner link over MQTT; ``None``: no MQTT."""
     kube: KubeConfig | None = None
     """Kubernetes control plane; ``None``: not a Kubernetes node."""
+    metrics: MetricsConfig | None = None
+    """Prometheus metrics for node_exporter; ``None``: none (no port is ever opened)."""
     stop_workloads_on_exit: bool = False
     """Stop every workload and remove the cgroups when the agent exits on a signal.
 
