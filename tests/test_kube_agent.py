@@ -24,6 +24,7 @@ from agent.engine.state import StateStore
 from agent.models import AgentConfig, HardwareProfile
 from agent.models.config import KubeConfig
 from agent.sources.kube.source import KubeSource
+from simulator.kubeapi.rbac import Authorizer
 from tests.conftest import CGROUP_ROOT, REPO, needs_root_v1
 from tests.helpers import mission_doc, partition, wait_for, wait_for_sync, workload
 from tests.kubesim import CRD, Cluster, cluster, kubectls
@@ -36,11 +37,11 @@ NODE = "test"
 
 
 def profile(name: str, generation: int, *parts: dict[str, Any],
-            target: dict[str, Any] | None = None) -> str:
+            target: dict[str, Any] | None = None, namespace: str = "default") -> str:
     spec = {"target": target or {"nodeName": NODE},
             **mission_doc(*(parts or (partition("p"),)), name=name, generation=generation)}
     return yaml.safe_dump({"apiVersion": "sortie.dev/v1alpha1", "kind": "MissionProfile",
-                           "metadata": {"name": name, "namespace": "default"}, "spec": spec})
+                           "metadata": {"name": name, "namespace": namespace}, "spec": spec})
 
 
 def cgroup_of(pid: int) -> str:
@@ -75,7 +76,8 @@ async def fly(c: Cluster, engine: Engine, doc: str) -> None:
 
 def kube_cfg(c: Cluster, **over: Any) -> KubeConfig:
     over.setdefault("namespaces", ["default"])
-    return KubeConfig(kubeconfig=c.kubeconfig, status_period_s=0.5, lease_renew_s=0.5,
+    over.setdefault("kubeconfig", c.kubeconfig)
+    return KubeConfig(status_period_s=0.5, lease_renew_s=0.5,
                       watch_timeout_s=5, backoff_max_s=0.5, **over)
 
 
@@ -484,6 +486,55 @@ async def test_a_missing_crd_is_named_once_with_the_command_that_mends_it(
             await asyncio.gather(task, return_exceptions=True)
             await src.close()
             await engine.shutdown(teardown=True)
+
+
+def board_rbac(node: str) -> Authorizer:
+    """What docs/kube/rbac.yaml grants the board NODE's ServiceAccount."""
+    docs = list(yaml.safe_load_all((REPO / "docs" / "kube" / "rbac.yaml").read_text()
+                                   .replace("BOARD", node)))
+    return Authorizer.from_manifests(docs, "sortie-missions", f"sortie-board-{node}")
+
+
+async def test_the_shipped_rbac_is_what_a_board_needs_and_no_more(
+        tmp_path: Path, agent_config: AgentConfig, board: HardwareProfile) -> None:
+    with cluster(tmp_path) as c:
+        await kubectl(c, "apply", "-f", str(CRD))
+        await kubectl(c, "create", "namespace", "sortie-missions")
+        c.server.add_subject("board-token", board_rbac(NODE))
+        as_board = c.server.kubeconfig(tmp_path / "board.kubeconfig", token="board-token")
+        async with on_cluster(c, agent_config, board, kubeconfig=as_board,
+                              namespaces=["sortie-missions"]) as (engine, src):
+            await kubectl(c, "apply", "-f", "-", stdin=profile(
+                "survey", 1, partition("nav", workloads=[workload("w")]),
+                namespace="sortie-missions"))
+            await wait_for(lambda: engine.mission is not None and all(pids(engine).values()),
+                           10)
+            await wait_for(lambda: (c.get_json("missionprofile", "survey", "-n",
+                                               "sortie-missions").get("status") or {})
+                           .get("partitions", {}).get("nav", {}).get("usedPercent")
+                           is not None, 10, 0.2)
+            await wait_for(lambda: src.count.events_sent > 0, 10)
+            assert src.count.errors == 0
+            assert [e for e in c.server.log if e[2] == 403] == []
+        # kubectl auth can-i (a SelfSubjectAccessReview) as the board: what it must not do.
+        board_kubectl = Cluster(c.server, as_board, c.kubectl_bin)
+        for verb, what, ns, allowed in (
+                ("watch", "missionprofiles.sortie.dev", "sortie-missions", "yes"),
+                ("patch", "missionprofiles.sortie.dev --subresource=status", "sortie-missions",
+                 "yes"),
+                ("update", "missionprofiles.sortie.dev", "sortie-missions", "no"),
+                ("list", "missionprofiles.sortie.dev", "default", "no"),
+                ("get", "secrets", "sortie-missions", "no"),
+                ("create", "pods", "sortie-missions", "no"),
+                ("patch", "nodes/other-board", "", "no"),
+                ("patch", f"nodes/{NODE}", "", "yes")):
+            args = ["auth", "can-i", verb, *what.split()] + (["-n", ns] if ns else [])
+            got = board_kubectl.kubectl(*args, check=False).stdout.strip()
+            assert got == allowed, (args, got)
+        # ...and the server holds it to that: another board's node is forbidden.
+        denied = board_kubectl.kubectl("patch", "node", "other-board", "-p", "{}",
+                                       check=False)
+        assert denied.returncode != 0 and "forbidden" in denied.stderr, denied.stderr
 
 
 def test_what_no_retry_cures_is_said_in_words() -> None:

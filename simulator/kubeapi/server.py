@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from simulator.kubeapi import certs, discovery, schema, tables
+from simulator.kubeapi import certs, discovery, rbac, schema, tables
 from simulator.kubeapi.errors import ApiStatus
 from simulator.kubeapi.selectors import matches_fields, matches_labels
 from simulator.kubeapi.store import Change, ResourceType, Store
@@ -132,10 +132,16 @@ class Handler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
 
     def _authorize(self) -> None:
+        """Authenticate: the admin token may do anything; a subject's token is held to its
+        RBAC (``self.rbac``)."""
+        self.rbac: rbac.Authorizer | None = None
         token = self.server.token
         if token is None or self.path in ("/healthz", "/readyz", "/livez"):
             return
-        if self.headers.get("Authorization") != f"Bearer {token}":
+        given = self.headers.get("Authorization", "").removeprefix("Bearer ")
+        if given in self.server.subjects:
+            self.rbac = self.server.subjects[given]
+        elif given != token:
             raise ApiStatus(401, "Unauthorized", "Unauthorized")
 
     def _inject_fault(self, path: str) -> None:
@@ -180,6 +186,9 @@ class Handler(BaseHTTPRequestHandler):
                 raise ApiStatus(404, "NotFound", "the server could not find the requested "
                                 "resource")
             return self._send(200, discovery.openapi_v3_doc(group, version, rts))
+        if path == "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews" \
+                and self.command == "POST":
+            return self._send(201, rbac.access_review(self.rbac, self._body()))
         parts = path.strip("/").split("/")
         if parts[0] == "api" and len(parts) >= 2:
             group, version, rest = "", parts[1], parts[2:]
@@ -193,6 +202,8 @@ class Handler(BaseHTTPRequestHandler):
             group, version, rest = parts[1], parts[2], parts[3:]
         else:
             raise ApiStatus(404, "NotFound", "the server could not find the requested resource")
+        if rest and self.rbac is not None:
+            self._authorize_resource(group, rest, query)
         gv_types = discovery.group_versions(types).get((group, version))
         if gv_types is None:
             raise ApiStatus(404, "NotFound", "the server could not find the requested resource")
@@ -209,6 +220,19 @@ class Handler(BaseHTTPRequestHandler):
             raise ApiStatus(404, "NotFound", f"the server could not find the requested "
                             f"resource ({rest[0]}/{sub})")
         self._verb(rt, ns, name, sub, query)
+
+    def _authorize_resource(self, group: str, rest: list[str], query: dict[str, str]) -> None:
+        """Before routing, as the real server's filter chain does: a request the subject
+        may not make is 403 even for a resource that does not exist. The path is read as
+        its RequestInfoFactory reads it: [namespaces/NS/]RESOURCE[/NAME[/SUBRESOURCE]]."""
+        assert self.rbac is not None
+        ns: str | None = None
+        if rest[0] == "namespaces" and len(rest) >= 3:
+            ns, rest = rest[1], rest[2:]
+        name = rest[1] if len(rest) > 1 else ""
+        sub = rest[2] if len(rest) > 2 else ""
+        verb = rbac.verb_of(self.command, name or None, query.get("watch") in ("true", "1"))
+        self.rbac.check(rbac.Attributes(verb, group, rest[0], sub, ns, name))
 
     def _verb(self, rt: ResourceType, ns: str | None, name: str | None, sub: str | None,
               query: dict[str, str]) -> None:
@@ -346,6 +370,9 @@ class KubeApiServer(ThreadingHTTPServer):
                  tls: bool | None = None) -> None:
         super().__init__(("127.0.0.1", port), Handler)
         self.token = token
+        """The admin's token: it may do anything (cluster-admin)."""
+        self.subjects: dict[str, rbac.Authorizer] = {}
+        """Other tokens, each held to its subject's RBAC (``add_subject``)."""
         self.ca_pem: bytes | None = None
         self._tls: ssl.SSLContext | None = None
         if tls if tls is not None else token is not None:
@@ -418,8 +445,15 @@ class KubeApiServer(ThreadingHTTPServer):
         self.server_activate()
         return self.start()
 
-    def kubeconfig(self, path: Path, namespace: str = "default") -> Path:
-        user: dict[str, Any] = {"token": self.token} if self.token else {}
+    def add_subject(self, token: str, authorizer: rbac.Authorizer) -> None:
+        if self.token is None:
+            raise ValueError("subjects need an admin token (a server without one is open)")
+        self.subjects[token] = authorizer
+
+    def kubeconfig(self, path: Path, namespace: str = "default",
+                   token: str | None = None) -> Path:
+        token = token or self.token
+        user: dict[str, Any] = {"token": token} if token else {}
         doc = {"apiVersion": "v1", "kind": "Config", "current-context": "sim",
                "clusters": [{"name": "sim", "cluster": {"server": self.url} | (
                    {"certificate-authority-data": base64.b64encode(self.ca_pem).decode()}
