@@ -141,6 +141,44 @@ def pids_line() -> None:
     say("SORTIE-PIDS " + json.dumps({"agent": main_pid(), "workloads": pids}))
 
 
+def audit_line() -> bool:
+    """``SORTIE-AUDIT {json}``: the built image's posture, as `sortie audit` says it."""
+    r = subprocess.run(["/usr/local/bin/sortie", "audit", "-o", "json", "--offline"],
+                       capture_output=True, text=True, check=False, timeout=60)
+    try:
+        doc = json.loads(r.stdout)
+    except ValueError:
+        say(f"SORTIE-GUEST audit failed rc={r.returncode}: {r.stderr.strip()[-300:]}")
+        return True
+    say("SORTIE-AUDIT " + json.dumps({"rc": r.returncode, **doc}))
+    return True
+
+
+def time_restart(old: int, frozen_at: float, timeout_s: float = 60) -> None:
+    """How long systemd's watchdog takes to replace a hung agent, and the new agent to
+    adopt the mission (its socket answers with every workload running)."""
+    from agent.api.client import call
+    end = frozen_at + timeout_s
+    restarted = None
+    while time.monotonic() < end:
+        pid = main_pid()
+        if restarted is None and pid not in (0, old):
+            restarted = time.monotonic()
+        if restarted is not None:
+            try:
+                st = call(SOCKET, {"op": "status"}, 1.0)["status"]
+            except Exception:  # not listening yet
+                st = None
+            if st and st.get("mission") and all(
+                    w.get("state") == "running" for p in st.get("partitions", [])
+                    for w in p.get("workloads", [])):
+                say(f"SORTIE-GUEST watchdog restart after {restarted - frozen_at:.2f} s, "
+                    f"mission adopted after {time.monotonic() - frozen_at:.2f} s")
+                return
+        time.sleep(0.05)
+    say("SORTIE-GUEST watchdog restart not seen")
+
+
 def report_under_systemd(run_s: float, report_s: float, freeze_s: float = 0) -> None:
     """Disk boots: systemd runs the agent (sortie.service); this only reports, and after
     ``run_s`` stops the service and powers the guest off the way a board would.
@@ -148,16 +186,19 @@ def report_under_systemd(run_s: float, report_s: float, freeze_s: float = 0) -> 
     restart it, and the restarted agent adopt the workloads)."""
     say(f"SORTIE-GUEST systemd uptime={uptime():.2f}s run_s={run_s or 'forever'}")
     start = time.monotonic()
-    frozen = False
+    frozen = audited = False
     while run_s <= 0 or time.monotonic() - start < run_s:
         report_once()
         pids_line()
+        if not audited and SOCKET.exists():
+            audited = audit_line()
         if freeze_s and not frozen and time.monotonic() - start >= freeze_s:
             pid = main_pid()
             if pid:
                 os.kill(pid, signal.SIGSTOP)
                 frozen = True
                 say(f"SORTIE-GUEST froze agent pid {pid}")
+                time_restart(pid, time.monotonic())
         time.sleep(report_s)
     subprocess.run(["systemctl", "stop", "sortie.service"], check=False)
     rc = subprocess.run(["systemctl", "show", "-p", "ExecMainStatus", "--value",

@@ -12,10 +12,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from simulator.kubeapi.rbac import Authorizer
 from simulator.kubeapi.server import KubeApiServer
 
 REPO = Path(__file__).resolve().parents[1]
 CRD = REPO / "docs" / "kube" / "missionprofile-crd.yaml"
+
+
+def board_rbac(node: str) -> Authorizer:
+    """What docs/kube/rbac.yaml grants the board NODE's ServiceAccount."""
+    docs = list(yaml.safe_load_all((REPO / "docs" / "kube" / "rbac.yaml").read_text()
+                                   .replace("BOARD", node)))
+    return Authorizer.from_manifests(docs, "sortie-missions", f"sortie-board-{node}")
 
 
 def kubectls() -> list[tuple[str, str]]:

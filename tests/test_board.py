@@ -296,6 +296,14 @@ def test_the_image_boots_and_flies_its_baked_mission_on_cgroup_v2(
     assert disk.last is not None and disk.last["mission"] == {"name": "qemu-check",
                                                              "generation": 1}
     assert all(p["workloads"] == {"hog": "running"} for p in disk.last["partitions"])
+    # The built image's posture under its own systemd: nothing fails.
+    (audit,) = [json.loads(line.split("SORTIE-AUDIT ", 1)[1]) for line in disk.console
+                if "SORTIE-AUDIT " in line]
+    failed = [f for f in audit["findings"] if f["level"] == "FAIL"]
+    assert audit["rc"] == 0 and not failed, failed
+    print(f"{board}: sortie audit in the guest: {audit['summary']}; warnings: "
+          + "; ".join(f"{f['id']} {f['reason']}" for f in audit["findings"]
+                      if f["level"] == "WARN"))
     print(f"{board}: disk boot through systemd, first status {disk.first_status_s:.1f} s")
     if board != "qemu-x86_64.yaml":
         return  # the exclusive-core check once is enough for the CI budget
@@ -311,8 +319,10 @@ def test_the_image_boots_and_flies_its_baked_mission_on_cgroup_v2(
     after = [p for p in pids if p["agent"] not in (old, 0)]
     assert before and after, "\n".join(hung.console[-60:])
     assert after[-1]["workloads"] == before[-1]["workloads"], (before[-1], after[-1])
+    (timed,) = [line for line in hung.console if "watchdog restart after" in line]
     print(f"{board}: agent {old} frozen, restarted by systemd's watchdog as "
-          f"{after[-1]['agent']}; workloads kept {after[-1]['workloads']}")
+          f"{after[-1]['agent']}; workloads kept {after[-1]['workloads']}; "
+          + timed.split("SORTIE-GUEST ", 1)[1])
     # The other baked mission: a DAL A partition alone on core 1 as an exclusive cpuset
     # partition: the kernel must say "root" (Linux 6.1 needs the prefix to be one too).
     excl = booting.boot(out, run_s=36, timeout_s=200, report_s=3, mission="exclusive-check")

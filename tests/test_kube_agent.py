@@ -24,10 +24,9 @@ from agent.engine.state import StateStore
 from agent.models import AgentConfig, HardwareProfile
 from agent.models.config import KubeConfig
 from agent.sources.kube.source import KubeSource
-from simulator.kubeapi.rbac import Authorizer
 from tests.conftest import CGROUP_ROOT, REPO, needs_root_v1
 from tests.helpers import mission_doc, partition, wait_for, wait_for_sync, workload
-from tests.kubesim import CRD, Cluster, cluster, kubectls
+from tests.kubesim import CRD, Cluster, board_rbac, cluster, kubectls
 
 pytestmark = needs_root_v1
 
@@ -486,13 +485,6 @@ async def test_a_missing_crd_is_named_once_with_the_command_that_mends_it(
             await asyncio.gather(task, return_exceptions=True)
             await src.close()
             await engine.shutdown(teardown=True)
-
-
-def board_rbac(node: str) -> Authorizer:
-    """What docs/kube/rbac.yaml grants the board NODE's ServiceAccount."""
-    docs = list(yaml.safe_load_all((REPO / "docs" / "kube" / "rbac.yaml").read_text()
-                                   .replace("BOARD", node)))
-    return Authorizer.from_manifests(docs, "sortie-missions", f"sortie-board-{node}")
 
 
 async def test_the_shipped_rbac_is_what_a_board_needs_and_no_more(

@@ -1,4 +1,5 @@
-"""The board-side commands: run, check, plan, status, mode, image, schema, hw detect."""
+"""The board-side commands: run, check, plan, status, audit, mode, image, schema, hw
+detect."""
 
 from __future__ import annotations
 
@@ -148,6 +149,26 @@ def cmd_status(args: argparse.Namespace) -> int:
         from agent.status import parse
         print(render_status(parse(status)))
     return EXIT_OK
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from agent.audit.findings import Report
+    from agent.audit.gather import gather
+    from agent.audit.rules import judge
+    from agent.cli.common import DEFAULT_CONFIG
+
+    path = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+    config = load_config(args.config)
+    if os.geteuid() != 0:
+        print("sortie audit: not root: the state, the agent's environment and its "
+              "workloads' processes cannot all be read; findings may be incomplete",
+              file=sys.stderr)
+    report = Report(judge(gather(config, path, offline=args.offline)))
+    if args.output:
+        emit(report.to_json(), args.output)
+    else:
+        print(report.render())
+    return report.exit_code
 
 
 def cmd_mode(args: argparse.Namespace) -> int:

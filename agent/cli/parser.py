@@ -93,6 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="directory for timing-report.md and timing.png")
     rp.set_defaults(func=cmd.cmd_report)
 
+    au = sub.add_parser("audit", help="the board's security and determinism posture: "
+                        "PASS / WARN / FAIL per check (exit 1 when any fails)")
+    common(au)
+    au.add_argument("-o", "--output", choices=["json"], help="machine-readable output")
+    au.add_argument("--offline", action="store_true",
+                    help="do not contact the Kubernetes API server")
+    au.set_defaults(func=cmd.cmd_audit)
+
     mo = sub.add_parser("mode", help="switch the window schedule (mode) at the next "
                         "major-frame boundary")
     common(mo)

@@ -28,6 +28,8 @@ RESOURCES: dict[str, Any] = {
     "Lease": create_namespaced_resource("coordination.k8s.io", "v1", "Lease", "leases"),
     "Event": create_namespaced_resource("", "v1", "Event", "events"),
     KIND: create_namespaced_resource(GROUP, VERSION, KIND, PLURAL),
+    "SelfSubjectAccessReview": create_global_resource(
+        "authorization.k8s.io", "v1", "SelfSubjectAccessReview", "selfsubjectaccessreviews"),
 }
 
 
@@ -142,6 +144,17 @@ class KubeApi:
                                                       patch_type=PatchType.MERGE))
         except Exception as exc:
             raise _translate(exc) from exc
+
+    async def access_review(self, attributes: dict[str, str]) -> bool:
+        """May these credentials do this (a SelfSubjectAccessReview; `sortie audit`)?"""
+        review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+                  "spec": {"resourceAttributes": attributes}}
+        try:
+            got = self._dict(await self.client.create(
+                RESOURCES["SelfSubjectAccessReview"].from_dict(review)))
+        except Exception as exc:
+            raise _translate(exc) from exc
+        return bool((got.get("status") or {}).get("allowed"))
 
     async def list_profiles(self) -> tuple[list[Obj], str]:
         it = self.client.list(RESOURCES[KIND], namespace=self.namespace or ALL_NS)
