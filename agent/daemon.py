@@ -69,7 +69,6 @@ async def write_metrics(engine: Engine, config: AgentConfig) -> None:
     """node_exporter's textfile, every accounting period. A directory that cannot be
     written is an event (once per cause, and once when it works again), never a stop."""
     assert config.metrics is not None
-    # Imported only when configured: prometheus_client costs ~1.4 MiB.
     from agent.metrics import AgentProcess, TextfileWriter, families, render
     writer = TextfileWriter(config.metrics.textfile_dir)
     failing: str | None = None

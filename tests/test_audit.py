@@ -74,6 +74,9 @@ def test_modes_owners_and_the_directories_above() -> None:
         PathFact("/srv/agent.yaml", "config", True, "file", 1000, 0o100644, (
             Ancestor("/srv", 0, 0o40777), Ancestor("/", 0, 0o40755))),
         PathFact("/etc/sortie/ca.pem", "certificate", False, required=True),
+        PathFact("/var/log/sortie/workloads", "logs", True, "dir", 0, 0o40755, ROOT_DIRS),
+        PathFact("/var/log/sortie/workloads/fc/w.log", "logs", True, "file", 0, 0o100644,
+                 ROOT_DIRS),
         PathFact("/tmp/x/state", "state", True, "dir", 0, 0o40700, (
             Ancestor("/tmp/x", 0, 0o40700), Ancestor("/tmp", 0, 0o41777)))])
     f = by_id(judge(wide))
@@ -85,6 +88,9 @@ def test_modes_owners_and_the_directories_above() -> None:
     assert "/srv (above /srv/agent.yaml) is writable by everyone" in f["2.1"].reason
     assert f["2.10"].level == "FAIL" and "ca.pem is missing" in f["2.10"].reason
     assert f["2.4"].level == "WARN" and "shared sticky directory" in f["2.4"].reason
+    assert f["2.8"].level == "WARN" and f["2.8"].reason == (
+        "/var/log/sortie/workloads/fc/w.log: every user can read this workload's log "
+        "(mode 0644)")  # the directory's 0755 alone lets no one read a log
     assert Report(list(f.values())).exit_code == 1
 
 

@@ -91,6 +91,9 @@ def paths(config: AgentConfig, config_path: Path | None) -> list[PathFact]:
         out.append(path_fact(config.report_dir, "reports"))
         out += [path_fact(s, "reports") for s in _children(config.report_dir, True)]
     out.append(path_fact(config.log_dir, "logs"))
+    for d in _children(config.log_dir):
+        out.append(path_fact(d, "logs"))
+        out += [path_fact(f, "logs") for f in _children(d) if f.suffix in (".log", ".1")]
     if config.mqtt is not None:
         m = config.mqtt
         out += [path_fact(p, "secret", True) for p in (m.password_file, m.key_file) if p]

@@ -113,8 +113,8 @@ def _path_problems(p: PathFact) -> list[tuple[Level, str]]:
         out.append(("FAIL", f"{p.path} is readable by others than root (mode {perm:04o})"))
     if p.role == "socket" and perm & 0o077:
         out.append(("FAIL", f"{p.path}: others than root may connect (mode {perm:04o})"))
-    if p.role == "logs" and p.kind == "dir" and perm & 0o005:
-        out.append(("WARN", f"{p.path}: every user can read the workloads' logs "
+    if p.role == "logs" and p.kind == "file" and perm & 0o004:
+        out.append(("WARN", f"{p.path}: every user can read this workload's log "
                             f"(mode {perm:04o})"))
     for a in p.ancestors:
         aperm = stat.S_IMODE(a.mode)
@@ -145,7 +145,7 @@ REMEDY: dict[PathRole, str] = {
     "socket": "the agent makes the socket 0600 root; restart it if the mode was changed",
     "reports": "the agent makes the directory 0711 root and each socket 0600 for its "
                "workload's user; restart it if they were changed",
-    "logs": "chown root:root; chmod 0750 the log directory",
+    "logs": "chown root:root and chmod 0640 the logs (the agent creates them so)",
     "secret": "chown root:root; chmod 0600",
     "certificate": "chown root:root; chmod 0644 (the key next to it 0600)",
     "kubeconfig": "chown root:root; chmod 0600",
