@@ -34,6 +34,31 @@ def options(cmdline: str) -> dict[str, str]:
     return dict(p.split("=", 1) for p in cmdline.split() if p.startswith("sortie.") and "=" in p)
 
 
+FW_CFG = Path("/sys/firmware/qemu_fw_cfg/by_name/opt/sortie.dev/options/raw")
+
+
+def host_options() -> str:
+    """What the host handed over: the kernel command line, and for a disk booted by its
+    own bootloader QEMU's fw_cfg entry (the bootloader's command line is the disk's)."""
+    text = Path("/proc/cmdline").read_text()
+    why = ""
+    if not FW_CFG.exists():
+        # The initramfs path has no modules (and may have no modprobe on its PATH).
+        try:
+            r = subprocess.run(["/sbin/modprobe", "qemu_fw_cfg"], capture_output=True,
+                               text=True, check=False)
+            why = r.stderr.strip()
+        except OSError as exc:
+            why = str(exc)
+    try:
+        text += " " + FW_CFG.read_text()
+    except OSError as exc:
+        if "sortie.report_s" not in text:
+            found = sorted(str(p) for p in Path("/sys/firmware").glob("qemu_fw_cfg/by_name/**"))
+            say(f"SORTIE-GUEST no options from the host: {exc}; {why}; fw_cfg: {found}")
+    return text
+
+
 def cpu_stat(prefix: str, partition: str) -> dict[str, int]:
     """The kernel's own counters for a partition (cgroup v2 cpu.stat): the host computes
     long-window shares from them, independent of the agent's accounting."""
@@ -141,17 +166,35 @@ def pids_line() -> None:
     say("SORTIE-PIDS " + json.dumps({"agent": main_pid(), "workloads": pids}))
 
 
+def cli_json(what: str, *args: str) -> Any:
+    """``sortie ARGS -o json`` in the guest; None (said on the console) when it fails."""
+    r = subprocess.run(["/usr/local/bin/sortie", *args, "-o", "json"], capture_output=True,
+                       text=True, check=False, timeout=60)
+    try:
+        return {"rc": r.returncode, "doc": json.loads(r.stdout)}
+    except ValueError:
+        say(f"SORTIE-GUEST {what} failed rc={r.returncode}: {r.stderr.strip()[-300:]}")
+        return None
+
+
 def audit_line() -> bool:
     """``SORTIE-AUDIT {json}``: the built image's posture, as `sortie audit` says it."""
-    r = subprocess.run(["/usr/local/bin/sortie", "audit", "-o", "json", "--offline"],
-                       capture_output=True, text=True, check=False, timeout=60)
-    try:
-        doc = json.loads(r.stdout)
-    except ValueError:
-        say(f"SORTIE-GUEST audit failed rc={r.returncode}: {r.stderr.strip()[-300:]}")
-        return True
-    say("SORTIE-AUDIT " + json.dumps({"rc": r.returncode, **doc}))
+    got = cli_json("audit", "audit", "--offline")
+    if got is not None:
+        say("SORTIE-AUDIT " + json.dumps({"rc": got["rc"], **got["doc"]}))
     return True
+
+
+def slots_line() -> bool:
+    """``SORTIE-SLOTS {json}``: the slots as the bootloader sees them; True once the
+    booted slot was marked good (sortie-mark-good.service ran)."""
+    got = cli_json("slot status", "slot", "status")
+    if got is None:
+        return True
+    st = got["doc"]
+    say("SORTIE-SLOTS " + json.dumps(st))
+    booted = st.get("booted")
+    return bool(booted) and st["good"].get(booted) and not st["tried"].get(booted)
 
 
 def time_restart(old: int, frozen_at: float, timeout_s: float = 60) -> None:
@@ -184,14 +227,17 @@ def report_under_systemd(run_s: float, report_s: float, freeze_s: float = 0) -> 
     ``run_s`` stops the service and powers the guest off the way a board would.
     ``freeze_s``: SIGSTOP the agent then, as a hang would (systemd's watchdog must
     restart it, and the restarted agent adopt the workloads)."""
-    say(f"SORTIE-GUEST systemd uptime={uptime():.2f}s run_s={run_s or 'forever'}")
+    slot = options(Path("/proc/cmdline").read_text()).get("sortie.slot", "-")
+    say(f"SORTIE-GUEST systemd uptime={uptime():.2f}s run_s={run_s or 'forever'} slot={slot}")
     start = time.monotonic()
-    frozen = audited = False
+    frozen = audited = slot_good = False
     while run_s <= 0 or time.monotonic() - start < run_s:
         report_once()
         pids_line()
         if not audited and SOCKET.exists():
             audited = audit_line()
+        if not slot_good:
+            slot_good = slots_line()
         if freeze_s and not frozen and time.monotonic() - start >= freeze_s:
             pid = main_pid()
             if pid:
@@ -209,7 +255,7 @@ def report_under_systemd(run_s: float, report_s: float, freeze_s: float = 0) -> 
 
 
 def main() -> None:
-    opts = options(Path("/proc/cmdline").read_text())
+    opts = options(host_options())
     if "--systemd" in sys.argv:
         report_under_systemd(float(opts.get("sortie.run_s", "0")),
                              float(opts.get("sortie.report_s", "5")),

@@ -8,6 +8,7 @@ import hashlib
 import json
 import lzma
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
+from agent import slots
 from agent.ground.board import booting, inputs, packing, rootfs
 from agent.ground.board.inputs import BoardError, check
 from agent.guest import options, summary
@@ -131,23 +133,78 @@ def test_initramfs_and_tree_digest_repeat_for_the_same_tree(tmp_path: Path) -> N
     assert "etc/sortie/agent.yaml" in listing and "bin/link" in listing
 
 
-def test_disk_image_holds_the_tree_in_an_ext4_partition(tmp_path: Path) -> None:
+def part_fs(img: Path, part: dict[str, Any], out: Path) -> Path:
+    subprocess.run(["dd", f"if={img}", f"of={out}", "bs=512", f"skip={part['start']}",
+                    f"count={part['size']}", "conv=sparse", "status=none"], check=True)
+    return out
+
+
+def test_the_disk_boots_by_itself_gpt_esp_two_slots_and_data(tmp_path: Path) -> None:
+    from agent.ground.board import uefi
     root = tmp_path / "root"
     small_tree(root)
+    esp = tmp_path / "esp.img"
+    uefi.esp_image(esp, packing.ESP_MIB, {
+        "/EFI/BOOT/BOOTX64.EFI": b"MZ-not-really-grub",
+        f"{uefi.PREFIX}/grub.cfg": uefi.grub_cfg("ttyS0").encode(),
+        f"{uefi.PREFIX}/grubenv": uefi.grubenv(uefi.INITIAL_ENV)}, "CAFE0001")
     img = tmp_path / "disk.img"
-    packing.disk_image(root, img, "seed")
+    layout = packing.disk_image(root, esp, img, "amd64", "seed",
+                                ("sortie-a", "sortie-b", "sortie-data"))
     table = json.loads(subprocess.run(["sfdisk", "--json", str(img)], capture_output=True,
                                       text=True, check=True).stdout)["partitiontable"]
-    part = table["partitions"][0]
-    assert part["start"] == 2048 and part["type"] == "83" and part.get("bootable")
-    fs = tmp_path / "fs.img"
-    subprocess.run(["dd", f"if={img}", f"of={fs}", "bs=1M", "skip=1", "status=none"], check=True)
-    got = subprocess.run(["debugfs", "-R", "cat /etc/sortie/agent.yaml", str(fs)],
+    assert table["label"] == "gpt"
+    parts = table["partitions"]
+    assert [p["name"] for p in parts] == ["esp", "rootfs-a", "rootfs-b", "data"]
+    assert parts[0]["type"] == packing.ESP_TYPE and parts[0]["start"] == 2048
+    assert parts[1]["type"] == parts[2]["type"] == packing.ROOT_TYPE["amd64"]
+    assert parts[1]["size"] == parts[2]["size"]  # an update fits the other slot
+    # The ESP: GRUB at the removable-media path, its config and a 1024-byte grubenv.
+    fat = part_fs(img, parts[0], tmp_path / "esp.fat")
+    env = {"MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/bin:/bin"}
+    listing = subprocess.run(["mdir", "-/", "-b", "-i", str(fat), "::/"], capture_output=True,
+                             text=True, check=True, env=env).stdout
+    assert "::/EFI/BOOT/BOOTX64.EFI" in listing and "::/EFI/sortie/grubenv" in listing
+    grubenv = subprocess.run(["mtype", "-i", str(fat), "::/EFI/sortie/grubenv"],
+                             capture_output=True, check=True, env=env).stdout
+    assert len(grubenv) == 1024 and b"ORDER=A B\nA_OK=1\nA_TRY=0\nB_OK=0\n" in grubenv
+    label = subprocess.run(["fatlabel", str(fat)], capture_output=True, text=True,
+                           check=True).stdout.strip()
+    assert label == uefi.ESP_LABEL
+    # Slot A holds the tree, slot B an empty file system, data is root's alone.
+    a = part_fs(img, parts[1], tmp_path / "a.ext4")
+    got = subprocess.run(["debugfs", "-R", "cat /etc/sortie/agent.yaml", str(a)],
                          capture_output=True, text=True, check=True).stdout
     assert got == "node_name: b1\n"
-    label = subprocess.run(["e2label", str(fs)], capture_output=True, text=True,
-                           check=True).stdout.strip()
-    assert label == "sortie-root"
+    for part, want in ((a, "sortie-a"), (part_fs(img, parts[2], tmp_path / "b.ext4"),
+                                         "sortie-b"),
+                       (part_fs(img, parts[3], tmp_path / "d.ext4"), "sortie-data")):
+        assert subprocess.run(["e2label", str(part)], capture_output=True, text=True,
+                              check=True).stdout.strip() == want
+    b_ls = subprocess.run(["debugfs", "-R", "ls -l /", str(tmp_path / "b.ext4")],
+                          capture_output=True, text=True, check=True).stdout
+    assert "etc" not in b_ls and "lost+found" in b_ls
+    d_stat = subprocess.run(["debugfs", "-R", "stat /", str(tmp_path / "d.ext4")],
+                            capture_output=True, text=True, check=True).stdout
+    assert "Mode:  0700" in d_stat and "User:     0" in d_stat
+    # Sparse: the empty slot and data cost (almost) nothing on disk, nor with bmap.
+    assert img.stat().st_blocks * 512 < layout["bytes"] // 2
+    bmap = packing.bmap(img)
+    doc = bmap.read_text()
+    assert "<MappedBlocksCount>" in doc and "<ChecksumType> sha256 </ChecksumType>" in doc
+
+
+def test_grub_picks_the_first_good_untried_slot_and_falls_back() -> None:
+    from agent.ground.board import uefi
+    cfg = uefi.grub_cfg("ttyAMA0", "sortie.x=1")
+    assert "load_env --file $prefix/grubenv" in cfg
+    assert "save_env --file $prefix/grubenv A_TRY B_TRY" in cfg
+    for slot, label in uefi.SLOT_LABELS.items():
+        assert f"root=LABEL={label} rw console=ttyAMA0" in cfg
+        assert f"rauc.slot={slot}" in cfg
+    from agent.slots import SlotError
+    with pytest.raises(SlotError, match="1024"):
+        uefi.grubenv({"X": "y" * 1100})
 
 
 def test_guest_reports_parse_and_qemu_gets_the_board_shape() -> None:
@@ -238,6 +295,22 @@ def build(board: str, out: Path) -> dict[str, Any]:
     return json.loads((out / "manifest.json").read_text())
 
 
+def with_grubenv(image: Path, into: Path, env: dict[str, str]) -> Path:
+    """A copy of a built image whose disk carries another GRUB environment block."""
+    into.mkdir()
+    for f in image.iterdir():
+        if f.name == "disk.img":
+            subprocess.run(["cp", "--sparse=always", str(f), str(into / f.name)], check=True)
+        else:
+            os.link(f, into / f.name)
+    block = into / "grubenv"
+    block.write_bytes(slots.render(env))
+    subprocess.run(["mcopy", "-o", "-i", f"{into / 'disk.img'}@@{packing.PARTITION_OFFSET}",
+                    str(block), "::/EFI/sortie/grubenv"], check=True,
+                   env={"MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/bin:/bin"})
+    return into
+
+
 def long_window_shares(statuses: list[dict[str, Any]]) -> dict[str, tuple[float, float]]:
     """Per partition (measured share, budget) between the first and last status with
     counters, from the kernel's usage_usec and the guest's uptime."""
@@ -254,7 +327,7 @@ def long_window_shares(statuses: list[dict[str, Any]]) -> dict[str, tuple[float,
 
 
 @pytest.mark.qemu
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1200)
 @pytest.mark.parametrize("board", ["qemu-x86_64.yaml", "qemu-virt-aarch64.yaml"])
 def test_the_image_boots_and_flies_its_baked_mission_on_cgroup_v2(
         tmp_path: Path, board: str) -> None:
@@ -287,9 +360,28 @@ def test_the_image_boots_and_flies_its_baked_mission_on_cgroup_v2(
     assert rebuilt["rootfs_tree_sha256"] == manifest["rootfs_tree_sha256"]
     assert hashlib.sha256(json.dumps(rebuilt["packages"]).encode()).digest() == \
         hashlib.sha256(json.dumps(manifest["packages"]).encode()).digest()
-    # The flashable disk, booted as a board boots it: systemd starts sortie.service.
-    disk = booting.boot(out, run_s=40, timeout_s=300, report_s=5, disk=True)
+    # The flashable disk, booted as a board boots it: UEFI firmware, GRUB from the EFI
+    # system partition, slot A's kernel and initrd, systemd, sortie.service.
+    disk = booting.boot(out, run_s=40, timeout_s=400, report_s=5, disk=True)
     assert disk.clean and disk.agent_rc == 0, "\n".join(disk.console[-60:])
+    assert "-kernel" not in disk.command and any("if=pflash" in a for a in disk.command)
+    console = re.sub(r"\x1b\[[0-9;=?]*[A-Za-z]", "", "\n".join(disk.console))  # colours
+    assert "sortie: booting slot A" in console, console[-3000:]  # GRUB's own line
+    assert "slot=A" in console
+    assert "Started sortie.service" in console or "Started Sortie mission agent" in \
+        console, console[-3000:]  # systemd's status line, when READY=1 came
+    # Boot counting closes: the booted slot was marked good once the mission flew.
+    marks = [json.loads(line.split("SORTIE-SLOTS ", 1)[1]) for line in disk.console
+             if "SORTIE-SLOTS " in line]
+    assert marks and marks[-1]["booted"] == "A", marks
+    assert marks[-1]["good"]["A"] and not marks[-1]["tried"]["A"], marks[-1]
+    # The same disk with the kernel handed over by QEMU: what the firmware costs.
+    direct = booting.boot(out, run_s=30, timeout_s=300, report_s=3, disk=True, direct=True)
+    assert direct.clean and direct.first_status_s is not None, \
+        "\n".join(direct.console[-40:])
+    assert disk.first_status_s is not None
+    print(f"{board}: power-on to mission flying from the disk: UEFI "
+          f"{disk.first_status_s:.1f} s, -kernel {direct.first_status_s:.1f} s (same run)")
     arch = "amd64" if board == "qemu-x86_64.yaml" else "arm64"
     flown = CACHE / f"root-{arch}" / rootfs.LIB / "agent"
     assert (flown / "daemon.py").exists() and not (flown / "ground").exists()
@@ -304,9 +396,19 @@ def test_the_image_boots_and_flies_its_baked_mission_on_cgroup_v2(
     print(f"{board}: sortie audit in the guest: {audit['summary']}; warnings: "
           + "; ".join(f"{f['id']} {f['reason']}" for f in audit["findings"]
                       if f["level"] == "WARN"))
-    print(f"{board}: disk boot through systemd, first status {disk.first_status_s:.1f} s")
+    print(f"{board}: disk boot through UEFI and systemd, first status "
+          f"{disk.first_status_s:.1f} s")
     if board != "qemu-x86_64.yaml":
         return  # the exclusive-core check once is enough for the CI budget
+    # A slot tried and never marked good (an update whose agent never came up) is skipped
+    # by the real GRUB under the real firmware: the board boots the other slot.
+    tried = with_grubenv(out, tmp_path / "tried", {
+        "ORDER": "B A", "A_OK": "1", "A_TRY": "0", "B_OK": "1", "B_TRY": "1"})
+    back = booting.boot(tried, run_s=25, timeout_s=300, report_s=5, disk=True)
+    assert back.clean and back.last is not None, "\n".join(back.console[-40:])
+    assert "sortie: booting slot A (ORDER=B A" in "\n".join(back.console)
+    assert back.last["mission"] == {"name": "qemu-check", "generation": 1}
+    print(f"{board}: slot B tried and not good -> GRUB booted slot A, mission flying")
     # A hung agent under the real systemd: SIGSTOP it; the watchdog (WatchdogSec=10) must
     # restart it, and the new agent adopt the mission's processes (KillMode=process).
     hung = booting.boot(out, run_s=75, timeout_s=300, report_s=3, disk=True, freeze_s=12)

@@ -101,6 +101,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="do not contact the Kubernetes API server")
     au.set_defaults(func=cmd.cmd_audit)
 
+    sl = sub.add_parser("slot", help="the board's root slots (A/B) as the bootloader "
+                        "sees them")
+    sl_sub = sl.add_subparsers(dest="slot_command", required=True, parser_class=Parser)
+    ss = sl_sub.add_parser("status", help="booted slot, order, good and tried flags")
+    ss.add_argument("--grubenv", type=Path, help="GRUB's environment block (default "
+                    "/boot/efi/EFI/sortie/grubenv)")
+    output(ss)
+    ss.set_defaults(func=cmd.cmd_slot)
+    sm = sl_sub.add_parser("mark-good", help="mark the booted slot good (run by "
+                           "sortie-mark-good.service once the mission flies)")
+    sm.add_argument("--grubenv", type=Path, help="GRUB's environment block")
+    sm.set_defaults(func=cmd.cmd_slot, output=None)
+
     mo = sub.add_parser("mode", help="switch the window schedule (mode) at the next "
                         "major-frame boundary")
     common(mo)
@@ -185,8 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--quiet", action="store_true", help="do not show the serial console")
     bt.add_argument("--mission", help="fly this baked mission instead of the configured "
                     "one (initramfs boot)")
-    bt.add_argument("--disk", action="store_true", help="boot disk.img through systemd "
-                    "(as a flashed board does) instead of the initramfs")
+    bt.add_argument("--disk", action="store_true", help="boot disk.img as a flashed board "
+                    "does (UEFI firmware, GRUB, the root slot's kernel, systemd) instead of "
+                    "the initramfs")
+    bt.add_argument("--direct-kernel", action="store_true", help="with --disk: hand the "
+                    "kernel over with -kernel instead of through the firmware (faster, "
+                    "the pre-UEFI path)")
     output(bt)
     bt.set_defaults(func=ground("cmd_board"))
 

@@ -147,7 +147,7 @@ def cmd_board(args: argparse.Namespace) -> int:
         from agent.ground.board.booting import boot
         show = None if args.quiet or args.output else print
         result = boot(args.image, args.seconds or 0, args.timeout, args.report, args.accel,
-                      show, args.disk, args.mission)
+                      show, args.disk, args.mission, direct=args.direct_kernel)
     except BoardError as exc:
         print_violations("board:", exc.violations)
         return EXIT_REFUSED

@@ -12,6 +12,7 @@ import os
 import selectors
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,27 +43,48 @@ class Boot:
         return self.statuses[-1] if self.statuses else None
 
 
+FW_CFG = "opt/sortie.dev/options"
+"""Where QEMU hands the guest its test options (``sortie.run_s=...``) when nothing can be
+appended to a kernel command line: the bootloader on the disk writes that one."""
+
+
 def command(image: Path, manifest: dict[str, Any], run_s: float, report_s: float,
             accel: str, disk: bool = False, mission: str | None = None,
-            freeze_s: float = 0) -> list[str]:
-    """QEMU for the initramfs path (rdinit=/init, no systemd), or with ``disk`` the raw
-    disk image as a virtio disk booted through systemd (a snapshot: the image is not
-    written)."""
+            freeze_s: float = 0, direct: bool = False, vars_file: Path | None = None
+            ) -> list[str]:
+    """QEMU for the initramfs path (rdinit=/init, no systemd); with ``disk`` the raw
+    disk image as a virtio disk (a snapshot: the image is not written) booted as a board
+    boots it: UEFI firmware (``vars_file``: a writable copy of its variable store), GRUB
+    from the EFI system partition, the kernel and initrd from the chosen root slot,
+    systemd, sortie.service. ``direct``: the same disk with the kernel handed over by
+    QEMU (``-kernel``), the path the UEFI boot is measured against."""
     q, art = manifest["qemu"], manifest["artifacts"]
     sortie = f"sortie.run_s={run_s:g} sortie.report_s={report_s:g}" + (
         f" sortie.mission={mission}" if mission else "") + (
         f" sortie.freeze_s={freeze_s:g}" if freeze_s else "")
-    if disk:
-        boot = ["-initrd", str(image / art["disk_initrd"]["file"]), "-drive",
-                f"file={image / art['disk']['file']},format=raw,if=virtio,snapshot=on"]
-        append = f"console={q['console']} root=/dev/vda1 rw panic=-1 quiet loglevel=3 {sortie}"
-    else:
-        boot = ["-initrd", str(image / art["initramfs"]["file"])]
-        append = f"console={q['console']} rdinit=/init panic=-1 quiet loglevel=3 {sortie}"
-    return [q["binary"], "-M", q["machine"], "-cpu", q["cpu"], "-smp", str(q["smp"]),
+    base = [q["binary"], "-M", q["machine"], "-cpu", q["cpu"], "-smp", str(q["smp"]),
             "-m", str(q["memory_mib"]), "-accel", accel, "-nographic", "-no-reboot",
-            "-net", "none", "-kernel", str(image / art["kernel"]["file"]), *boot,
-            "-append", append]
+            "-net", "none"]
+    if not disk:
+        return [*base, "-kernel", str(image / art["kernel"]["file"]), "-initrd",
+                str(image / art["initramfs"]["file"]), "-append",
+                f"console={q['console']} rdinit=/init panic=-1 quiet loglevel=3 {sortie}"]
+    drive = ["-drive", f"file={image / art['disk']['file']},format=raw,if=virtio,snapshot=on",
+             "-fw_cfg", f"name={FW_CFG},string={sortie}"]
+    if direct:
+        slot = manifest.get("bootloader", {}).get("slots", {}).get("A", "sortie-a")
+        return [*base, "-kernel", str(image / art["kernel"]["file"]), "-initrd",
+                str(image / art["disk_initrd"]["file"]), *drive, "-append",
+                f"console={q['console']} root=LABEL={slot} rw panic=-1 quiet loglevel=3 "
+                f"{sortie}"]
+    if vars_file is None:
+        raise BoardError([Violation("firmware", "a UEFI boot needs a variable store copy")])
+    code = manifest["qemu"].get("firmware_code")
+    if code is None:
+        raise BoardError([Violation(str(image), "built before disks booted through UEFI: "
+                                                "rebuild it with `sortie board build`")])
+    return [*base, "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
+            "-drive", f"if=pflash,format=raw,unit=1,file={vars_file}", *drive]
 
 
 def load_manifest(image: Path, disk: bool = False) -> dict[str, Any]:
@@ -78,6 +100,12 @@ def load_manifest(image: Path, disk: bool = False) -> dict[str, Any]:
         f = image / doc["artifacts"][name]["file"]
         if not f.exists():
             raise BoardError([Violation(str(f), "missing")])
+    if disk and "firmware_vars" in doc["qemu"]:
+        for name in ("firmware_code", "firmware_vars"):
+            if not Path(doc["qemu"][name]).exists():
+                pkg = doc["qemu"].get("firmware_package", "ovmf / qemu-efi-aarch64")
+                raise BoardError([Violation("host", f"{doc['qemu'][name]} not found: "
+                                                    f"apt-get install {pkg}")])
     if shutil.which(doc["qemu"]["binary"]) is None:
         raise BoardError([Violation("host", f"{doc['qemu']['binary']} not found: apt-get "
                                             "install qemu-system-x86 qemu-system-arm")])
@@ -86,14 +114,27 @@ def load_manifest(image: Path, disk: bool = False) -> dict[str, Any]:
 
 def boot(image: Path, run_s: float = 0, timeout_s: float = 600, report_s: float = 5,
          accel: str = "tcg", echo: Callable[[str], None] | None = None,
-         disk: bool = False, mission: str | None = None, freeze_s: float = 0) -> Boot:
+         disk: bool = False, mission: str | None = None, freeze_s: float = 0,
+         direct: bool = False) -> Boot:
     """``mission``: fly that baked mission instead of the configured one (initramfs
     path only: a flashed board flies what its config says)."""
     if mission and disk:
         raise BoardError([Violation("--mission", "only for the initramfs boot; a disk "
                                                  "boot flies what the baked config says")])
     manifest = load_manifest(image, disk)
-    cmd = command(image, manifest, run_s, report_s, accel, disk, mission, freeze_s)
+    with tempfile.TemporaryDirectory(prefix="sortie-boot-") as tmp:
+        vars_file = None
+        if disk and not direct and "firmware_vars" in manifest["qemu"]:
+            # The firmware's variables are the board's NVRAM: each boot starts from the
+            # firmware's defaults (the removable-media path needs no boot entry).
+            vars_file = Path(tmp) / "vars.fd"
+            shutil.copyfile(manifest["qemu"]["firmware_vars"], vars_file)
+        cmd = command(image, manifest, run_s, report_s, accel, disk, mission, freeze_s,
+                      direct, vars_file)
+        return _run(cmd, timeout_s, echo)
+
+
+def _run(cmd: list[str], timeout_s: float, echo: Callable[[str], None] | None) -> Boot:
     result = Boot(cmd)
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,

@@ -2,10 +2,11 @@
 
 Outputs in ``--out``: ``kernel`` (what QEMU boots: the uncompressed vmlinux on x86_64,
 the Image.gz on aarch64), ``vmlinuz`` (Debian's, for bootloaders), ``initramfs.cpio.gz``
-(the whole root filesystem without kernel modules: QEMU's path), ``disk.img`` (raw,
-flashable: MBR + ext4 root with modules, systemd and sortie.service),
-``disk-initrd.cpio.gz`` (boots ``disk.img`` under QEMU through systemd, as a board
-does), ``manifest.json``.
+(the whole root filesystem without kernel modules: QEMU's fastest path), ``disk.img``
+(raw, flashable, boots by itself through UEFI: GPT with an EFI system partition holding
+GRUB, root slots A and B, a data partition), ``disk.img.bmap`` (for bmaptool),
+``disk-initrd.cpio.gz`` (the initrd in the slot, also beside it to boot the disk with
+``-kernel``), ``manifest.json``.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from typing import Any
 
 import agent
 from agent.errors import Violation
-from agent.ground.board import diskboot, packing, rootfs
-from agent.ground.board.fetching import PrivateApt, extract_deb, kernel_package
+from agent.ground.board import diskboot, packing, rootfs, uefi
+from agent.ground.board.fetching import PrivateApt, extract_deb, kernel_package, run
 from agent.ground.board.inputs import BoardError, Inputs, check
 from agent.ground.board.progress import Progress
 
@@ -68,8 +69,10 @@ def qemu_spec(inputs: Inputs) -> dict[str, Any]:
     q = b.qemu
     machine, cpu, console = (q.machine, q.cpu, q.console) if q else (
         ("q35", "max", "ttyS0") if b.arch == "x86_64" else ("virt", "cortex-a53", "ttyAMA0"))
+    pkg, code, variables = uefi.FIRMWARE["amd64" if b.arch == "x86_64" else "arm64"]
     return {"binary": f"qemu-system-{b.arch}", "machine": machine, "cpu": cpu,
-            "smp": len(b.cores), "memory_mib": b.memory_mib, "console": console}
+            "smp": len(b.cores), "memory_mib": b.memory_mib, "console": console,
+            "firmware_package": pkg, "firmware_code": code, "firmware_vars": variables}
 
 
 def build(hw: Path, profiles: Path | None, keys: Path | None, config: Path | None,
@@ -83,7 +86,10 @@ def build(hw: Path, profiles: Path | None, keys: Path | None, config: Path | Non
     base = rootfs.base_tarball(inputs, cache, say)
     wheels = rootfs.wheelhouse(inputs, cache, say)
     code = _code_digest()
-    key = hashlib.sha256("|".join([inputs.digest(), code, kpkg, kver, base.name,
+    # The recipe is an input too: a changed builder rebuilds (its code is not flown).
+    recipe = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(
+        Path(__file__).parent.glob("*.py")))).hexdigest()
+    key = hashlib.sha256("|".join([inputs.digest(), code, recipe, kpkg, kver, base.name,
                                    wheels.name]).encode()).hexdigest()
     manifest = out / "manifest.json"
     if manifest.exists():
@@ -98,6 +104,11 @@ def build(hw: Path, profiles: Path | None, keys: Path | None, config: Path | Non
     say("kernel modules into the disk image's tree")
     mods = kdir / "lib" / "modules"
     shutil.copytree(mods, root / "usr" / "lib" / "modules", symlinks=True, dirs_exist_ok=True)
+    # The kernel package ships no modules.dep (its postinst runs depmod): without it
+    # nothing autoloads on the board (modprobe finds no module). The host's depmod
+    # writes the same index for any architecture.
+    for kver in sorted(p.name for p in mods.iterdir()):
+        run(["depmod", "-b", str(root), kver], "depmod")
     rootfs.normalize(root / "usr" / "lib" / "modules")
     vmlinuz = next((kdir / "boot").glob("vmlinuz-*"), None)
     if vmlinuz is None:
@@ -108,32 +119,62 @@ def build(hw: Path, profiles: Path | None, keys: Path | None, config: Path | Non
         (out / "kernel").write_bytes(packing.vmlinux_from_bzimage(vmlinuz.read_bytes()))
     else:
         shutil.copyfile(vmlinuz, out / "kernel")
-    say("tree digest")
-    tree = packing.tree_digest(root)
-    say("initramfs: the root filesystem without kernel modules (cpio, gzip -n)")
-    modules = root / "usr" / "lib" / "modules"
-    parked = cache / f"modules-{inputs.arch}"
-    shutil.rmtree(parked, ignore_errors=True)
-    modules.rename(parked)
-    try:
-        rootfs.normalize(modules.parent, shallow=True)  # the move changed usr/lib's mtime
-        packing.initramfs(root, out / "initramfs.cpio.gz")
-    finally:
-        parked.rename(modules)
-        rootfs.normalize(modules.parent, shallow=True)
     say("disk boot initrd: busybox + the modules a virtio disk with ext4 needs")
     diskboot.boot_initrd(apt, kdir, cache, out / "disk-initrd.cpio.gz")
-    say("disk image: MBR + ext4 root (mke2fs -d)")
-    size = packing.disk_image(root, out / "disk.img", key)
+    # What the bootloader loads from the slot: an update replaces kernel and initrd
+    # with the rest of the slot.
+    boot = root / "boot"
+    boot.mkdir(exist_ok=True)
+    shutil.copyfile(vmlinuz, boot / "vmlinuz")
+    shutil.copyfile(out / "disk-initrd.cpio.gz", boot / "initrd.img")
+    rootfs.normalize(boot)
+    rootfs.normalize(root, shallow=True)
+    say("tree digest")
+    tree = packing.tree_digest(root)
+    say("initramfs: the root filesystem without kernel modules and /boot (cpio, gzip -n)")
+    parked = [(root / "usr" / "lib" / "modules", cache / f"modules-{inputs.arch}"),
+              (boot, cache / f"boot-{inputs.arch}")]
+    for src, dst in parked:
+        shutil.rmtree(dst, ignore_errors=True)
+        src.rename(dst)
+    try:
+        rootfs.normalize(root / "usr" / "lib", shallow=True)  # the moves changed mtimes
+        rootfs.normalize(root, shallow=True)
+        packing.initramfs(root, out / "initramfs.cpio.gz")
+    finally:
+        for src, dst in parked:
+            dst.rename(src)
+        rootfs.normalize(root / "usr" / "lib", shallow=True)
+        rootfs.normalize(root, shallow=True)
+    say("bootloader: GRUB EFI (Debian's modules, the host's grub-mkimage)")
+    grub, grub_pkg = uefi.grub_efi(apt, cache)
+    console = qemu_spec(inputs)["console"]
+    esp = cache / f"esp-{inputs.arch}.img"
+    uefi.esp_image(esp, packing.ESP_MIB, {
+        f"/EFI/BOOT/{uefi.GRUB[inputs.arch][2]}": grub.read_bytes(),
+        f"{uefi.PREFIX}/grub.cfg": uefi.grub_cfg(console).encode(),
+        f"{uefi.PREFIX}/grubenv": uefi.grubenv(uefi.INITIAL_ENV)}, key[:8].upper())
+    say("disk image: GPT, EFI system partition, root slots A and B, data (mke2fs -d)")
+    layout = packing.disk_image(root, esp, out / "disk.img", inputs.arch, key,
+                                (uefi.SLOT_LABELS["A"], uefi.SLOT_LABELS["B"],
+                                 uefi.DATA_LABEL))
+    esp.unlink()
+    size = layout["bytes"]
+    say("bmap: the disk's mapped blocks, for bmaptool copy")
+    bmap = packing.bmap(out / "disk.img")
+    firmware = uefi.firmware_packages()
     path = packing.write_manifest(out, {
         "kernel": out / "kernel", "vmlinuz": out / "vmlinuz",
         "initramfs": out / "initramfs.cpio.gz", "disk": out / "disk.img",
-        "disk_initrd": out / "disk-initrd.cpio.gz"}, {
+        "disk_initrd": out / "disk-initrd.cpio.gz", "disk_bmap": bmap}, {
         "build_key": key,
         "board": inputs.board.name, "arch": inputs.arch,
         "kernel_package": f"{kpkg} {kver}", "agent_version": agent.__version__,
         "inputs_sha256": inputs.digest(), "agent_code_sha256": code,
-        "rootfs_tree_sha256": tree, "disk_bytes": size,
+        "rootfs_tree_sha256": tree, "disk_bytes": size, "disk_layout": layout,
+        "bootloader": {"package": grub_pkg, "file": f"EFI/BOOT/{uefi.GRUB[inputs.arch][2]}",
+                       "slots": uefi.SLOT_LABELS, "initial_env": uefi.INITIAL_ENV},
+        "firmware_for_qemu": firmware,
         "profiles": sorted(inputs.profiles), "keys": sorted(inputs.keys),
         "packages": _packages(root), "qemu": qemu_spec(inputs),
         "reproducibility": "kernel, vmlinuz, initramfs and rootfs_tree_sha256 repeat for "

@@ -23,8 +23,14 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 for m in $(cat /modules.order); do insmod /modules/$m.ko 2>/dev/null; done
 root=$(sed -n 's/.*root=\\([^ ]*\\).*/\\1/p' /proc/cmdline)
+want=$root
 i=0
-while [ ! -b "$root" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+# root=LABEL=... (the slot the bootloader chose) or a device path; devices appear late.
+while [ $i -lt 100 ]; do
+    case "$want" in LABEL=*|UUID=*) root=$(findfs "$want" 2>/dev/null) ;; esac
+    [ -b "$root" ] && break
+    sleep 0.1; i=$((i+1))
+done
 mkdir -p /newroot
 if ! mount -t ext4 "$root" /newroot; then
     echo "sortie-initrd: cannot mount $root"; exec sh

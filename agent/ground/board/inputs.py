@@ -27,13 +27,17 @@ DEBIAN_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
 SECURITY = "http://deb.debian.org/debian-security"
-PACKAGES = ("python3", "systemd-sysv", "ca-certificates", "kmod")
+# udev: /dev/disk/by-label (the slots, the ESP and the data partition are mounted by
+# label) and module autoloading; minbase leaves it out (only recommended by systemd).
+PACKAGES = ("python3", "systemd-sysv", "udev", "ca-certificates", "kmod")
 """Debian packages in the root filesystem (minbase + these): python3 for the agent,
 systemd to start it on real boards, CA certificates for mqtts/https links."""
 NEED_FREE_MIB = 2048
 """Free space the cache and the output need for one build (rootfs, packing, image)."""
 TOOLS = {"mmdebstrap": "mmdebstrap", "apt-get": "apt", "dpkg-deb": "dpkg",
-         "mkfs.ext4": "e2fsprogs", "sfdisk": "fdisk", "cpio": "cpio"}
+         "mkfs.ext4": "e2fsprogs", "debugfs": "e2fsprogs", "sfdisk": "fdisk", "cpio": "cpio",
+         "depmod": "kmod", "grub-mkimage": "grub-common", "mkfs.vfat": "dosfstools",
+         "mcopy": "mtools", "bmaptool": "bmap-tools"}
 FOREIGN_TOOLS = {"qemu-aarch64-static": "qemu-user-static",
                  "qemu-x86_64-static": "qemu-user-static"}
 

@@ -7,6 +7,7 @@ import hashlib
 import json
 import lzma
 import os
+import shutil
 import stat
 import subprocess
 import uuid
@@ -87,29 +88,101 @@ def initramfs(root: Path, out: Path) -> None:
             raise BoardError([Violation("initramfs", "cpio | gzip failed")])
 
 
-def disk_image(root: Path, out: Path, label_seed: str) -> int:
-    """A raw disk: MBR, one bootable ext4 partition at 1 MiB holding the root filesystem
-    (made from the directory with mke2fs -d: no loop device, no mount). Returns its size."""
+# GPT partition types (UAPI Discoverable Partitions Specification).
+ESP_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+ROOT_TYPE = {"amd64": "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709",
+             "arm64": "B921B045-1DF0-41C3-AF44-4C6F280D3FAE"}
+DATA_TYPE = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
+ESP_MIB = 64
+DATA_MIB = 512
+
+
+def _uuid(seed: str, what: str) -> str:
+    return str(uuid.UUID(hashlib.sha256(f"{seed}/{what}".encode()).hexdigest()[:32]))
+
+
+def slot_mib(root: Path) -> int:
+    """Room for the tree in one root slot, with space for a larger update."""
     used = int(subprocess.run(["du", "-s", "--block-size=1M", str(root)], capture_output=True,
                               text=True, check=True).stdout.split()[0])
-    fs_mib = int(used * 1.3) + 128
-    size = PARTITION_OFFSET + fs_mib * (1 << 20)
+    return int(used * 1.3) + 128
+
+
+def disk_image(root: Path, esp: Path, out: Path, arch: str, seed: str,
+               labels: tuple[str, str, str]) -> dict[str, Any]:
+    """A GPT disk a board boots by itself: the EFI system partition (``esp``, a FAT
+    image), root slots A (the tree) and B (empty until the first update), and the data
+    partition that both slots share (state, ledger). Made without a loop device or a
+    mount (sfdisk, mke2fs -d with an offset); sparse, so unused space costs nothing on
+    the build host or, with bmap, when flashing. Returns the layout (offsets in bytes)."""
+    slot = slot_mib(root)
+    sizes = [("esp", ESP_MIB, ESP_TYPE), ("rootfs-a", slot, ROOT_TYPE[arch]),
+             ("rootfs-b", slot, ROOT_TYPE[arch]), ("data", DATA_MIB, DATA_TYPE)]
+    layout: dict[str, Any] = {}
+    lines = [f"label: gpt\nlabel-id: {_uuid(seed, 'disk')}\n"]
+    at = PARTITION_OFFSET
+    for name, mib, ptype in sizes:
+        lines.append(f"start={at // 512}, size={mib * 2048}, type={ptype}, "
+                     f"uuid={_uuid(seed, name)}, name={name}\n")
+        layout[name] = {"offset": at, "bytes": mib << 20}
+        at += mib << 20
+    size = at + PARTITION_OFFSET  # room for the backup GPT at the end
     out.unlink(missing_ok=True)
     with out.open("wb") as f:
         f.truncate(size)
-    fs_uuid = str(uuid.UUID(hashlib.sha256(label_seed.encode()).hexdigest()[:32]))
-    disk_id = "0x" + hashlib.sha256(label_seed.encode()).hexdigest()[32:40]
-    layout = (f"label: dos\nlabel-id: {disk_id}\n"
-              f"start={PARTITION_OFFSET // 512}, type=83, bootable\n")
-    res = subprocess.run(["sfdisk", "--quiet", str(out)], input=layout, text=True,
+    res = subprocess.run(["sfdisk", "--quiet", str(out)], input="".join(lines), text=True,
                          capture_output=True, check=False)
     if res.returncode != 0:
         raise BoardError([Violation("disk image", f"sfdisk: {res.stderr.strip()}")])
+    _place(esp, out, layout["esp"]["offset"])
     env = {**os.environ, "E2FSPROGS_FAKE_TIME": str(EPOCH)}
-    run(["mkfs.ext4", "-F", "-q", "-L", "sortie-root", "-U", fs_uuid,
-         "-E", f"offset={PARTITION_OFFSET},root_owner=0:0,hash_seed={fs_uuid}",
-         "-d", str(root), str(out), f"{fs_mib}M"], "mkfs.ext4", env=env)
-    return size
+    for (name, tree), label in zip((("rootfs-a", root), ("rootfs-b", None)), labels[:2],
+                                   strict=True):
+        fs_uuid = _uuid(seed, f"{name}-fs")
+        cmd = ["mkfs.ext4", "-F", "-q", "-L", label, "-U", fs_uuid, "-E",
+               f"offset={layout[name]['offset']},root_owner=0:0,hash_seed={fs_uuid}"]
+        if tree is not None:
+            cmd += ["-d", str(tree)]
+        run([*cmd, str(out), f"{layout[name]['bytes'] >> 20}M"], f"mkfs.ext4 {name}", env=env)
+        layout[name]["label"] = label
+    # The data partition is the state directory itself: root's alone (0700), which
+    # mke2fs cannot set on a file system's root; debugfs can, on a file of its own.
+    data, fs_uuid = out.with_name(out.name + ".data"), _uuid(seed, "data-fs")
+    try:
+        run(["mkfs.ext4", "-F", "-q", "-L", labels[2], "-U", fs_uuid, "-E",
+             f"root_owner=0:0,hash_seed={fs_uuid}", str(data), f"{DATA_MIB}M"],
+            "mkfs.ext4 data", env=env)
+        run(["debugfs", "-w", "-R", "set_inode_field / mode 040700", str(data)],
+            "debugfs data", env=env)
+        _place(data, out, layout["data"]["offset"])
+    finally:
+        data.unlink(missing_ok=True)
+    layout["data"]["label"] = labels[2]
+    layout["esp"]["label"] = "SORTIE-ESP"
+    layout["bytes"] = size
+    return layout
+
+
+def _place(src: Path, disk: Path, offset: int) -> None:
+    """Copy a partition's image into the disk at ``offset``, skipping zero blocks so the
+    disk stays sparse."""
+    with disk.open("r+b") as f, src.open("rb") as data:
+        f.seek(offset)
+        for chunk in iter(lambda: data.read(1 << 20), b""):
+            if chunk.count(0) == len(chunk):
+                f.seek(len(chunk), os.SEEK_CUR)
+            else:
+                f.write(chunk)
+
+
+def bmap(disk: Path) -> Path:
+    """``DISK.bmap`` beside the image: bmaptool writes only the mapped blocks."""
+    out = disk.with_name(disk.name + ".bmap")
+    if shutil.which("bmaptool") is None:
+        raise BoardError([Violation("host", "bmaptool not found: apt-get install bmap-tools "
+                                            "(or run .ci/setup)")])
+    run(["bmaptool", "create", "-o", str(out), str(disk)], "bmaptool create")
+    return out
 
 
 def write_manifest(out: Path, artifacts: dict[str, Path], extra: dict[str, Any]) -> Path:

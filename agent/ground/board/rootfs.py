@@ -33,6 +33,15 @@ UNIT = """[Unit]
 Description=Sortie mission agent
 After=local-fs.target network-online.target
 Wants=network-online.target
+# The state directory is the data partition (nofail in fstab): wait for it, without
+# refusing to fly when it is missing (the agent keeps its state on the slot then).
+Wants=var-lib-sortie.mount
+After=var-lib-sortie.mount
+# "Started sortie.service" (READY=1: the mission flies) reaches the serial console before
+# the login prompt takes it over; a start that hangs delays the prompt by
+# TimeoutStartSec at most (systemd.special(7): getty-pre.target).
+Before=getty-pre.target
+Wants=getty-pre.target
 
 [Service]
 # READY=1 after the first reconcile, STATUS= with the flying mission, WATCHDOG=1 from the
@@ -55,14 +64,34 @@ WantedBy=multi-user.target
 """
 
 REPORT_UNIT = f"""[Unit]
-Description=Sortie status on the console for a QEMU host (sortie.report_s on the cmdline)
-ConditionKernelCommandLine=sortie.report_s
+Description=Sortie status on the console for a QEMU host (options through fw_cfg)
+# Only under QEMU: the host hands its options (sortie.report_s, run_s) through fw_cfg,
+# since the disk's own bootloader writes the kernel command line.
+ConditionVirtualization=qemu
 After=sortie.service
 
 [Service]
 Environment=PYTHONPATH=/{LIB}
 ExecStart=/usr/bin/python3 -m agent.guest --systemd
 StandardOutput=journal+console
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+MARK_GOOD_UNIT = """[Unit]
+Description=Mark the booted root slot good once the mission flies
+# sortie.service is Type=notify: "after" it means after READY=1, the first reconcile done.
+# If it never gets there, this never runs: the slot stays "tried", and the next boot
+# falls back to the other slot (agent/slots.py, EFI/sortie/grub.cfg).
+Requires=sortie.service
+After=sortie.service
+RequiresMountsFor=/boot/efi
+ConditionKernelCommandLine=sortie.slot
+
+[Service]
+Type=oneshot
+ExecStart=/usr/local/bin/sortie slot mark-good
 
 [Install]
 WantedBy=multi-user.target
@@ -192,14 +221,24 @@ def assemble(inputs: Inputs, base: Path, wheels: Path, root: Path, say: Progress
     wants = root / "etc/systemd/system/multi-user.target.wants"
     wants.mkdir(parents=True, exist_ok=True)
     _write(root / "etc/systemd/system/sortie-report.service", REPORT_UNIT)
-    for unit in ("sortie.service", "sortie-report.service"):
+    _write(root / "etc/systemd/system/sortie-mark-good.service", MARK_GOOD_UNIT)
+    for unit in ("sortie.service", "sortie-report.service", "sortie-mark-good.service"):
         link = wants / unit
         if not link.is_symlink():
             link.symlink_to(f"/etc/systemd/system/{unit}")
     _write(root / "init", INIT, 0o755)
     _write(root / "usr/local/sbin/sortie-init", INIT, 0o755)
     _write(root / "etc/hostname", str(inputs.config.get("node_name", inputs.board.name)) + "\n")
-    _write(root / "etc/fstab", "LABEL=sortie-root / ext4 defaults,noatime 0 1\n")
+    # The root is the slot the bootloader chose (root=LABEL=sortie-a|b, rw): no fstab
+    # line can name it. The data partition is both slots' /var/lib/sortie (state,
+    # ledger, images): it outlives updates.
+    _write(root / "etc/fstab", "LABEL=sortie-data /var/lib/sortie ext4 "
+           "defaults,noatime,nofail,x-systemd.device-timeout=10s 0 2\n"
+           "LABEL=SORTIE-ESP /boot/efi vfat "
+           "umask=0077,noatime,nofail,x-systemd.device-timeout=10s 0 2\n")
+    (root / "boot/efi").mkdir(parents=True, exist_ok=True)
+    (root / "var/lib/sortie").mkdir(parents=True, exist_ok=True)
+    (root / "var/lib/sortie").chmod(0o700)
     normalize(root)
 
 
