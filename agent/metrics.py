@@ -105,10 +105,9 @@ def render(metrics: list[Metric]) -> bytes:
     out: list[str] = []
     for m in metrics:
         out.append(f"# HELP {m.name} {m.help}\n# TYPE {m.name} {m.type}\n")
-        base = m.name.removesuffix("_total") if m.type == "counter" else m.name
         names = m.labels + (("le",) if m.type == "histogram" else ())
         for suffix, values, v in m.samples:
-            name = m.name if m.type == "counter" else base + suffix
+            name = m.name + suffix
             if values:
                 pairs = ",".join(f'{k}="{_escape(x)}"' for k, x in zip(names, values,
                                                                        strict=False))

@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from agent.models import MissionProfile
 
@@ -36,6 +39,22 @@ def mission(*parts: dict[str, Any], name: str = "m", generation: int = 1,
 def mission_doc(*parts: dict[str, Any], name: str = "m", generation: int = 1,
                 **kw: Any) -> dict[str, Any]:
     return {"name": name, "generation": generation, "partitions": list(parts), **kw}
+
+
+def agent_files(tmp_path: Path, prefix: str, logs: Path, doc: dict[str, Any],
+                **config: Any) -> Path:
+    """A profile directory holding ``doc`` and an agent config for a test agent run as a
+    subprocess under ``prefix`` (the OS left where it is); ``config`` adds or overrides
+    fields. Returns the config's path."""
+    profiles = tmp_path / "profiles"
+    profiles.mkdir(exist_ok=True)
+    (profiles / "m.yaml").write_text(yaml.safe_dump(doc))
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "node_name": "t", "state_dir": str(tmp_path / "state"), "run_dir": str(tmp_path / "run"),
+        "log_dir": str(logs), "cgroup_prefix": prefix, "agent_cgroup": False,
+        "isolate_os": False, "report_dir": None, "profile_dirs": [str(profiles)], **config}))
+    return cfg
 
 
 async def wait_for(cond: Callable[[], Any], timeout_s: float = 5.0, step_s: float = 0.01) -> Any:

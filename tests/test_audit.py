@@ -13,8 +13,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from agent.audit.facts import (
     AgentFact,
     Ancestor,
@@ -32,7 +30,7 @@ from agent.cgroups.features import KernelFeatures
 from agent.models import AgentConfig
 from agent.models.config import KubeConfig, MqttConfig
 from tests.conftest import REPO, needs_root_v1
-from tests.helpers import mission, mission_doc, partition, wait_for_sync, workload
+from tests.helpers import agent_files, mission, mission_doc, partition, wait_for_sync, workload
 from tests.kubesim import CRD, board_rbac, cluster
 
 ROOT_DIRS = (Ancestor("/etc", 0, 0o40755), Ancestor("/", 0, 0o40755))
@@ -182,17 +180,10 @@ def test_the_audit_of_a_flying_board_and_a_world_writable_directory(
         tmp_path: Path, prefix: str) -> None:
     tmp_path.chmod(0o755)
     logs = Path(f"/tmp/{prefix}-logs")
-    profiles = tmp_path / "profiles"
-    profiles.mkdir()
-    (profiles / "m.yaml").write_text(yaml.safe_dump(mission_doc(
+    cfg = agent_files(tmp_path, prefix, logs, mission_doc(
         partition("fc", crit="A", workloads=[workload("ctl"), workload("two")]),
-        name="demo")))
-    cfg = tmp_path / "agent.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "node_name": "t", "state_dir": str(tmp_path / "state"), "run_dir": str(tmp_path / "run"),
-        "log_dir": str(logs), "cgroup_prefix": prefix, "agent_cgroup": False,
-        "isolate_os": False, "report_dir": str(tmp_path / "report"),
-        "profile_dirs": [str(profiles)]}))
+        name="demo"), report_dir=str(tmp_path / "report"))
+    profiles = tmp_path / "profiles"
     agent = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--config", str(cfg),
                               "--teardown"], cwd=REPO, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)

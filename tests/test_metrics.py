@@ -29,7 +29,7 @@ from agent.metrics import FILE_NAME, AgentProcess, TextfileWriter, families, ren
 from agent.status import KubeStatus, MqttStatus, Origin, SourcesStatus, Status
 from simulator.run import _Sim
 from tests.conftest import REPO, needs_root_v1
-from tests.helpers import mission, mission_doc, partition, wait_for_sync, workload
+from tests.helpers import agent_files, mission, mission_doc, partition, wait_for_sync, workload
 from tests.simengine import on_sim
 
 PROM_BIN = REPO / ".cache" / "prometheus" / "usr" / "bin"
@@ -246,23 +246,11 @@ def test_a_running_agent_keeps_the_file_and_survives_an_unwritable_directory(
         tmp_path: Path, prefix: str, node_exporter: tuple[Path, str]) -> None:
     textfiles, url = node_exporter
     logs = Path(f"/tmp/{prefix}-logs")
-    profiles = tmp_path / "profiles"
-    profiles.mkdir()
-    (profiles / "m.yaml").write_text(yaml.safe_dump(mission_doc(
-        partition("fc", cores=[1], crit="A", workloads=[workload("ctl")]), name="demo")))
     blocked = tmp_path / "blocked"
     blocked.write_text("a file where the directory should be")
-
-    def config(directory: Path) -> None:
-        cfg.write_text(yaml.safe_dump({
-            "node_name": "t", "state_dir": str(tmp_path / "state"),
-            "run_dir": str(tmp_path / "run"), "log_dir": str(logs), "cgroup_prefix": prefix,
-            "agent_cgroup": False, "isolate_os": False, "report_dir": None,
-            "accounting_period_ms": 200, "profile_dirs": [str(profiles)],
-            "metrics": {"textfile_dir": str(directory)}}))
-
-    cfg = tmp_path / "agent.yaml"
-    config(blocked / "sub")
+    cfg = agent_files(tmp_path, prefix, logs, mission_doc(
+        partition("fc", cores=[1], crit="A", workloads=[workload("ctl")]), name="demo"),
+        accounting_period_ms=200, metrics={"textfile_dir": str(blocked / "sub")})
     agent = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--config", str(cfg),
                               "--teardown"], cwd=REPO, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)

@@ -13,11 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
 from agent.systemd import Notifier
 from tests.conftest import REPO, needs_root_v1
-from tests.helpers import mission_doc, partition, wait_for_sync, workload
+from tests.helpers import agent_files, mission_doc, partition, wait_for_sync, workload
 
 
 @pytest.fixture
@@ -81,15 +80,8 @@ def test_the_agent_is_ready_pets_from_its_loop_and_goes_silent_when_frozen(
         tmp_path: Path, prefix: str, systemd: tuple[socket.socket, str]) -> None:
     s, path = systemd
     logs = Path(f"/tmp/{prefix}-logs")
-    profiles = tmp_path / "profiles"
-    profiles.mkdir()
-    (profiles / "m.yaml").write_text(yaml.safe_dump(mission_doc(
-        partition("fc", cores=[1], crit="A", workloads=[workload("ctl")]), name="demo")))
-    cfg = tmp_path / "agent.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "node_name": "t", "state_dir": str(tmp_path / "state"), "run_dir": str(tmp_path / "run"),
-        "log_dir": str(logs), "cgroup_prefix": prefix, "agent_cgroup": False,
-        "isolate_os": False, "report_dir": None, "profile_dirs": [str(profiles)]}))
+    cfg = agent_files(tmp_path, prefix, logs, mission_doc(
+        partition("fc", cores=[1], crit="A", workloads=[workload("ctl")]), name="demo"))
     env = {**os.environ, "NOTIFY_SOCKET": path, "WATCHDOG_USEC": "400000"}
     agent = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--config", str(cfg),
                               "--teardown"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,

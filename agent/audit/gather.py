@@ -28,6 +28,7 @@ from agent.audit.facts import (
     PathRole,
     ProcFact,
 )
+from agent.cgroups import CgroupBackend
 from agent.errors import AgentError, Violation
 from agent.models import AgentConfig, MissionProfile
 from agent.status import Status
@@ -53,7 +54,7 @@ def path_fact(path: Path, role: PathRole, required: bool = False) -> PathFact:
     except OSError:
         return PathFact(str(path), role, False, required=required)
     ancestors = []
-    for parent in Path(os.path.abspath(path)).parents:
+    for parent in path.parents:
         try:
             pst = os.stat(parent)
         except OSError:
@@ -168,15 +169,8 @@ def _proc_status(pid: int) -> dict[str, str]:
     return out
 
 
-def procs(config: AgentConfig, status: Status) -> list[ProcFact]:
+def procs(backend: CgroupBackend | None, status: Status) -> list[ProcFact]:
     """Every process in each workload's cgroup (children too), as the kernel sees it."""
-    from agent.cgroups import make_backend
-
-    try:
-        backend = make_backend(config.cgroup_root, config.cgroup_prefix,
-                               config.cgroup_version)
-    except AgentError:
-        backend = None
     out = []
     for p in status.partitions:
         for w in p.workloads:
@@ -231,17 +225,19 @@ def clock_synced() -> bool | None:
     return state != TIME_ERROR
 
 
-def kernel_fact(config: AgentConfig) -> KernelFact:
+def backend_of(config: AgentConfig) -> tuple[CgroupBackend | None, str | None]:
+    """The agent's cgroup backend (read only here), or why there is none."""
     from agent.cgroups import make_backend
-
-    version: str | None = None
-    error: str | None = None
-    features = None
     try:
-        backend = make_backend(config.cgroup_root, config.cgroup_prefix, config.cgroup_version)
-        version, features = backend.version, backend.features()
+        return make_backend(config.cgroup_root, config.cgroup_prefix,
+                            config.cgroup_version), None
     except AgentError as exc:
-        error = str(exc)
+        return None, str(exc)
+
+
+def kernel_fact(backend: CgroupBackend | None, error: str | None) -> KernelFact:
+    version = backend.version if backend is not None else None
+    features = backend.features() if backend is not None else None
     rt = _read("/proc/sys/kernel/sched_rt_runtime_us")
     swaps = (_read("/proc/swaps") or "").splitlines()[1:]
     swap_kib = sum(int(x.split()[2]) for x in swaps if len(x.split()) > 2
@@ -359,12 +355,13 @@ def kube_probe(config: AgentConfig) -> KubeProbe:
 
 def gather(config: AgentConfig, config_path: Path | None, offline: bool = False) -> Facts:
     agent, status = agent_fact(config)
-    kf = kernel_fact(config)
+    backend, cgroup_error = backend_of(config)
+    kf = kernel_fact(backend, cgroup_error)
     mission, source, admission = mission_and_admission(config, kf)
     return Facts(
         config=config, config_path=str(config_path) if config_path else None,
         paths=paths(config, config_path), listeners=listeners(), agent=agent,
         kernel=kf, mission=mission, mission_source=source,
-        admission=admission, procs=procs(config, status) if status else [],
+        admission=admission, procs=procs(backend, status) if status else [],
         kube=None if config.kube is None or offline else kube_probe(config))
 
