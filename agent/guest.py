@@ -11,6 +11,7 @@ PID 1 must never exit: every failure is printed and the guest powers off instead
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -187,7 +188,7 @@ def audit_line() -> bool:
 
 def slots_line() -> bool:
     """``SORTIE-SLOTS {json}``: the slots as the bootloader sees them; True once the
-    booted slot was marked good (sortie-mark-good.service ran)."""
+    booted slot was marked good (sortie-boot-check.service confirmed it)."""
     got = cli_json("slot status", "slot", "status")
     if got is None:
         return True
@@ -195,6 +196,61 @@ def slots_line() -> bool:
     say("SORTIE-SLOTS " + json.dumps(st))
     booted = st.get("booted")
     return bool(booted) and st["good"].get(booted) and not st["tried"].get(booted)
+
+
+MEDIA = Path("/run/sortie-media")
+DATA = Path("/var/lib/sortie")
+
+
+def data_line() -> None:
+    """``SORTIE-DATA {json}``: what the shared data partition holds (the agent's state
+    files by sha256), to compare across slots and updates."""
+    files = {}
+    for f in sorted(DATA.rglob("*")):
+        rel = f.relative_to(DATA)
+        if rel.parts[0] in ("log", "rauc", "lost+found") or not f.is_file():
+            continue  # the journal and RAUC's status change on every boot
+        with contextlib.suppress(OSError):
+            files[str(rel)] = hashlib.sha256(f.read_bytes()).hexdigest()
+    mounted = any(line.split()[1] == str(DATA) for line in
+                  Path("/proc/mounts").read_text().splitlines())
+    say("SORTIE-DATA " + json.dumps({"mounted": mounted, "files": files}))
+
+
+def install_from_media(names: list[str]) -> None:
+    """Install the host's bundles (the update media, label SORTIE-UPD) in order through
+    ``sortie slot install``; after the first one installed, reboot into it."""
+    MEDIA.mkdir(exist_ok=True)
+    dev = Path("/dev/disk/by-label/SORTIE-UPD")
+    for _ in range(50):  # udev names it a moment after boot
+        if dev.exists():
+            break
+        time.sleep(0.2)
+    if subprocess.run(["mount", "-o", "ro", str(dev), str(MEDIA)],
+                      check=False).returncode != 0:
+        say("SORTIE-INSTALL " + json.dumps({"bundle": None, "rc": -1,
+                                            "error": "no update media"}))
+        return
+    for name in names:
+        say(f"SORTIE-GUEST installing {name}")
+        t0 = time.monotonic()
+        proc = subprocess.Popen(["/usr/local/bin/sortie", "slot", "install", str(MEDIA / name)],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            say("SORTIE-RAUC " + line.rstrip())
+        rc = proc.wait()
+        got = cli_json("slot status", "slot", "status")
+        say("SORTIE-INSTALL " + json.dumps({"bundle": name, "rc": rc,
+                                            "seconds": round(time.monotonic() - t0, 2),
+                                            "slots": got["doc"] if got else None}))
+        if rc == 0:
+            subprocess.run(["umount", str(MEDIA)], check=False)
+            say("SORTIE-GUEST rebooting into the updated slot")
+            subprocess.run(["systemctl", "reboot"], check=False)
+            time.sleep(120)  # systemd stops this unit on the way down
+            return
+    subprocess.run(["umount", str(MEDIA)], check=False)
 
 
 def time_restart(old: int, frozen_at: float, timeout_s: float = 60) -> None:
@@ -222,7 +278,8 @@ def time_restart(old: int, frozen_at: float, timeout_s: float = 60) -> None:
     say("SORTIE-GUEST watchdog restart not seen")
 
 
-def report_under_systemd(run_s: float, report_s: float, freeze_s: float = 0) -> None:
+def report_under_systemd(run_s: float, report_s: float, freeze_s: float = 0,
+                         install: list[str] | None = None) -> None:
     """Disk boots: systemd runs the agent (sortie.service); this only reports, and after
     ``run_s`` stops the service and powers the guest off the way a board would.
     ``freeze_s``: SIGSTOP the agent then, as a hang would (systemd's watchdog must
@@ -231,13 +288,19 @@ def report_under_systemd(run_s: float, report_s: float, freeze_s: float = 0) -> 
     say(f"SORTIE-GUEST systemd uptime={uptime():.2f}s run_s={run_s or 'forever'} slot={slot}")
     start = time.monotonic()
     frozen = audited = slot_good = False
-    while run_s <= 0 or time.monotonic() - start < run_s:
+    data_line()
+    # Bundles to install keep the guest up past run_s until they were tried.
+    while run_s <= 0 or time.monotonic() - start < run_s or install:
         report_once()
         pids_line()
         if not audited and SOCKET.exists():
             audited = audit_line()
         if not slot_good:
             slot_good = slots_line()
+            if slot_good and install:
+                data_line()  # what the agent left on the data partition before the update
+                install_from_media(install)
+                install = None
         if freeze_s and not frozen and time.monotonic() - start >= freeze_s:
             pid = main_pid()
             if pid:
@@ -259,7 +322,8 @@ def main() -> None:
     if "--systemd" in sys.argv:
         report_under_systemd(float(opts.get("sortie.run_s", "0")),
                              float(opts.get("sortie.report_s", "5")),
-                             float(opts.get("sortie.freeze_s", "0")))
+                             float(opts.get("sortie.freeze_s", "0")),
+                             [n for n in opts.get("sortie.install", "").split(",") if n])
         return
     run_s = float(opts.get("sortie.run_s", "0"))
     report_s = float(opts.get("sortie.report_s", "5"))

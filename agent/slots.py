@@ -2,11 +2,14 @@
 EFI system partition (RAUC's variables ORDER, A_OK, A_TRY, B_OK, B_TRY) and the slot
 the kernel was booted from (``sortie.slot=`` on its command line).
 
-GRUB marks the slot it boots as tried; ``mark_good`` (run by ``sortie-mark-good.service``
-once ``sortie.service`` is ready, i.e. the mission flies) clears that. A slot tried and
-never marked good is skipped at the next boot: the board falls back to the other slot.
+GRUB marks the slot it boots as tried. RAUC installs updates and drives the slots
+through its custom bootloader backend, which is this module (``sortie slot backend``):
+the same answers as RAUC's own GRUB backend (``get-primary``, ``set-primary``,
+``get-state``, ``set-state``), written by one writer. ``sortie-boot-check.service`` marks a
+slot on trial good once ``sortie.service`` is ready (the mission flies), or bad and
+reboots when the agent never gets there: the board falls back to the other slot.
 The environment block is rewritten in place, same 1024 bytes (GRUB writes it the same
-way, never allocating), then synced.
+way, never allocating), then synced: no new FAT clusters, no rename to lose power in.
 """
 
 from __future__ import annotations
@@ -21,6 +24,10 @@ GRUBENV = Path("/boot/efi/EFI/sortie/grubenv")
 SIZE = 1024
 HEADER = "# GRUB Environment Block\n"
 SLOTS = ("A", "B")
+PARTITIONS = {"A": ("rootfs-a", 2), "B": ("rootfs-b", 3)}
+"""Slot -> (GPT partition name, partition number). A slot is a partition, whatever file
+system an update wrote into it: GRUB counts partitions on the ESP's disk, the initrd
+finds PARTLABEL, RAUC writes /dev/disk/by-partlabel/rootfs-X."""
 
 
 class SlotError(AgentError):
@@ -69,6 +76,91 @@ def marked_good(env: dict[str, str], slot: str) -> dict[str, str]:
     if slot not in SLOTS:
         raise SlotError(f"unknown slot {slot!r}")
     return {**env, f"{slot}_OK": "1", f"{slot}_TRY": "0"}
+
+
+# -- RAUC's bootloader contract, as its GRUB backend implements it (rauc 1.8,
+# src/bootchooser.c): mirrored so that the slots behave the same under either backend.
+def primary(env: dict[str, str]) -> str:
+    """The slot the next boot takes: the first in ORDER that is OK and not tried."""
+    for slot in env.get("ORDER", "").split():
+        if slot in SLOTS and env.get(f"{slot}_OK") == "1" and env.get(f"{slot}_TRY") == "0":
+            return slot
+    raise SlotError(f"no bootable slot in ORDER {env.get('ORDER', '')!r}")
+
+
+def good(env: dict[str, str], slot: str) -> bool:
+    """RAUC's "good": in ORDER, OK and not on trial."""
+    _known(slot)
+    return (slot in env.get("ORDER", "").split() and env.get(f"{slot}_OK") == "1"
+            and env.get(f"{slot}_TRY") == "0")
+
+
+def with_state(env: dict[str, str], slot: str, is_good: bool) -> dict[str, str]:
+    """``set-state``: good is OK=1, bad is OK=0 (GRUB skips it); both end the trial."""
+    _known(slot)
+    return {**env, f"{slot}_OK": "1" if is_good else "0", f"{slot}_TRY": "0"}
+
+
+def with_primary(env: dict[str, str], slot: str) -> dict[str, str]:
+    """``set-primary``: ``slot`` first in ORDER, bootable, not tried (one try follows)."""
+    _known(slot)
+    rest = [s for s in env.get("ORDER", " ".join(SLOTS)).split() if s in SLOTS and s != slot]
+    rest += [s for s in SLOTS if s != slot and s not in rest]
+    return {**env, "ORDER": " ".join([slot, *rest]), f"{slot}_OK": "1", f"{slot}_TRY": "0"}
+
+
+def _known(slot: str) -> None:
+    if slot not in SLOTS:
+        raise SlotError(f"unknown slot {slot!r} (known: {', '.join(SLOTS)})")
+
+
+def backend(args: list[str], path: Path = GRUBENV) -> str:
+    """One call of RAUC's custom bootloader backend; returns what goes to stdout."""
+    match args:
+        case ["get-primary"]:
+            return primary(read(path))
+        case ["get-state", slot]:
+            return "good" if good(read(path), slot) else "bad"
+        case ["set-state", slot, ("good" | "bad") as verdict]:
+            write(with_state(read(path), slot, verdict == "good"), path)
+            return ""
+        case ["set-primary", slot]:
+            write(with_primary(read(path), slot), path)
+            return ""
+    raise SlotError(f"not a bootloader backend call: {' '.join(args)!r} (get-primary, "
+                    "set-primary SLOT, get-state SLOT, set-state SLOT good|bad)")
+
+
+# -- the boot check: is the slot on trial flying? ---------------------------------------
+@dataclass(frozen=True)
+class Verdict:
+    action: str
+    """"wait", "good" (mark the booted slot good), "bad" (mark it bad and reboot into
+    the other slot), "keep" (nothing to decide: not on trial, or nowhere to fall back)."""
+    reason: str
+
+
+def verdict(st: SlotState, agent_state: str, elapsed_s: float, timeout_s: float) -> Verdict:
+    """What the boot check does now. ``agent_state``: sortie.service's ActiveState
+    (active: READY=1 came, the mission flies). Pure."""
+    if st.booted is None:
+        return Verdict("keep", "not booted from a root slot")
+    if not st.tried[st.booted]:
+        return Verdict("keep", f"slot {st.booted} is not on trial")
+    if agent_state == "active":
+        return Verdict("good", f"sortie.service is ready on slot {st.booted}")
+    other = next(s for s in SLOTS if s != st.booted)
+    failed = agent_state == "failed" or elapsed_s >= timeout_s
+    if failed and not st.good[other]:
+        # Rebooting cannot help: the other slot is not bootable. Keep trying here.
+        return Verdict("keep", f"sortie.service {agent_state} on slot {st.booted}, and "
+                               f"slot {other} is not good to fall back to")
+    if agent_state == "failed":
+        return Verdict("bad", f"sortie.service failed on slot {st.booted}")
+    if elapsed_s >= timeout_s:
+        return Verdict("bad", f"sortie.service not ready {timeout_s:g} s into the trial "
+                              f"of slot {st.booted} ({agent_state})")
+    return Verdict("wait", f"sortie.service {agent_state}")
 
 
 def read(path: Path = GRUBENV) -> dict[str, str]:

@@ -109,10 +109,27 @@ def build_parser() -> argparse.ArgumentParser:
                     "/boot/efi/EFI/sortie/grubenv)")
     output(ss)
     ss.set_defaults(func=cmd.cmd_slot)
-    sm = sl_sub.add_parser("mark-good", help="mark the booted slot good (run by "
-                           "sortie-mark-good.service once the mission flies)")
+    sm = sl_sub.add_parser("mark-good", help="mark the booted slot good by hand (the "
+                           "boot check does it once the mission flies)")
     sm.add_argument("--grubenv", type=Path, help="GRUB's environment block")
     sm.set_defaults(func=cmd.cmd_slot, output=None)
+    si = sl_sub.add_parser("install", help="verify a signed update bundle (RAUC) and write "
+                           "it to the other slot; the next boot tries it once")
+    si.add_argument("bundle", type=Path, help="the .raucb from `sortie board build`")
+    si.add_argument("--grubenv", type=Path, help="GRUB's environment block")
+    si.set_defaults(func=cmd.cmd_slot, output=None)
+    sc = sl_sub.add_parser("check", help="boot check (sortie-boot-check.service): mark the "
+                           "slot on trial good once the mission flies, or bad and reboot "
+                           "into the other slot")
+    sc.add_argument("--timeout", type=float, default=120, help="seconds the agent has to "
+                    "become ready (default 120)")
+    sc.add_argument("--grubenv", type=Path, help="GRUB's environment block")
+    sc.set_defaults(func=cmd.cmd_slot, output=None)
+    sb = sl_sub.add_parser("backend", help="RAUC's custom bootloader backend (called by "
+                           "rauc: get-primary, set-primary S, get-state S, set-state S good|bad)")
+    sb.add_argument("call", nargs="+", help="the backend call")
+    sb.add_argument("--grubenv", type=Path, help="GRUB's environment block")
+    sb.set_defaults(func=cmd.cmd_slot, output=None)
 
     mo = sub.add_parser("mode", help="switch the window schedule (mode) at the next "
                         "major-frame boundary")
@@ -186,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     bb.add_argument("--cache", type=Path, default=Path(os.environ.get(
         "SORTIE_CACHE", str(Path.home() / ".cache" / "sortie"))) / "board",
         help="download and build cache (default $SORTIE_CACHE/board or ~/.cache/sortie/board)")
+    bb.add_argument("--update-keys", type=Path, help="update signing keys: ca.cert.pem "
+                    "(baked in as the board's keyring), signing.cert.pem, signing.key.pem; "
+                    "made when the directory has none (default ~/.config/sortie/update-keys)")
     bb.set_defaults(func=ground("cmd_board"))
     bt = bo_sub.add_parser("boot", help="boot a built image in QEMU and report its agent")
     bt.add_argument("image", type=Path, help="the build's output directory")
@@ -204,6 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--direct-kernel", action="store_true", help="with --disk: hand the "
                     "kernel over with -kernel instead of through the firmware (faster, "
                     "the pre-UEFI path)")
+    bt.add_argument("--persist", type=Path, help="with --disk: keep this board's disk and "
+                    "NVRAM in DIR from boot to boot (slots, state, boot choice)")
+    bt.add_argument("--update", type=Path, action="append", default=[], help="with --disk: "
+                    "a signed bundle on a second disk, installed once the slot is confirmed "
+                    "(repeat: tried in order until one installs); the board reboots into it")
     output(bt)
     bt.set_defaults(func=ground("cmd_board"))
 

@@ -135,19 +135,33 @@ def render_sim(r: Any) -> str:
     return "\n".join(lines)
 
 
+MAX_REBOOTS = 5
+"""``sortie board boot --persist``: boots again after a reboot at most this often (a
+board rolling back reboots twice; more is a reboot loop to look at)."""
+
+
 def cmd_board(args: argparse.Namespace) -> int:
     from agent.ground.board.inputs import BoardError
     try:
         if args.board_command == "build":
+            from agent.ground.board import bundling
             from agent.ground.board.building import build
             manifest = build(args.hw, args.profiles, args.keys, args.board_config, args.out,
-                             args.cache)
+                             args.cache, update_keys=args.update_keys or bundling.DEFAULT_KEYS)
             print(manifest)
             return EXIT_OK
         from agent.ground.board.booting import boot
         show = None if args.quiet or args.output else print
-        result = boot(args.image, args.seconds or 0, args.timeout, args.report, args.accel,
-                      show, args.disk, args.mission, direct=args.direct_kernel)
+        bundles = tuple(args.update)
+        for _ in range(MAX_REBOOTS + 1):
+            result = boot(args.image, args.seconds or 0, args.timeout, args.report,
+                          args.accel, show, args.disk, args.mission,
+                          direct=args.direct_kernel, persist=args.persist, bundles=bundles)
+            if not (result.rebooted and args.persist):
+                break
+            # A board that reboots comes up again: same disk and NVRAM, no media.
+            print("\nboard rebooted: powering it on again")
+            bundles = ()
     except BoardError as exc:
         print_violations("board:", exc.violations)
         return EXIT_REFUSED

@@ -48,6 +48,21 @@ class QemuSpec(Frozen):
     """Kernel console device: ``ttyS0`` (x86) or ``ttyAMA0`` (arm)."""
 
 
+class BootSpec(Frozen):
+    """How the real board boots its disk."""
+
+    firmware: Literal["uefi", "raspberrypi"] = "uefi"
+    """``uefi``: the board's UEFI (or U-Boot's EFI) loads GRUB from the EFI system
+    partition. ``raspberrypi``: the Pi's boot ROM and firmware (``config.txt``) load
+    U-Boot, whose EFI loads the same GRUB."""
+    console: str | None = None
+    """The serial console of the bootloader and kernel on the real board (``ttyS0``,
+    ``ttyAMA0``, ``ttyS1`` on a Raspberry Pi 4); default the QEMU console."""
+    dtb: str | None = None
+    """``raspberrypi``: the device tree, as a path in the kernel package's DTB directory
+    (``broadcom/bcm2711-rpi-4-b.dtb``)."""
+
+
 class HardwareProfile(Frozen):
     """Description of one kind of board."""
 
@@ -71,6 +86,8 @@ class HardwareProfile(Frozen):
     """What the OS and the agent keep."""
     qemu: QemuSpec | None = None
     """QEMU emulation settings, where the board can be emulated."""
+    boot: BootSpec = BootSpec()
+    """How the flashed disk boots on the real board."""
 
     @model_validator(mode="after")
     def _consistent(self) -> HardwareProfile:
@@ -80,6 +97,9 @@ class HardwareProfile(Frozen):
         missing = sorted(set(self.reserved.cores) - set(ids))
         if missing:
             raise ValueError(f"reserved.cores: cores {missing} are not in cores")
+        if self.boot.firmware == "raspberrypi" and not self.boot.dtb:
+            raise ValueError("boot.dtb: the Raspberry Pi firmware needs the board's device "
+                             "tree (e.g. broadcom/bcm2711-rpi-4-b.dtb)")
         if self.reserved.memory_mib >= self.memory_mib:
             raise ValueError(
                 f"reserved.memory_mib: {self.reserved.memory_mib} leaves nothing of "

@@ -37,6 +37,17 @@ class Boot:
     clean: bool = False
     """The guest stopped the agent and powered off by itself."""
     console: list[str] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)
+    """Seconds from starting QEMU to each console line."""
+    rebooted: bool = False
+    """The guest asked for a reboot (QEMU runs with -no-reboot: it exits instead)."""
+    cut_at_s: float | None = None
+    """When the power was cut (``cut_on``): QEMU killed."""
+
+    def at(self, text: str) -> float | None:
+        """Seconds from QEMU's start to the first console line containing ``text``."""
+        return next((t for line, t in zip(self.console, self.times, strict=True)
+                     if text in line), None)
 
     @property
     def last(self) -> dict[str, Any] | None:
@@ -50,8 +61,9 @@ appended to a kernel command line: the bootloader on the disk writes that one.""
 
 def command(image: Path, manifest: dict[str, Any], run_s: float, report_s: float,
             accel: str, disk: bool = False, mission: str | None = None,
-            freeze_s: float = 0, direct: bool = False, vars_file: Path | None = None
-            ) -> list[str]:
+            freeze_s: float = 0, direct: bool = False, vars_file: Path | None = None,
+            disk_file: Path | None = None, media: Path | None = None,
+            install: tuple[str, ...] = ()) -> list[str]:
     """QEMU for the initramfs path (rdinit=/init, no systemd); with ``disk`` the raw
     disk image as a virtio disk (a snapshot: the image is not written) booted as a board
     boots it: UEFI firmware (``vars_file``: a writable copy of its variable store), GRUB
@@ -61,7 +73,8 @@ def command(image: Path, manifest: dict[str, Any], run_s: float, report_s: float
     q, art = manifest["qemu"], manifest["artifacts"]
     sortie = f"sortie.run_s={run_s:g} sortie.report_s={report_s:g}" + (
         f" sortie.mission={mission}" if mission else "") + (
-        f" sortie.freeze_s={freeze_s:g}" if freeze_s else "")
+        f" sortie.freeze_s={freeze_s:g}" if freeze_s else "") + (
+        f" sortie.install={','.join(install)}" if install else "")
     base = [q["binary"], "-M", q["machine"], "-cpu", q["cpu"], "-smp", str(q["smp"]),
             "-m", str(q["memory_mib"]), "-accel", accel, "-nographic", "-no-reboot",
             "-net", "none"]
@@ -69,14 +82,19 @@ def command(image: Path, manifest: dict[str, Any], run_s: float, report_s: float
         return [*base, "-kernel", str(image / art["kernel"]["file"]), "-initrd",
                 str(image / art["initramfs"]["file"]), "-append",
                 f"console={q['console']} rdinit=/init panic=-1 quiet loglevel=3 {sortie}"]
-    drive = ["-drive", f"file={image / art['disk']['file']},format=raw,if=virtio,snapshot=on",
-             "-fw_cfg", f"name={FW_CFG},string={sortie}"]
+    # The built disk as a snapshot (never written), or the board's own copy (persist).
+    target = f"file={disk_file},format=raw,if=virtio" if disk_file else \
+        f"file={image / art['disk']['file']},format=raw,if=virtio,snapshot=on"
+    # QEMU's option syntax: a comma inside a value is written twice.
+    drive = ["-drive", target, "-fw_cfg", f"name={FW_CFG},string={sortie.replace(',', ',,')}"]
+    if media is not None:  # a USB stick with update bundles, as a second disk
+        drive += ["-drive", f"file={media},format=raw,if=virtio,readonly=on"]
     if direct:
-        slot = manifest.get("bootloader", {}).get("slots", {}).get("A", "sortie-a")
+        slot = manifest.get("bootloader", {}).get("slots", {}).get("A", "rootfs-a")
         return [*base, "-kernel", str(image / art["kernel"]["file"]), "-initrd",
                 str(image / art["disk_initrd"]["file"]), *drive, "-append",
-                f"console={q['console']} root=LABEL={slot} rw panic=-1 quiet loglevel=3 "
-                f"{sortie}"]
+                f"console={q['console']} root=PARTLABEL={slot} ro panic=-1 quiet "
+                f"loglevel=3 {sortie}"]
     if vars_file is None:
         raise BoardError([Violation("firmware", "a UEFI boot needs a variable store copy")])
     code = manifest["qemu"].get("firmware_code")
@@ -112,30 +130,83 @@ def load_manifest(image: Path, disk: bool = False) -> dict[str, Any]:
     return doc
 
 
+MEDIA_LABEL = "SORTIE-UPD"
+"""The ext4 label of the update media the guest installs bundles from."""
+
+
+def update_media(bundles: list[Path], out: Path) -> Path:
+    """An ext4 image (label SORTIE-UPD) holding ``bundles``: what a technician's USB
+    stick would carry. Made with mke2fs -d, no mount; the files root's, read-only."""
+    staging = out.with_name(out.name + ".d")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        for b in bundles:
+            if not b.is_file():
+                raise BoardError([Violation(str(b), "no such bundle")])
+            shutil.copyfile(b, staging / b.name)
+            (staging / b.name).chmod(0o644)
+        mib = sum(b.stat().st_size for b in bundles) // (1 << 20) + 64
+        out.unlink(missing_ok=True)
+        res = subprocess.run(["mkfs.ext4", "-F", "-q", "-L", MEDIA_LABEL, "-E",
+                              "root_owner=0:0", "-d", str(staging), str(out), f"{mib}M"],
+                             capture_output=True, text=True, check=False)
+        if res.returncode != 0:
+            raise BoardError([Violation("update media", res.stderr.strip()[-300:])])
+    finally:
+        shutil.rmtree(staging)
+    return out
+
+
 def boot(image: Path, run_s: float = 0, timeout_s: float = 600, report_s: float = 5,
          accel: str = "tcg", echo: Callable[[str], None] | None = None,
          disk: bool = False, mission: str | None = None, freeze_s: float = 0,
-         direct: bool = False) -> Boot:
+         direct: bool = False, persist: Path | None = None,
+         bundles: tuple[Path, ...] = (), cut_on: tuple[str, float] | None = None) -> Boot:
     """``mission``: fly that baked mission instead of the configured one (initramfs
-    path only: a flashed board flies what its config says)."""
+    path only: a flashed board flies what its config says). ``persist``: the board's
+    own disk and NVRAM in that directory, kept from boot to boot (made from the image
+    the first time); without it every disk boot starts from the built disk.
+    ``bundles``: on a second disk; the guest installs them in order once its slot is
+    confirmed (a refused one is reported, the next tried) and reboots after the first
+    installed. ``cut_on``: (text, seconds): cut the power (kill QEMU) that long after a
+    console line containing the text."""
     if mission and disk:
         raise BoardError([Violation("--mission", "only for the initramfs boot; a disk "
                                                  "boot flies what the baked config says")])
+    if (persist or bundles) and (not disk or direct):
+        raise BoardError([Violation("--persist/--update", "only for a disk booted through "
+                                                          "its firmware (--disk)")])
     manifest = load_manifest(image, disk)
     with tempfile.TemporaryDirectory(prefix="sortie-boot-") as tmp:
-        vars_file = None
+        vars_file = disk_file = media = None
+        if persist is not None:
+            persist.mkdir(parents=True, exist_ok=True)
         if disk and not direct and "firmware_vars" in manifest["qemu"]:
             # The firmware's variables are the board's NVRAM: each boot starts from the
             # firmware's defaults (the removable-media path needs no boot entry).
-            vars_file = Path(tmp) / "vars.fd"
-            shutil.copyfile(manifest["qemu"]["firmware_vars"], vars_file)
+            vars_file = (persist or Path(tmp)) / "vars.fd"
+            if not vars_file.exists():
+                shutil.copyfile(manifest["qemu"]["firmware_vars"], vars_file)
+        if persist is not None:
+            disk_file = persist / "disk.img"
+            if not disk_file.exists():
+                subprocess.run(["cp", "--sparse=always", str(image / manifest["artifacts"][
+                    "disk"]["file"]), str(disk_file)], check=True)
+        if bundles:
+            media = update_media(list(bundles), Path(tmp) / "media.img")
         cmd = command(image, manifest, run_s, report_s, accel, disk, mission, freeze_s,
-                      direct, vars_file)
-        return _run(cmd, timeout_s, echo)
+                      direct, vars_file, disk_file, media, tuple(b.name for b in bundles))
+        return _run(cmd, timeout_s, echo, cut_on)
 
 
-def _run(cmd: list[str], timeout_s: float, echo: Callable[[str], None] | None) -> Boot:
+REBOOT = "reboot: Restarting system"
+
+
+def _run(cmd: list[str], timeout_s: float, echo: Callable[[str], None] | None,
+         cut_on: tuple[str, float] | None = None) -> Boot:
     result = Boot(cmd)
+    cut_at: float | None = None
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
@@ -154,6 +225,10 @@ def _run(cmd: list[str], timeout_s: float, echo: Callable[[str], None] | None) -
             if asked and now > asked + 30:
                 proc.kill()
                 break
+            if cut_at is not None and now >= cut_at:
+                proc.kill()  # the power cut: no shutdown, no sync
+                result.cut_at_s = now
+                break
             for _ in sel.select(0.2):
                 chunk = proc.stdout.read() or b""
                 buf += chunk
@@ -161,6 +236,11 @@ def _run(cmd: list[str], timeout_s: float, echo: Callable[[str], None] | None) -
             for raw in lines:
                 line = raw.decode(errors="replace").rstrip("\r")
                 result.console.append(line)
+                result.times.append(time.monotonic() - t0)
+                if cut_on is not None and cut_at is None and cut_on[0] in line:
+                    cut_at = result.times[-1] + cut_on[1]
+                if REBOOT in line:
+                    result.rebooted = True
                 # Under systemd the console adds "[time] python3[pid]: " in front.
                 if (at := line.find(STATUS)) >= 0:
                     with contextlib.suppress(ValueError):  # a line cut short: skip it

@@ -14,12 +14,13 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import agent
 from agent.errors import Violation
-from agent.ground.board import diskboot, packing, rootfs, uefi
+from agent.ground.board import bundling, diskboot, packing, raspi, rootfs, uefi
 from agent.ground.board.fetching import PrivateApt, extract_deb, kernel_package, run
 from agent.ground.board.inputs import BoardError, Inputs, check
 from agent.ground.board.progress import Progress
@@ -76,10 +77,16 @@ def qemu_spec(inputs: Inputs) -> dict[str, Any]:
 
 
 def build(hw: Path, profiles: Path | None, keys: Path | None, config: Path | None,
-          out: Path, cache: Path, say: Progress | None = None) -> Path:
+          out: Path, cache: Path, say: Progress | None = None,
+          update_keys: Path = bundling.DEFAULT_KEYS) -> Path:
     say = say or Progress()
     cache, out = cache.resolve(), out.resolve()  # apt resolves relative paths elsewhere
     inputs = check(hw, profiles, keys, config, cache, out)  # before any long step
+    signing, created = bundling.load_or_create(update_keys)
+    if created:
+        say(f"update keys: a new CA and signing key in {update_keys} (keep ca.key.pem "
+            "offline; boards built with it accept bundles signed by signing.key.pem)")
+    inputs = replace(inputs, update_keyring=signing.keyring())
     cache.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     kdir, kpkg, kver, apt = _kernel(inputs, cache, say)
@@ -148,32 +155,55 @@ def build(hw: Path, profiles: Path | None, keys: Path | None, config: Path | Non
         rootfs.normalize(root, shallow=True)
     say("bootloader: GRUB EFI (Debian's modules, the host's grub-mkimage)")
     grub, grub_pkg = uefi.grub_efi(apt, cache)
-    console = qemu_spec(inputs)["console"]
+    boot_spec = inputs.board.boot
+    console = boot_spec.console or qemu_spec(inputs)["console"]
+    esp_files = {f"/EFI/BOOT/{uefi.GRUB[inputs.arch][2]}": grub.read_bytes(),
+                 f"{uefi.PREFIX}/grub.cfg": uefi.grub_cfg(console).encode(),
+                 f"{uefi.PREFIX}/grubenv": uefi.grubenv(uefi.INITIAL_ENV)}
+    board_firmware: dict[str, str] = {}
+    if boot_spec.firmware == "raspberrypi":
+        say("boot partition: the Raspberry Pi firmware, config.txt, the device tree, U-Boot")
+        assert boot_spec.dtb is not None  # the model requires it for this firmware
+        pi_files, board_firmware = raspi.boot_files(apt, kdir, boot_spec.dtb, cache)
+        esp_files.update(pi_files)
     esp = cache / f"esp-{inputs.arch}.img"
-    uefi.esp_image(esp, packing.ESP_MIB, {
-        f"/EFI/BOOT/{uefi.GRUB[inputs.arch][2]}": grub.read_bytes(),
-        f"{uefi.PREFIX}/grub.cfg": uefi.grub_cfg(console).encode(),
-        f"{uefi.PREFIX}/grubenv": uefi.grubenv(uefi.INITIAL_ENV)}, key[:8].upper())
-    say("disk image: GPT, EFI system partition, root slots A and B, data (mke2fs -d)")
-    layout = packing.disk_image(root, esp, out / "disk.img", inputs.arch, key,
-                                (uefi.SLOT_LABELS["A"], uefi.SLOT_LABELS["B"],
-                                 uefi.DATA_LABEL))
+    uefi.esp_image(esp, packing.ESP_MIB, esp_files, key[:8].upper())
+    say("root file system: ext4 of the tree (mke2fs -d), read-only on the board")
+    root_fs = packing.root_image(root, cache / f"rootfs-{inputs.arch}.ext4", key,
+                                 uefi.ROOT_LABEL)
+    say("disk image: GPT, EFI system partition, root slots A and B, data")
+    layout = packing.disk_image(root_fs, esp, out / "disk.img", inputs.arch, key,
+                                uefi.DATA_LABEL)
     esp.unlink()
     size = layout["bytes"]
     say("bmap: the disk's mapped blocks, for bmaptool copy")
     bmap = packing.bmap(out / "disk.img")
+    compatible = f"sortie-{inputs.board.name}"
+    version = f"{agent.__version__}+{key[:12]}"
+    say(f"update bundle: RAUC {bundling.FORMAT}, {compatible} {version}, signed by "
+        f"{signing.cert}")
+    bundle = bundling.bundle(root_fs, compatible, version, signing, out / "update.raucb")
+    root_fs.unlink()
     firmware = uefi.firmware_packages()
     path = packing.write_manifest(out, {
         "kernel": out / "kernel", "vmlinuz": out / "vmlinuz",
         "initramfs": out / "initramfs.cpio.gz", "disk": out / "disk.img",
-        "disk_initrd": out / "disk-initrd.cpio.gz", "disk_bmap": bmap}, {
+        "disk_initrd": out / "disk-initrd.cpio.gz", "disk_bmap": bmap,
+        "update_bundle": bundle}, {
         "build_key": key,
         "board": inputs.board.name, "arch": inputs.arch,
         "kernel_package": f"{kpkg} {kver}", "agent_version": agent.__version__,
         "inputs_sha256": inputs.digest(), "agent_code_sha256": code,
         "rootfs_tree_sha256": tree, "disk_bytes": size, "disk_layout": layout,
         "bootloader": {"package": grub_pkg, "file": f"EFI/BOOT/{uefi.GRUB[inputs.arch][2]}",
-                       "slots": uefi.SLOT_LABELS, "initial_env": uefi.INITIAL_ENV},
+                       "slots": {s: name for s, (name, _) in uefi.SLOT_PARTITIONS.items()},
+                       "initial_env": uefi.INITIAL_ENV, "console": console,
+                       "board_firmware": boot_spec.firmware,
+                       "board_firmware_packages": board_firmware,
+                       "esp_files": sorted(esp_files)},
+        "update": {"compatible": compatible, "version": version, "format": bundling.FORMAT,
+                   "keyring_sha256": hashlib.sha256(inputs.update_keyring).hexdigest(),
+                   "updater": f"rauc {_packages(root).get('rauc', 'missing')}"},
         "firmware_for_qemu": firmware,
         "profiles": sorted(inputs.profiles), "keys": sorted(inputs.keys),
         "packages": _packages(root), "qemu": qemu_spec(inputs),

@@ -23,16 +23,27 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 for m in $(cat /modules.order); do insmod /modules/$m.ko 2>/dev/null; done
 root=$(sed -n 's/.*root=\\([^ ]*\\).*/\\1/p' /proc/cmdline)
+mode=rw
+grep -qw ro /proc/cmdline && mode=ro
 want=$root
 i=0
-# root=LABEL=... (the slot the bootloader chose) or a device path; devices appear late.
+# root=PARTLABEL=rootfs-a|b (the slot the bootloader chose: the partition, whatever file
+# system an update wrote into it), LABEL=, UUID= or a device path; devices appear late.
 while [ $i -lt 100 ]; do
-    case "$want" in LABEL=*|UUID=*) root=$(findfs "$want" 2>/dev/null) ;; esac
+    case "$want" in
+        PARTLABEL=*)
+            for u in /sys/class/block/*/uevent; do
+                if grep -qx "PARTNAME=${want#PARTLABEL=}" "$u"; then
+                    root=/dev/$(sed -n 's/^DEVNAME=//p' "$u")
+                fi
+            done ;;
+        LABEL=*|UUID=*) root=$(findfs "$want" 2>/dev/null) ;;
+    esac
     [ -b "$root" ] && break
     sleep 0.1; i=$((i+1))
 done
 mkdir -p /newroot
-if ! mount -t ext4 "$root" /newroot; then
+if ! mount -t ext4 -o $mode "$root" /newroot; then
     echo "sortie-initrd: cannot mount $root"; exec sh
 fi
 umount /proc /sys

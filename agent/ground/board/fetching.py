@@ -36,7 +36,9 @@ class PrivateApt:
             (root / d).mkdir(parents=True, exist_ok=True)
         self.sources = root / "etc" / "sources.list"
         self.sources.write_text(
-            f"deb [arch={self.arch} signed-by={KEYRING}] {inputs.mirror} {inputs.suite} main\n"
+            # non-free-firmware: the Raspberry Pi's boot firmware (raspi-firmware).
+            f"deb [arch={self.arch} signed-by={KEYRING}] {inputs.mirror} {inputs.suite} "
+            "main non-free-firmware\n"
             f"deb [arch={self.arch} signed-by={KEYRING}] {inputs.security} "
             f"{inputs.suite}-security main\n")
 

@@ -29,9 +29,11 @@ MIRROR = "http://deb.debian.org/debian"
 SECURITY = "http://deb.debian.org/debian-security"
 # udev: /dev/disk/by-label (the slots, the ESP and the data partition are mounted by
 # label) and module autoloading; minbase leaves it out (only recommended by systemd).
-PACKAGES = ("python3", "systemd-sysv", "udev", "ca-certificates", "kmod")
+PACKAGES = ("python3", "systemd-sysv", "udev", "ca-certificates", "kmod", "rauc",
+            "rauc-service")
 """Debian packages in the root filesystem (minbase + these): python3 for the agent,
-systemd to start it on real boards, CA certificates for mqtts/https links."""
+systemd to start it on real boards, CA certificates for mqtts/https links, RAUC for
+signed A/B updates of the root slots (it brings D-Bus)."""
 NEED_FREE_MIB = 2048
 """Free space the cache and the output need for one build (rootfs, packing, image)."""
 TOOLS = {"mmdebstrap": "mmdebstrap", "apt-get": "apt", "dpkg-deb": "dpkg",
@@ -68,6 +70,8 @@ class Inputs:
     suite: str = SUITE
     packages: tuple[str, ...] = PACKAGES
     extra: dict[str, str] = field(default_factory=dict)
+    update_keyring: bytes = b""
+    """The CA certificate(s) update bundles must chain to (PEM), baked into the slot."""
 
     def digest(self) -> str:
         """One hash of everything that goes into the image (besides the agent's code)."""
@@ -78,6 +82,7 @@ class Inputs:
             h.update(part.encode() + b"\0")
         for name, data in sorted(self.profiles.items()):
             h.update(name.encode() + b"\0" + data + b"\0")
+        h.update(self.update_keyring)
         return h.hexdigest()
 
 

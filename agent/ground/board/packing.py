@@ -108,23 +108,35 @@ def slot_mib(root: Path) -> int:
     return int(used * 1.3) + 128
 
 
-def disk_image(root: Path, esp: Path, out: Path, arch: str, seed: str,
-               labels: tuple[str, str, str]) -> dict[str, Any]:
+def root_image(root: Path, out: Path, seed: str, label: str) -> Path:
+    """The root file system of one slot as a file: ext4 made from the tree (mke2fs -d,
+    no mount), sized for the slot. The disk's slot A and the update bundle carry it."""
+    fs_uuid = _uuid(seed, "root-fs")
+    out.unlink(missing_ok=True)
+    run(["mkfs.ext4", "-F", "-q", "-L", label, "-U", fs_uuid, "-E",
+         f"root_owner=0:0,hash_seed={fs_uuid}", "-d", str(root), str(out),
+         f"{slot_mib(root)}M"], "mkfs.ext4 root", env={**os.environ,
+                                                        "E2FSPROGS_FAKE_TIME": str(EPOCH)})
+    return out
+
+
+def disk_image(root_fs: Path, esp: Path, out: Path, arch: str, seed: str,
+               data_label: str) -> dict[str, Any]:
     """A GPT disk a board boots by itself: the EFI system partition (``esp``, a FAT
-    image), root slots A (the tree) and B (empty until the first update), and the data
-    partition that both slots share (state, ledger). Made without a loop device or a
-    mount (sfdisk, mke2fs -d with an offset); sparse, so unused space costs nothing on
-    the build host or, with bmap, when flashing. Returns the layout (offsets in bytes)."""
-    slot = slot_mib(root)
+    image), root slots A (``root_fs``) and B (empty: the first update writes it), and
+    the data partition that both slots share (state, ledger). Made without a loop
+    device or a mount (sfdisk, mke2fs); sparse, so unused space costs nothing on the
+    build host or, with bmap, when flashing. Returns the layout (offsets in bytes)."""
+    slot = root_fs.stat().st_size >> 20
     sizes = [("esp", ESP_MIB, ESP_TYPE), ("rootfs-a", slot, ROOT_TYPE[arch]),
              ("rootfs-b", slot, ROOT_TYPE[arch]), ("data", DATA_MIB, DATA_TYPE)]
     layout: dict[str, Any] = {}
     lines = [f"label: gpt\nlabel-id: {_uuid(seed, 'disk')}\n"]
     at = PARTITION_OFFSET
-    for name, mib, ptype in sizes:
+    for number, (name, mib, ptype) in enumerate(sizes, 1):
         lines.append(f"start={at // 512}, size={mib * 2048}, type={ptype}, "
                      f"uuid={_uuid(seed, name)}, name={name}\n")
-        layout[name] = {"offset": at, "bytes": mib << 20}
+        layout[name] = {"offset": at, "bytes": mib << 20, "number": number}
         at += mib << 20
     size = at + PARTITION_OFFSET  # room for the backup GPT at the end
     out.unlink(missing_ok=True)
@@ -135,29 +147,30 @@ def disk_image(root: Path, esp: Path, out: Path, arch: str, seed: str,
     if res.returncode != 0:
         raise BoardError([Violation("disk image", f"sfdisk: {res.stderr.strip()}")])
     _place(esp, out, layout["esp"]["offset"])
+    _place(root_fs, out, layout["rootfs-a"]["offset"])
     env = {**os.environ, "E2FSPROGS_FAKE_TIME": str(EPOCH)}
-    for (name, tree), label in zip((("rootfs-a", root), ("rootfs-b", None)), labels[:2],
-                                   strict=True):
-        fs_uuid = _uuid(seed, f"{name}-fs")
-        cmd = ["mkfs.ext4", "-F", "-q", "-L", label, "-U", fs_uuid, "-E",
-               f"offset={layout[name]['offset']},root_owner=0:0,hash_seed={fs_uuid}"]
-        if tree is not None:
-            cmd += ["-d", str(tree)]
-        run([*cmd, str(out), f"{layout[name]['bytes'] >> 20}M"], f"mkfs.ext4 {name}", env=env)
-        layout[name]["label"] = label
     # The data partition is the state directory itself: root's alone (0700), which
     # mke2fs cannot set on a file system's root; debugfs can, on a file of its own.
     data, fs_uuid = out.with_name(out.name + ".data"), _uuid(seed, "data-fs")
     try:
-        run(["mkfs.ext4", "-F", "-q", "-L", labels[2], "-U", fs_uuid, "-E",
+        run(["mkfs.ext4", "-F", "-q", "-L", data_label, "-U", fs_uuid, "-E",
              f"root_owner=0:0,hash_seed={fs_uuid}", str(data), f"{DATA_MIB}M"],
             "mkfs.ext4 data", env=env)
-        run(["debugfs", "-w", "-R", "set_inode_field / mode 040700", str(data)],
-            "debugfs data", env=env)
+        # log/: the board's /var/log (bind mount), the journal's home on the board.
+        # keys/: this board's own secrets (TLS client key, Kubernetes token), put there
+        # when it is provisioned: one image serves a fleet, updates keep them.
+        cmds = data.with_name(data.name + ".debugfs")
+        cmds.write_text("set_inode_field / mode 040700\nmkdir log\n"
+                        "set_inode_field log mode 040700\nmkdir log/journal\n"
+                        "mkdir keys\nset_inode_field keys mode 040700\n")
+        try:
+            run(["debugfs", "-w", "-f", str(cmds), str(data)], "debugfs data", env=env)
+        finally:
+            cmds.unlink()
         _place(data, out, layout["data"]["offset"])
     finally:
         data.unlink(missing_ok=True)
-    layout["data"]["label"] = labels[2]
+    layout["data"]["label"] = data_label
     layout["esp"]["label"] = "SORTIE-ESP"
     layout["bytes"] = size
     return layout

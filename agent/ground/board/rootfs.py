@@ -18,6 +18,7 @@ import agent
 from agent.ground.board.fetching import foreign_exec, run
 from agent.ground.board.inputs import Inputs
 from agent.ground.board.progress import Progress
+from agent.slots import PARTITIONS as SLOT_PARTITIONS
 
 EPOCH = 1767225600  # 2026-01-01: every file's mtime in the image (reproducible content)
 EXCLUDES = ("/usr/share/doc/*", "/usr/share/man/*", "/usr/share/info/*",
@@ -28,6 +29,8 @@ PLATFORMS = {"amd64": ["manylinux_2_36_x86_64", "manylinux_2_28_x86_64",
                        "manylinux_2_17_aarch64", "manylinux2014_aarch64", "linux_aarch64"]}
 """Wheel tags bookworm's glibc 2.36 runs; Python 3.11 is bookworm's python3."""
 LIB = "opt/sortie/lib"
+BOARD_PYTHON = (3, 11)
+"""bookworm's python3: the bytecode in the image is for it."""
 
 UNIT = """[Unit]
 Description=Sortie mission agent
@@ -79,23 +82,57 @@ StandardOutput=journal+console
 WantedBy=multi-user.target
 """
 
-MARK_GOOD_UNIT = """[Unit]
-Description=Mark the booted root slot good once the mission flies
-# sortie.service is Type=notify: "after" it means after READY=1, the first reconcile done.
-# If it never gets there, this never runs: the slot stays "tried", and the next boot
-# falls back to the other slot (agent/slots.py, EFI/sortie/grub.cfg).
-Requires=sortie.service
+BOOT_CHECK_UNIT = """[Unit]
+Description=Confirm the booted root slot once the mission flies, or fall back
+# After sortie.service's start job: READY=1 (the mission flies) or a failed start. The
+# check then waits for "active" (mark the slot good) or "failed" / 120 s (mark it bad and
+# reboot: GRUB boots the other slot). Wants, not Requires: a failed agent must not stop
+# the check that rolls back from it.
+Wants=sortie.service
 After=sortie.service
-RequiresMountsFor=/boot/efi
+RequiresMountsFor=/boot/efi /var/lib/sortie
 ConditionKernelCommandLine=sortie.slot
 
 [Service]
 Type=oneshot
-ExecStart=/usr/local/bin/sortie slot mark-good
+ExecStart=/usr/local/bin/sortie slot check --timeout 120
+StandardOutput=journal+console
 
 [Install]
 WantedBy=multi-user.target
 """
+
+RAUC_BACKEND = """#!/bin/sh
+# RAUC's custom bootloader backend: the slots' one writer (agent/slots.py).
+exec /usr/local/bin/sortie slot backend "$@"
+"""
+
+
+def rauc_system_conf(compatible: str) -> str:
+    """RAUC on the board: two ext4 root slots (the GPT partitions by name), slot choice
+    through GRUB's environment (our custom backend), only verity bundles, signatures
+    chained to the baked keyring with the codeSigning purpose, its status on the data
+    partition (the slots stay read-only)."""
+    slots = "".join(f"""
+[slot.rootfs.{i}]
+device=/dev/disk/by-partlabel/{name}
+type=ext4
+bootname={slot}
+""" for i, (slot, (name, _)) in enumerate(SLOT_PARTITIONS.items()))
+    return f"""[system]
+compatible={compatible}
+bootloader=custom
+bundle-formats=verity
+data-directory=/var/lib/sortie/rauc
+
+[keyring]
+path=/etc/rauc/keyring.pem
+check-purpose=codesign
+
+[handlers]
+bootloader-custom-backend=/usr/local/lib/sortie/rauc-backend
+{slots}"""
+
 
 LAUNCHER = f"""#!/bin/sh
 PYTHONPATH=/{LIB} exec /usr/bin/python3 -m agent.cli "$@"
@@ -207,6 +244,15 @@ def assemble(inputs: Inputs, base: Path, wheels: Path, root: Path, say: Progress
     copy_agent(root / LIB)
     for junk in (root / LIB).glob("*.dist-info/RECORD"):
         junk.unlink()  # lists absolute build paths; not needed to run
+    if sys.version_info[:2] == BOARD_PYTHON:
+        # The slot is read-only: bytecode the board cannot write must be in the image,
+        # or every boot compiles the agent again. checked-hash: valid whatever the
+        # files' times, the same bytes for the same sources.
+        run([sys.executable, "-m", "compileall", "-q", "-j", "0", "--invalidation-mode",
+             "checked-hash", "-d", f"/{LIB}", str(root / LIB)], "compileall")
+    else:
+        say(f"bytecode: not compiled (the host's Python is not the board's "
+            f"{BOARD_PYTHON[0]}.{BOARD_PYTHON[1]}); the board compiles at every start")
     etc = root / "etc" / "sortie"
     _write(etc / "agent.yaml", yaml.safe_dump(inputs.config, sort_keys=True))
     _write(etc / "hardware.yaml", inputs.board_path.read_bytes())
@@ -221,21 +267,39 @@ def assemble(inputs: Inputs, base: Path, wheels: Path, root: Path, say: Progress
     wants = root / "etc/systemd/system/multi-user.target.wants"
     wants.mkdir(parents=True, exist_ok=True)
     _write(root / "etc/systemd/system/sortie-report.service", REPORT_UNIT)
-    _write(root / "etc/systemd/system/sortie-mark-good.service", MARK_GOOD_UNIT)
-    for unit in ("sortie.service", "sortie-report.service", "sortie-mark-good.service"):
+    _write(root / "etc/systemd/system/sortie-boot-check.service", BOOT_CHECK_UNIT)
+    for unit in ("sortie.service", "sortie-report.service", "sortie-boot-check.service"):
         link = wants / unit
         if not link.is_symlink():
             link.symlink_to(f"/etc/systemd/system/{unit}")
+    # A headless board has no seats or user sessions: logind (brought by D-Bus for
+    # RAUC) has nothing to manage, and on the read-only root it fails to start.
+    logind = root / "etc/systemd/system/systemd-logind.service"
+    logind.unlink(missing_ok=True)
+    logind.symlink_to("/dev/null")
     _write(root / "init", INIT, 0o755)
     _write(root / "usr/local/sbin/sortie-init", INIT, 0o755)
     _write(root / "etc/hostname", str(inputs.config.get("node_name", inputs.board.name)) + "\n")
-    # The root is the slot the bootloader chose (root=LABEL=sortie-a|b, rw): no fstab
-    # line can name it. The data partition is both slots' /var/lib/sortie (state,
-    # ledger, images): it outlives updates.
+    # Updates: RAUC, its config and keyring (in the slot: an update may rotate it), the
+    # backend that makes agent/slots.py the slots' one writer.
+    _write(root / "etc/rauc/system.conf", rauc_system_conf(f"sortie-{inputs.board.name}"))
+    _write(root / "etc/rauc/keyring.pem", inputs.update_keyring)
+    _write(root / "usr/local/lib/sortie/rauc-backend", RAUC_BACKEND, 0o755)
+    # The root is the slot the bootloader chose (root=PARTLABEL=rootfs-a|b), mounted
+    # read-only: a slot's bytes are what was built or installed, nothing else writes
+    # them. What must be written lives elsewhere: the data partition is both slots'
+    # /var/lib/sortie (state, ledger, images, RAUC's status) and /var/log, /tmp and
+    # /var/tmp are memory, the ESP holds the boot choice.
     _write(root / "etc/fstab", "LABEL=sortie-data /var/lib/sortie ext4 "
            "defaults,noatime,nofail,x-systemd.device-timeout=10s 0 2\n"
            "LABEL=SORTIE-ESP /boot/efi vfat "
-           "umask=0077,noatime,nofail,x-systemd.device-timeout=10s 0 2\n")
+           "umask=0077,noatime,nofail,x-systemd.device-timeout=10s 0 2\n"
+           # Logs (the journal, workload logs) outlive reboots and updates: the data
+           # partition's log/ (root only) is /var/log.
+           "/var/lib/sortie/log /var/log none bind,nofail,"
+           "x-systemd.requires-mounts-for=/var/lib/sortie 0 0\n"
+           "tmpfs /tmp tmpfs mode=1777,nosuid,nodev,size=25% 0 0\n"
+           "tmpfs /var/tmp tmpfs mode=1777,nosuid,nodev,size=10% 0 0\n")
     (root / "boot/efi").mkdir(parents=True, exist_ok=True)
     (root / "var/lib/sortie").mkdir(parents=True, exist_ok=True)
     (root / "var/lib/sortie").chmod(0o700)

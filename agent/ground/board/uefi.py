@@ -30,10 +30,12 @@ GRUB = {"amd64": ("grub-efi-amd64-bin", "x86_64-efi", "BOOTX64.EFI"),
         "arm64": ("grub-efi-arm64-bin", "arm64-efi", "BOOTAA64.EFI")}
 MODULES = ("part_gpt", "fat", "ext2", "normal", "linux", "configfile", "loadenv", "test",
            "echo", "search", "search_label", "search_fs_uuid", "gzio", "reboot", "halt",
-           "sleep", "true", "cat", "efi_gop")
+           "sleep", "true", "cat", "efi_gop", "regexp")
 """Built into the image: GRUB then needs no module directory on the ESP."""
 ESP_LABEL = "SORTIE-ESP"
-SLOT_LABELS = {"A": "sortie-a", "B": "sortie-b"}
+SLOT_PARTITIONS = slots.PARTITIONS
+ROOT_LABEL = "sortie-root"
+"""The ext4 label of every root file system (both slots carry the same after updates)."""
 DATA_LABEL = "sortie-data"
 PREFIX = "/EFI/sortie"
 
@@ -47,10 +49,10 @@ def grub_cfg(console: str, extra: str = "") -> str:
     """The slot choice and one menu entry per slot. ``console``: the kernel's serial
     console (ttyS0, ttyAMA0); the firmware's console carries GRUB's own lines."""
     entries = []
-    for slot, label in SLOT_LABELS.items():
+    for slot, (name, number) in SLOT_PARTITIONS.items():
         entries.append(f"""menuentry "sortie slot {slot}" --id {slot} {{
-    search --no-floppy --label --set=root {label}
-    linux /boot/vmlinuz root=LABEL={label} rw console={console} panic=10 quiet \\
+    set root=($disk,gpt{number})
+    linux /boot/vmlinuz root=PARTLABEL={name} ro console={console} panic=10 quiet \\
         loglevel=3 systemd.show_status=1 rauc.slot={slot} sortie.slot={slot} {extra}
     initrd /boot/initrd.img
 }}
@@ -86,6 +88,8 @@ if [ -z "$chosen" ]; then
     done
 fi
 save_env --file $prefix/grubenv A_TRY B_TRY
+# The slots are partitions of the disk the ESP is on (hdN,gpt1 -> hdN).
+regexp --set=1:disk '^([^,]+),' "$root"
 echo "sortie: booting slot $chosen (ORDER=$ORDER A_OK=$A_OK A_TRY=$A_TRY B_OK=$B_OK B_TRY=$B_TRY)"
 set default=$chosen
 {"".join(entries)}"""
