@@ -289,8 +289,11 @@ def report_under_systemd(run_s: float, report_s: float, freeze_s: float = 0,
     start = time.monotonic()
     frozen = audited = slot_good = False
     data_line()
-    # Bundles to install keep the guest up past run_s until they were tried.
-    while run_s <= 0 or time.monotonic() - start < run_s or install:
+    # Bundles to install, and a slot on trial, keep the guest up past run_s until they
+    # were tried and the boot check decided (a board booted from a slot).
+    on_slot = slot in ("A", "B")
+    while run_s <= 0 or time.monotonic() - start < run_s or install or (
+            on_slot and not slot_good):
         report_once()
         pids_line()
         if not audited and SOCKET.exists():

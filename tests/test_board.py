@@ -184,9 +184,10 @@ def test_the_disk_boots_by_itself_gpt_esp_two_slots_and_data(tmp_path: Path) -> 
                               check=True).stdout.strip() == want
     b = part_fs(img, parts[2], tmp_path / "b.ext4")
     assert b.read_bytes().count(0) == b.stat().st_size
-    d_stat = subprocess.run(["debugfs", "-R", "stat /", str(tmp_path / "d.ext4")],
-                            capture_output=True, text=True, check=True).stdout
-    assert "Mode:  0700" in d_stat and "User:     0" in d_stat
+    for d, mode in (("state", "0700"), ("state/keys", "0700"), ("log", "0755")):
+        d_stat = subprocess.run(["debugfs", "-R", f"stat {d}", str(tmp_path / "d.ext4")],
+                                capture_output=True, text=True, check=True).stdout
+        assert f"Mode:  {mode}" in d_stat and "User:     0" in d_stat, (d, d_stat)
     # Sparse: the empty slot and data cost (almost) nothing on disk, nor with bmap.
     assert img.stat().st_blocks * 512 < layout["bytes"] // 2
     bmap = packing.bmap(img)

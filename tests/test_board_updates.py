@@ -117,7 +117,7 @@ def test_ab_updates_refuse_switch_roll_back_and_survive_a_power_cut(tmp_path: Pa
     region(disk, layout["data"], data_fs)
     secret = tmp_path / "board-identity.pem"
     secret.write_text("-----BEGIN PRIVATE KEY-----\nnot really\n-----END PRIVATE KEY-----\n")
-    subprocess.run(["debugfs", "-w", "-R", f"write {secret} keys/board-identity.pem",
+    subprocess.run(["debugfs", "-w", "-R", f"write {secret} state/keys/board-identity.pem",
                     str(data_fs)], check=True, capture_output=True)
     with disk.open("r+b") as f:
         f.seek(layout["data"]["offset"])
@@ -206,4 +206,5 @@ def test_ab_updates_refuse_switch_roll_back_and_survive_a_power_cut(tmp_path: Pa
           f"mission flying {back_s:.1f} s after the fallback boot started "
           f"({(b4.times[-1] if b4.times else 0) + back_s:.1f} s in all); power cut "
           f"{b5.cut_at_s:.1f} s into the boot, active slot unchanged; bundle "
-          f"{good.stat().st_size >> 20} MiB")
+          f"{good.stat().st_size >> 20} MiB; peer, the same board booting without an "
+          f"update to flying: {b1.first_status_s:.1f} s")

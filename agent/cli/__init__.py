@@ -8,14 +8,20 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from agent.cli.common import EXIT_REFUSED, print_violations
+from agent.cli.base import EXIT_REFUSED, print_violations
 from agent.errors import AgentError, ProfileError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from agent.cli.parser import build_parser
-
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["slot"]:
+        # At boot and under RAUC: parse without importing the models (agent.cli.slot).
+        from agent.cli.slot import parser
+        args = parser().parse_args(argv)
+        args.log_level, args.log_format = "info", "text"
+    else:
+        from agent.cli.parser import build_parser
+        args = build_parser().parse_args(argv)
     from agent.cli.logs import configure
     configure(args.log_level, args.log_format)
     try:

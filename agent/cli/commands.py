@@ -171,40 +171,6 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
-def cmd_slot(args: argparse.Namespace) -> int:
-    from dataclasses import asdict
-
-    from agent import slots, updating
-    path = args.grubenv or slots.GRUBENV
-    if args.slot_command == "mark-good":
-        st = slots.mark_good(path)
-        print(f"slot {st.booted} marked good (order {' '.join(st.order)})")
-        return EXIT_OK
-    if args.slot_command == "backend":  # RAUC's custom bootloader backend
-        out = slots.backend(args.call, path)
-        if out:
-            print(out)
-        return EXIT_OK
-    if args.slot_command == "install":
-        st = updating.install(args.bundle, path=path)
-        nxt = slots.primary(slots.read(path))
-        print(f"installed {args.bundle}: the next boot tries slot {nxt} once (order "
-              f"{' '.join(st.order)}); reboot to switch")
-        return EXIT_OK
-    if args.slot_command == "check":
-        v = updating.check(args.timeout, path=path)
-        return EXIT_OK if v.action in ("good", "keep") else EXIT_REFUSED
-    st = slots.state(slots.read(path), Path("/proc/cmdline").read_text())
-    if args.output:
-        emit(asdict(st), args.output)
-    else:
-        for s in slots.SLOTS:
-            flags = ("good" if st.good[s] else "not good") + (", tried" if st.tried[s] else "")
-            print(f"slot {s}: {flags}{' (booted)' if st.booted == s else ''}")
-        print(f"order: {' '.join(st.order)}")
-    return EXIT_OK
-
-
 def cmd_mode(args: argparse.Namespace) -> int:
     from agent.daemon import socket_path
 

@@ -3,43 +3,17 @@ way for ``run``, ``check`` and ``plan``."""
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any
 
-import yaml
-
-from agent.errors import Violation
+from agent.cli.base import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, Parser, emit, print_violations
 from agent.models import AgentConfig, HardwareProfile, load_file
 
-if TYPE_CHECKING:
-    pass
+__all__ = ["EXIT_OK", "EXIT_REFUSED", "EXIT_USAGE", "Parser", "emit", "print_violations"]
 
-EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
 DEFAULT_CONFIG = Path("/etc/sortie/agent.yaml")
 REPO = Path(__file__).resolve().parent.parent.parent
 DEMO_PROFILE = REPO / "schedules" / "demo.yaml"
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
-
-
-def emit(data: Any, output: str) -> None:
-    if output == "json":
-        print(json.dumps(data, indent=2, default=str))
-    else:
-        print(yaml.safe_dump(data, sort_keys=False), end="")
-
-
-def print_violations(title: str, violations: list[Violation]) -> None:
-    print(title, file=sys.stderr)
-    for v in violations:
-        print(f"  - {v}", file=sys.stderr)
 
 
 # -- configuration ----------------------------------------------------------------

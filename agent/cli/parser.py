@@ -11,6 +11,7 @@ from pathlib import Path
 
 from agent import __version__
 from agent.cli import commands as cmd
+from agent.cli import slot
 from agent.cli.common import DEFAULT_CONFIG, Parser
 from agent.errors import AgentError
 
@@ -101,35 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="do not contact the Kubernetes API server")
     au.set_defaults(func=cmd.cmd_audit)
 
-    sl = sub.add_parser("slot", help="the board's root slots (A/B) as the bootloader "
-                        "sees them")
-    sl_sub = sl.add_subparsers(dest="slot_command", required=True, parser_class=Parser)
-    ss = sl_sub.add_parser("status", help="booted slot, order, good and tried flags")
-    ss.add_argument("--grubenv", type=Path, help="GRUB's environment block (default "
-                    "/boot/efi/EFI/sortie/grubenv)")
-    output(ss)
-    ss.set_defaults(func=cmd.cmd_slot)
-    sm = sl_sub.add_parser("mark-good", help="mark the booted slot good by hand (the "
-                           "boot check does it once the mission flies)")
-    sm.add_argument("--grubenv", type=Path, help="GRUB's environment block")
-    sm.set_defaults(func=cmd.cmd_slot, output=None)
-    si = sl_sub.add_parser("install", help="verify a signed update bundle (RAUC) and write "
-                           "it to the other slot; the next boot tries it once")
-    si.add_argument("bundle", type=Path, help="the .raucb from `sortie board build`")
-    si.add_argument("--grubenv", type=Path, help="GRUB's environment block")
-    si.set_defaults(func=cmd.cmd_slot, output=None)
-    sc = sl_sub.add_parser("check", help="boot check (sortie-boot-check.service): mark the "
-                           "slot on trial good once the mission flies, or bad and reboot "
-                           "into the other slot")
-    sc.add_argument("--timeout", type=float, default=120, help="seconds the agent has to "
-                    "become ready (default 120)")
-    sc.add_argument("--grubenv", type=Path, help="GRUB's environment block")
-    sc.set_defaults(func=cmd.cmd_slot, output=None)
-    sb = sl_sub.add_parser("backend", help="RAUC's custom bootloader backend (called by "
-                           "rauc: get-primary, set-primary S, get-state S, set-state S good|bad)")
-    sb.add_argument("call", nargs="+", help="the backend call")
-    sb.add_argument("--grubenv", type=Path, help="GRUB's environment block")
-    sb.set_defaults(func=cmd.cmd_slot, output=None)
+    slot.add_parser(sub)
 
     mo = sub.add_parser("mode", help="switch the window schedule (mode) at the next "
                         "major-frame boundary")

@@ -95,6 +95,10 @@ ROOT_TYPE = {"amd64": "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709",
 DATA_TYPE = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
 ESP_MIB = 64
 DATA_MIB = 512
+DATA_DIRS = (("state", "040700"), ("state/keys", "040700"), ("log", "040755"),
+             ("log/journal", "042755"))
+"""The data partition's tree: directory -> mode (the journal's is setgid, as journald
+makes it)."""
 
 
 def _uuid(seed: str, what: str) -> str:
@@ -149,20 +153,19 @@ def disk_image(root_fs: Path, esp: Path, out: Path, arch: str, seed: str,
     _place(esp, out, layout["esp"]["offset"])
     _place(root_fs, out, layout["rootfs-a"]["offset"])
     env = {**os.environ, "E2FSPROGS_FAKE_TIME": str(EPOCH)}
-    # The data partition is the state directory itself: root's alone (0700), which
-    # mke2fs cannot set on a file system's root; debugfs can, on a file of its own.
+    # The data partition (mounted at /data): state/ is /var/lib/sortie, root's alone
+    # (0700; its keys/ holds this board's own secrets, put there when it is provisioned:
+    # one image serves a fleet, updates keep them); log/ is /var/log (the journal,
+    # workload logs). Both bound in by the slot's fstab. mke2fs cannot set modes inside;
+    # debugfs can, on a file of its own.
     data, fs_uuid = out.with_name(out.name + ".data"), _uuid(seed, "data-fs")
     try:
         run(["mkfs.ext4", "-F", "-q", "-L", data_label, "-U", fs_uuid, "-E",
              f"root_owner=0:0,hash_seed={fs_uuid}", str(data), f"{DATA_MIB}M"],
             "mkfs.ext4 data", env=env)
-        # log/: the board's /var/log (bind mount), the journal's home on the board.
-        # keys/: this board's own secrets (TLS client key, Kubernetes token), put there
-        # when it is provisioned: one image serves a fleet, updates keep them.
         cmds = data.with_name(data.name + ".debugfs")
-        cmds.write_text("set_inode_field / mode 040700\nmkdir log\n"
-                        "set_inode_field log mode 040700\nmkdir log/journal\n"
-                        "mkdir keys\nset_inode_field keys mode 040700\n")
+        cmds.write_text("".join(f"mkdir {d}\nset_inode_field {d} mode {mode}\n"
+                                for d, mode in DATA_DIRS))
         try:
             run(["debugfs", "-w", "-f", str(cmds), str(data)], "debugfs data", env=env)
         finally:

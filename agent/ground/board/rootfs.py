@@ -272,6 +272,11 @@ def assemble(inputs: Inputs, base: Path, wheels: Path, root: Path, say: Progress
         link = wants / unit
         if not link.is_symlink():
             link.symlink_to(f"/etc/systemd/system/{unit}")
+    # The board's hardware watchdog, petted by systemd: a hang anywhere (before the boot
+    # check can judge a slot on trial, too) resets the board, and GRUB skips the slot
+    # left on trial. Boards without one: systemd says so and goes on.
+    _write(root / "etc/systemd/system.conf.d/sortie-watchdog.conf",
+           "[Manager]\nRuntimeWatchdogSec=30s\nRebootWatchdogSec=2min\n")
     # A headless board has no seats or user sessions: logind (brought by D-Bus for
     # RAUC) has nothing to manage, and on the read-only root it fails to start.
     logind = root / "etc/systemd/system/systemd-logind.service"
@@ -287,20 +292,21 @@ def assemble(inputs: Inputs, base: Path, wheels: Path, root: Path, say: Progress
     _write(root / "usr/local/lib/sortie/rauc-backend", RAUC_BACKEND, 0o755)
     # The root is the slot the bootloader chose (root=PARTLABEL=rootfs-a|b), mounted
     # read-only: a slot's bytes are what was built or installed, nothing else writes
-    # them. What must be written lives elsewhere: the data partition is both slots'
-    # /var/lib/sortie (state, ledger, images, RAUC's status) and /var/log, /tmp and
-    # /var/tmp are memory, the ESP holds the boot choice.
-    _write(root / "etc/fstab", "LABEL=sortie-data /var/lib/sortie ext4 "
+    # them. What must be written lives elsewhere: the data partition (/data) is both
+    # slots' /var/lib/sortie (state, ledger, images, RAUC's status, the board's keys)
+    # and /var/log, /tmp and /var/tmp are memory, the ESP holds the boot choice.
+    _write(root / "etc/fstab", "LABEL=sortie-data /data ext4 "
            "defaults,noatime,nofail,x-systemd.device-timeout=10s 0 2\n"
+           "/data/state /var/lib/sortie none bind,nofail,"
+           "x-systemd.requires-mounts-for=/data 0 0\n"
+           # Logs (the journal, workload logs) outlive reboots and updates.
+           "/data/log /var/log none bind,nofail,x-systemd.requires-mounts-for=/data 0 0\n"
            "LABEL=SORTIE-ESP /boot/efi vfat "
            "umask=0077,noatime,nofail,x-systemd.device-timeout=10s 0 2\n"
-           # Logs (the journal, workload logs) outlive reboots and updates: the data
-           # partition's log/ (root only) is /var/log.
-           "/var/lib/sortie/log /var/log none bind,nofail,"
-           "x-systemd.requires-mounts-for=/var/lib/sortie 0 0\n"
            "tmpfs /tmp tmpfs mode=1777,nosuid,nodev,size=25% 0 0\n"
            "tmpfs /var/tmp tmpfs mode=1777,nosuid,nodev,size=10% 0 0\n")
     (root / "boot/efi").mkdir(parents=True, exist_ok=True)
+    (root / "data").mkdir(exist_ok=True)
     (root / "var/lib/sortie").mkdir(parents=True, exist_ok=True)
     (root / "var/lib/sortie").chmod(0o700)
     normalize(root)
