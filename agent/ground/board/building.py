@@ -6,7 +6,8 @@ the Image.gz on aarch64), ``vmlinuz`` (Debian's, for bootloaders), ``initramfs.c
 (raw, flashable, boots by itself through UEFI: GPT with an EFI system partition holding
 GRUB, root slots A and B, a data partition), ``disk.img.bmap`` (for bmaptool),
 ``disk-initrd.cpio.gz`` (the initrd in the slot, also beside it to boot the disk with
-``-kernel``), ``manifest.json``.
+``-kernel``), ``update.raucb`` (the same root file system as a signed RAUC bundle, for
+boards already flashed), ``manifest.json``.
 """
 
 from __future__ import annotations
@@ -209,6 +210,7 @@ def build(hw: Path, profiles: Path | None, keys: Path | None, config: Path | Non
         "packages": _packages(root), "qemu": qemu_spec(inputs),
         "reproducibility": "kernel, vmlinuz, initramfs and rootfs_tree_sha256 repeat for "
                            "the same inputs and package versions; disk.img's ext4 records "
-                           "inode change times, so its bytes differ between builds"})
+                           "inode change times, so its bytes differ between builds; "
+                           "update.raucb carries its signing time"})
     say(f"done: {out} ({size >> 20} MiB disk image)")
     return path

@@ -4,11 +4,11 @@ to name), its configuration choosing between the two root slots, and the EFI sys
 partition holding both.
 
 Slot choice follows RAUC's GRUB contract (variables ORDER, A_OK, A_TRY, B_OK, B_TRY in
-``grubenv`` on the ESP), so that RAUC, or ``sortie board update``, can drive it: the
-first slot in ORDER that is OK and not already tried boots; its TRY flag is set before
-it boots and cleared by the running system once the mission flies (mark-good); a slot
-that was tried and never marked good is skipped at the next boot, which falls back to
-the other slot.
+``grubenv`` on the ESP), which RAUC drives through ``sortie slot backend``: the first
+slot in ORDER that is OK and not already tried boots; its TRY flag is set before it
+boots and cleared by the boot check once the mission flies (mark-good); a slot that was
+tried and never marked good is skipped at the next boot, which falls back to the other
+slot. A slot is a partition, found by its number on the ESP's disk.
 """
 
 from __future__ import annotations
