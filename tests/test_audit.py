@@ -260,3 +260,57 @@ def test_the_cluster_link_and_the_boards_rights_against_the_simulators_rbac(
         assert f["4.4"].level == "FAIL" and "missing: list missionprofiles" in f["4.4"].reason
     gone = by_id(judge(facts(config=cfg, kube=kube_probe(cfg))))  # the server is down
     assert gone["4.3"].level == "WARN" and gone["4.4"].level == "WARN"
+
+
+# -- 7 root slots and updates ---------------------------------------------------------
+RAUC = {"system": {"compatible": "sortie-b1", "bootloader": "custom",
+                   "bundle-formats": "verity"},
+        "keyring": {"path": "/etc/rauc/keyring.pem", "check-purpose": "codesign"}}
+KEYRING = PathFact("/etc/rauc/keyring.pem", "certificate", True, "file", 0, 0o100644,
+                   ROOT_DIRS, True)
+
+
+def test_a_slotted_board_updates_only_through_verified_bundles() -> None:
+    from agent.audit.facts import SlotFact
+    good = by_id(judge(facts(slots=SlotFact("B", True, RAUC, None, KEYRING))))
+    assert good["7.1"].level == good["7.2"].level == "PASS", (good["7.1"], good["7.2"])
+    assert "codesign" in good["7.2"].reason and "keyring.pem" in good["7.2"].reason
+    rw = by_id(judge(facts(slots=SlotFact("B", False, RAUC, None, KEYRING))))["7.1"]
+    assert rw.level == "WARN" and "read-write" in rw.reason
+    none = by_id(judge(facts(slots=SlotFact("A", True, None))))["7.2"]
+    assert none.level == "FAIL" and "system.conf is missing" in none.reason
+    plain = {**RAUC, "system": {**RAUC["system"], "bundle-formats": "plain verity"},
+             "keyring": {"path": "/etc/rauc/keyring.pem"}}
+    weak = by_id(judge(facts(slots=SlotFact("A", True, plain, None, KEYRING))))["7.2"]
+    assert weak.level == "WARN" and "bundle-formats" in weak.reason \
+        and "check-purpose" in weak.reason
+    lost = PathFact("/etc/rauc/keyring.pem", "certificate", False, required=True)
+    gone = by_id(judge(facts(slots=SlotFact("A", True, RAUC, None, lost))))["7.2"]
+    assert gone.level == "FAIL" and "keyring.pem is missing" in gone.reason
+    open_ring = PathFact("/etc/rauc/keyring.pem", "certificate", True, "file", 0, 0o100666,
+                         ROOT_DIRS, True)
+    writable = by_id(judge(facts(slots=SlotFact("A", True, RAUC, None, open_ring))))["7.2"]
+    assert writable.level == "FAIL", writable
+    # Not an A/B board (a development machine): nothing to judge, said so.
+    dev = by_id(judge(facts()))["7.1"]
+    assert dev.level == "PASS" and "not booted from a root slot" in dev.reason
+
+
+def test_the_slot_facts_come_from_the_command_line_the_mounts_and_raucs_config(
+        tmp_path: Path) -> None:
+    from agent.audit.gather import slot_fact
+    conf = tmp_path / "system.conf"
+    (tmp_path / "keyring.pem").write_text("-----BEGIN CERTIFICATE-----\n")
+    conf.write_text("[system]\ncompatible=sortie-b1\nbundle-formats=verity\n"
+                    "[keyring]\npath=keyring.pem\ncheck-purpose=codesign\n")
+    mounts = ("/dev/root / ext4 rw,relatime 0 0\n"
+              "/dev/vda2 / ext4 ro,relatime 0 0\n"   # the last / wins (the slot)
+              "/dev/vda4 /data ext4 rw,noatime 0 0\n")
+    sf = slot_fact("root=PARTLABEL=rootfs-b ro sortie.slot=B", mounts, conf)
+    assert (sf.booted, sf.root_readonly) == ("B", True)
+    assert sf.rauc is not None and sf.rauc["keyring"]["check-purpose"] == "codesign"
+    assert sf.keyring is not None and sf.keyring.exists  # relative to system.conf
+    assert slot_fact("quiet", mounts, tmp_path / "absent").rauc is None
+    conf.write_text("not an ini file\n")
+    broken = slot_fact("sortie.slot=A", mounts, conf)
+    assert broken.rauc is None and broken.rauc_error and "system.conf" in broken.rauc_error

@@ -94,6 +94,22 @@ class KubeProbe:
 
 
 @dataclass(frozen=True)
+class SlotFact:
+    """The board's root slots and its updater."""
+
+    booted: str | None
+    """The slot this system runs from (``sortie.slot=``), None when not an A/B board."""
+    root_readonly: bool | None
+    """How ``/`` is mounted (None: not found in the mount table)."""
+    rauc: dict[str, dict[str, str]] | None
+    """/etc/rauc/system.conf by section, None when absent."""
+    rauc_error: str | None = None
+    """Why system.conf could not be read."""
+    keyring: PathFact | None = None
+    """The keyring system.conf names."""
+
+
+@dataclass(frozen=True)
 class Facts:
     config: AgentConfig
     config_path: str | None
@@ -107,3 +123,4 @@ class Facts:
     admission: list[Violation]
     procs: list[ProcFact]
     kube: KubeProbe | None
+    slots: SlotFact | None = None

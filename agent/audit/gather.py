@@ -27,6 +27,7 @@ from agent.audit.facts import (
     PathKind,
     PathRole,
     ProcFact,
+    SlotFact,
 )
 from agent.cgroups import CgroupBackend
 from agent.errors import AgentError, Violation
@@ -353,6 +354,37 @@ def kube_probe(config: AgentConfig) -> KubeProbe:
         return KubeProbe((0, str(exc)), review_error=str(exc))
 
 
+RAUC_CONF = Path("/etc/rauc/system.conf")
+
+
+def slot_fact(cmdline: str, mounts: str | None, conf_path: Path = RAUC_CONF) -> SlotFact:
+    """The slot booted, how / is mounted (the last / in the mount table wins), RAUC's
+    config and its keyring."""
+    import configparser
+
+    from agent import slots
+    booted = slots.state({}, cmdline).booted
+    root_ro = None
+    for line in (mounts or "").splitlines():
+        fields = line.split()
+        if len(fields) > 3 and fields[1] == "/":
+            root_ro = "ro" in fields[3].split(",")
+    if not conf_path.exists():
+        return SlotFact(booted, root_ro, None)
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read_string(conf_path.read_text())
+    except (OSError, configparser.Error) as exc:
+        return SlotFact(booted, root_ro, None, f"{conf_path}: {exc}")
+    conf = {name: dict(parser[name]) for name in parser.sections()}
+    ring = conf.get("keyring", {}).get("path")
+    keyring = None
+    if ring:
+        where = Path(ring) if Path(ring).is_absolute() else conf_path.parent / ring
+        keyring = path_fact(where, "certificate", required=True)
+    return SlotFact(booted, root_ro, conf, None, keyring)
+
+
 def gather(config: AgentConfig, config_path: Path | None, offline: bool = False) -> Facts:
     agent, status = agent_fact(config)
     backend, cgroup_error = backend_of(config)
@@ -363,5 +395,6 @@ def gather(config: AgentConfig, config_path: Path | None, offline: bool = False)
         paths=paths(config, config_path), listeners=listeners(), agent=agent,
         kernel=kf, mission=mission, mission_source=source,
         admission=admission, procs=procs(backend, status) if status else [],
-        kube=None if config.kube is None or offline else kube_probe(config))
+        kube=None if config.kube is None or offline else kube_probe(config),
+        slots=slot_fact(kf.cmdline, _read("/proc/self/mounts")))
 

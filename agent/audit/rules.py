@@ -465,8 +465,55 @@ def workloads(f: Facts) -> list[Finding]:
     return out
 
 
+# -- 7 root slots and updates ----------------------------------------------------------------
+def updates(f: Facts) -> list[Finding]:
+    sf = f.slots
+    if sf is None or sf.booted is None:
+        return [Finding("7.1", "Root slots and signed updates", "PASS",
+                        "not booted from a root slot (no A/B on this machine)")]
+    out = [Finding("7.1", "The root slot is read-only",
+                   "PASS" if sf.root_readonly else "WARN",
+                   f"slot {sf.booted}: / is mounted " + (
+                       "read-only" if sf.root_readonly else "read-write" if
+                       sf.root_readonly is not None else "(not found in the mount table)"),
+                   "boot the slot with `ro` (the image's GRUB does): a slot written at run "
+                   "time is no longer what was installed and verified")]
+    title = "Updates are verified before they are written (RAUC)"
+    if sf.rauc is None:
+        out.append(Finding("7.2", title, "FAIL", sf.rauc_error or
+                           f"booted from slot {sf.booted} but /etc/rauc/system.conf is "
+                           "missing: no verified way to update the other slot",
+                           "rebuild the image with `sortie board build` (it installs RAUC "
+                           "and its config)"))
+        return out
+    problems: list[tuple[Level, str]] = []
+    ring = sf.keyring
+    if ring is None:
+        problems.append(("FAIL", "system.conf names no keyring: bundles are not verified"))
+    else:
+        problems += _path_problems(ring)
+    system, keyring = sf.rauc.get("system", {}), sf.rauc.get("keyring", {})
+    if system.get("bundle-formats", "").split() != ["verity"]:
+        problems.append(("WARN", f"bundle-formats is {system.get('bundle-formats')!r}: "
+                                 "only verity bundles are checked block by block"))
+    if not keyring.get("check-purpose"):
+        problems.append(("WARN", "no check-purpose: any certificate the CA signed may sign "
+                                 "an update"))
+    if problems:
+        out.append(Finding("7.2", title, _worst([lv for lv, _ in problems]),
+                           "; ".join(r for _, r in problems),
+                           "use the image's /etc/rauc/system.conf (bundle-formats=verity, "
+                           "check-purpose=codesign, a root-owned keyring)"))
+    else:
+        out.append(Finding("7.2", title, "PASS",
+                           f"verity bundles for {system.get('compatible')!r}, signatures "
+                           f"chained to {ring.path if ring else '?'} "
+                           f"(purpose {keyring.get('check-purpose')})"))
+    return out
+
+
 SECTIONS: list[Callable[[Facts], list[Finding]]] = [network, files, mqtt, kube, kernel,
-                                                    workloads]
+                                                    workloads, updates]
 
 
 def judge(f: Facts) -> list[Finding]:
