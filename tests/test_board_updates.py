@@ -85,7 +85,7 @@ def flying(boot: Boot) -> bool:
 
 
 ARM64 = pytest.mark.skipif(os.environ.get("SORTIE_QEMU_ARM64_UPDATES") != "1",
-                           reason="aarch64 under TCG takes ~2x as long: opt in with "
+                           reason="aarch64 adds ~9 min to the QEMU step under TCG: opt in with "
                                   "SORTIE_QEMU_ARM64_UPDATES=1 (not in CI)")
 
 
