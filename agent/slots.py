@@ -71,13 +71,6 @@ def state(env: dict[str, str], cmdline: str) -> SlotState:
                      {s: env.get(f"{s}_TRY") == "1" for s in SLOTS})
 
 
-def marked_good(env: dict[str, str], slot: str) -> dict[str, str]:
-    """The environment with ``slot`` good and no longer on trial. Pure."""
-    if slot not in SLOTS:
-        raise SlotError(f"unknown slot {slot!r}")
-    return {**env, f"{slot}_OK": "1", f"{slot}_TRY": "0"}
-
-
 # -- RAUC's bootloader contract, as its GRUB backend implements it (rauc 1.8,
 # src/bootchooser.c): mirrored so that the slots behave the same under either backend.
 def primary(env: dict[str, str]) -> str:
@@ -192,7 +185,7 @@ def mark_good(path: Path = GRUBENV, cmdline_path: Path = Path("/proc/cmdline")) 
     if st.booted is None:
         raise SlotError("this system was not booted from a root slot (no sortie.slot= on "
                         "the kernel command line)")
-    new = marked_good(env, st.booted)
+    new = with_state(env, st.booted, True)
     if new != env:
         write(new, path)
     return state(new, cmdline_path.read_text())

@@ -163,10 +163,10 @@ def check(timeout_s: float = CHECK_TIMEOUT_S, echo: Callable[[str], None] = _say
             # than leave a flying slot on trial (the next boot would leave it).
             echo(f"sortie slot check: rauc status mark-{v.action} failed ({failed[-200:]}); "
                  "writing the boot flags directly")
-            st = current(path)
-            assert st.booted is not None  # a verdict of good/bad names the booted slot
-            slots.write(slots.with_state(slots.read(path), st.booted, v.action == "good"),
-                        path)
+            env = slots.read(path)
+            booted = slots.state(env, Path("/proc/cmdline").read_text()).booted
+            assert booted is not None  # a verdict of good/bad names the booted slot
+            slots.write(slots.with_state(env, booted, v.action == "good"), path)
     if v.action == "bad":
         echo("sortie slot check: rebooting into the other slot")
         subprocess.run(["systemctl", "reboot"], check=False)

@@ -60,7 +60,7 @@ def test_grub_editenv_and_the_board_read_each_other(tmp_path: Path) -> None:
     subprocess.run(["grub-editenv", str(p), "set", "ORDER=A B", "A_OK=1", "A_TRY=1"],
                    check=True)
     assert slots.read(p) == {"ORDER": "A B", "A_OK": "1", "A_TRY": "1"}
-    slots.write(slots.marked_good(slots.read(p), "A"), p)
+    slots.write(slots.with_state(slots.read(p), "A", True), p)
     listed = subprocess.run(["grub-editenv", str(p), "list"], capture_output=True, text=True,
                             check=True).stdout.split()
     assert listed == ["ORDER=A", "B", "A_OK=1", "A_TRY=0"]

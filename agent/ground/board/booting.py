@@ -182,17 +182,17 @@ def boot(image: Path, run_s: float = 0, timeout_s: float = 600, report_s: float 
         vars_file = disk_file = media = None
         if persist is not None:
             persist.mkdir(parents=True, exist_ok=True)
-        if disk and not direct and "firmware_vars" in manifest["qemu"]:
-            # The firmware's variables are the board's NVRAM: each boot starts from the
-            # firmware's defaults (the removable-media path needs no boot entry).
-            vars_file = (persist or Path(tmp)) / "vars.fd"
-            if not vars_file.exists():
-                shutil.copyfile(manifest["qemu"]["firmware_vars"], vars_file)
-        if persist is not None:
             disk_file = persist / "disk.img"
             if not disk_file.exists():
                 subprocess.run(["cp", "--sparse=always", str(image / manifest["artifacts"][
                     "disk"]["file"]), str(disk_file)], check=True)
+        if disk and not direct and "firmware_vars" in manifest["qemu"]:
+            # The firmware's variables are the board's NVRAM: each boot starts from the
+            # firmware's defaults (the removable-media path needs no boot entry), or
+            # from the persisted board's own.
+            vars_file = (persist or Path(tmp)) / "vars.fd"
+            if not vars_file.exists():
+                shutil.copyfile(manifest["qemu"]["firmware_vars"], vars_file)
         if bundles:
             media = update_media(list(bundles), Path(tmp) / "media.img")
         cmd = command(image, manifest, run_s, report_s, accel, disk, mission, freeze_s,

@@ -156,23 +156,23 @@ def bundle(image: Path, compatible: str, version: str, keys: UpdateKeys, out: Pa
     staging = out.with_name(out.name + ".d")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    try:
-        os.link(image, staging / "rootfs.ext4")
-    except OSError:
-        subprocess.run(["cp", "--sparse=always", str(image), str(staging / "rootfs.ext4")],
-                       check=True)
-    (staging / "manifest.raucm").write_text(
-        f"[update]\ncompatible={compatible}\nversion={version}\n\n"
-        f"[bundle]\nformat={FORMAT}\n\n[image.rootfs]\nfilename=rootfs.ext4\n")
     out.unlink(missing_ok=True)
     try:
-        conf = _host_conf(out.parent, keys.ca_cert)
-        run([_rauc(), f"--conf={conf}", "bundle", f"--mksquashfs-args={SQUASHFS}",
-             f"--cert={keys.cert}", f"--key={keys.key}",
-             f"--keyring={keys.ca_cert}", str(staging), str(out)], "rauc bundle")
+        try:
+            os.link(image, staging / "rootfs.ext4")
+        except OSError:
+            subprocess.run(["cp", "--sparse=always", str(image),
+                            str(staging / "rootfs.ext4")], check=True)
+        (staging / "manifest.raucm").write_text(
+            f"[update]\ncompatible={compatible}\nversion={version}\n\n"
+            f"[bundle]\nformat={FORMAT}\n\n[image.rootfs]\nfilename=rootfs.ext4\n")
+        with tempfile.TemporaryDirectory(prefix="sortie-rauc-") as tmp:
+            run([_rauc(), f"--conf={_host_conf(Path(tmp), keys.ca_cert)}", "bundle",
+                 f"--mksquashfs-args={SQUASHFS}", f"--cert={keys.cert}",
+                 f"--key={keys.key}", f"--keyring={keys.ca_cert}", str(staging), str(out)],
+                "rauc bundle")
     finally:
         shutil.rmtree(staging)
-        (out.parent / "host-system.conf").unlink(missing_ok=True)
     return out
 
 
