@@ -6,6 +6,10 @@ from __future__ import annotations
 import asyncio
 import os
 import pwd
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,9 +18,12 @@ from agent.cgroups import PartitionLimits
 from agent.cgroups.v1 import V1Backend
 from agent.events import EventLog
 from agent.models import Workload
+from agent.runtime import procs
+from agent.runtime.identity import resolve_identity
 from agent.runtime.logs import rotate_if_large
+from agent.runtime.spawn import SPAWNER, Spawner, SpawnRequest, spawn
 from agent.runtime.supervisor import RunnerState, WorkloadRunner, backoff_delay_s
-from tests.conftest import needs_root_v1
+from tests.conftest import REPO, needs_root_v1
 from tests.helpers import wait_for
 
 LIMITS = PartitionLimits(frozenset({1}), "0", 50_000, 100_000, 0, 64 << 20, 32)
@@ -201,3 +208,87 @@ def test_a_huge_sparse_log_is_rotated_in_bounded_time(tmp_path: Path) -> None:
     took = time.monotonic() - t0
     assert (tmp_path / "w.log.1").stat().st_size == 1 << 20 and log.stat().st_size == 0
     assert took < 0.5, took
+
+
+# -- the spawner -----------------------------------------------------------------------
+@needs_root_v1
+async def test_workloads_come_from_the_spawner_yet_are_the_agents_children(
+        part: V1Backend, logs: Path) -> None:
+    r = runner(part, logs, command=["/bin/sh", "-c", "echo $PPID; exit 7"],
+               restart={"policy": "never"})
+    r.start()
+    await wait_for(lambda: r.state == RunnerState.FAILED)
+    assert SPAWNER.pid is not None and SPAWNER.broken is None
+    # The kernel told us its exit code: the agent is its parent and reaped it.
+    assert r.last_exit is not None and r.last_exit.code == 7
+    assert int(r.log_file.read_text()) == os.getpid()
+    assert procs.parent_pid(SPAWNER.pid) == os.getpid()
+
+
+@needs_root_v1
+async def test_a_dead_spawner_is_replaced_without_failing_a_start(
+        part: V1Backend, logs: Path) -> None:
+    assert SPAWNER.warm()
+    old = SPAWNER.pid
+    assert old is not None
+    os.kill(old, signal.SIGKILL)
+    await wait_for(lambda: procs.start_ticks(old) is None or not procs.is_alive(old))
+    r = runner(part, logs)
+    r.start()
+    try:
+        assert r.state == RunnerState.RUNNING and r.last_error is None
+        assert SPAWNER.pid not in (None, old)
+        assert r.pid in part.procs("p", "w")
+    finally:
+        await r.stop()
+
+
+@needs_root_v1
+async def test_a_failed_start_leaves_the_spawner_serving(part: V1Backend, logs: Path) -> None:
+    assert SPAWNER.warm()
+    before = SPAWNER.pid
+    bad = runner(part, logs, working_dir="/nonexistent", restart={"policy": "never"})
+    bad.start()
+    assert bad.last_error is not None and "chdir /nonexistent" in bad.last_error
+    good = runner(part, logs)
+    good.start()
+    try:
+        assert good.state == RunnerState.RUNNING and SPAWNER.pid == before
+    finally:
+        await good.stop()
+
+
+@needs_root_v1
+def test_without_a_spawner_the_agent_forks_itself_into_the_cgroup(
+        part: V1Backend, prefix: str, tmp_path: Path) -> None:
+    none = Spawner(python="/nonexistent/python3")
+    log = os.open(tmp_path / "log", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fds = part.open_join_fds("p", "w")
+    try:
+        pid = spawn(SpawnRequest(["/bin/cat", "/proc/self/cgroup"],
+                                 resolve_identity("nobody", None), "/", {}, fds, log),
+                    none)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        for fd in [*fds, log]:
+            os.close(fd)
+    assert none.broken is not None and "/nonexistent/python3" in none.broken
+    assert os.waitstatus_to_exitcode(status) == 0
+    groups = {line.split(":")[1]: line.split(":")[2]
+              for line in (tmp_path / "log").read_text().splitlines()}
+    assert groups["pids"] == f"/{prefix}/p-p/w-w" and groups["cpu"] == f"/{prefix}/p-p"
+
+
+def test_the_spawner_dies_with_the_agent() -> None:
+    with subprocess.Popen(
+            [sys.executable, "-c", "import sys, time\nfrom agent.runtime.spawn import SPAWNER\n"
+             "assert SPAWNER.warm()\nprint(SPAWNER.pid, flush=True)\ntime.sleep(60)"],
+            stdout=subprocess.PIPE, text=True, cwd=REPO) as agent:
+        assert agent.stdout is not None
+        spawner = int(agent.stdout.readline())
+        assert procs.parent_pid(spawner) == agent.pid
+        agent.kill()
+    deadline = time.monotonic() + 5
+    while procs.is_alive(spawner):
+        assert time.monotonic() < deadline, "the spawner outlived its agent"
+        time.sleep(0.01)

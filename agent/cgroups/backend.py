@@ -153,6 +153,12 @@ class CgroupBackend(Protocol):
         """
         ...
 
+    def open_group_fd(self, partition: str, workload: str) -> int | None:
+        """The workload group's directory, for a child born inside it
+        (``CLONE_INTO_CGROUP``, cgroup v2); None where a process can only join after
+        birth (v1). The caller closes it."""
+        ...
+
     def freeze(self, partition: str, workload: str | None, frozen: bool) -> None:
         """Freeze or thaw a partition (or one workload) and wait until done (blocking:
         for callers off the event loop; the agent awaits ``freeze_awaited``)."""

@@ -327,6 +327,9 @@ class V1Backend:
                               errno=exc.errno) from exc
         return fds
 
+    def open_group_fd(self, partition: str, workload: str) -> int | None:
+        return None  # v1 has no CLONE_INTO_CGROUP: a child joins each hierarchy
+
     def _freezer_state(self, partition: str, workload: str | None) -> Path:
         parts = [partition_dir(partition)] + ([workload_dir(workload)] if workload else [])
         return self._dir("freezer", *parts) / "freezer.state"

@@ -256,6 +256,13 @@ class V2Backend:
         except OSError as exc:
             raise CgroupError(str(path), f"cannot open: {exc.strerror}", errno=exc.errno) from exc
 
+    def open_group_fd(self, partition: str, workload: str) -> int | None:
+        path = self._dir(partition_dir(partition), workload_dir(workload))
+        try:
+            return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise CgroupError(str(path), f"cannot open: {exc.strerror}", errno=exc.errno) from exc
+
     def _group(self, partition: str, workload: str | None) -> Path:
         parts = [partition_dir(partition)] + ([workload_dir(workload)] if workload else [])
         return self._dir(*parts)

@@ -131,6 +131,7 @@ class Engine:
         self._mems = self.backend.board_mems()
         self.executor.features = self.backend.features()
         self.executor.open_reports()
+        self.platform.ops.prepare()
         found = observe(self.backend, self.platform.processes)
         stored = load_announced(self.store, self.events)
         base = stored or initial

@@ -149,6 +149,9 @@ class ContainerOps:
         return subprocess.run([self.runc, "--root", str(self.state / "runc"), *args],
                               text=True, capture_output=True, check=False, **kw)
 
+    def prepare(self) -> None:
+        self.host.prepare()  # runc starts containers; host workloads use the spawner
+
     def launch(self, backend: CgroupBackend, req: Launch) -> int:
         if req.image is None:
             return self.host.launch(backend, req)

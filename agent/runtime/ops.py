@@ -20,7 +20,7 @@ from agent.cgroups import CgroupBackend
 from agent.errors import AgentError
 from agent.runtime.identity import resolve_command, resolve_identity
 from agent.runtime.logs import open_log
-from agent.runtime.spawn import SpawnRequest, spawn
+from agent.runtime.spawn import SPAWNER, SpawnRequest, spawn
 from agent.timing.sched import SchedPolicy
 
 
@@ -42,6 +42,11 @@ class Launch:
 
 
 class ProcessOps(Protocol):
+    def prepare(self) -> None:
+        """Get ready to launch, once at engine start (the real one starts its spawner,
+        so the first workload does not wait for it)."""
+        ...
+
     def launch(self, backend: CgroupBackend, req: Launch) -> int:
         """Start a process inside the workload's group; AgentError with the reason."""
         ...
@@ -62,20 +67,26 @@ class ProcessOps(Protocol):
 
 
 class RealOps:
+    def prepare(self) -> None:
+        SPAWNER.warm()
+
     def launch(self, backend: CgroupBackend, req: Launch) -> int:
         try:
             ident = resolve_identity(req.user, req.group)
             argv = [resolve_command(req.command[0]), *req.command[1:]]
         except LookupError as exc:
             raise AgentError(str(exc)) from exc
-        fds = backend.open_join_fds(req.partition, req.workload)
-        log_fd = open_log(req.log_file)
-        try:
+        with contextlib.ExitStack() as opened:
+            fds = backend.open_join_fds(req.partition, req.workload)
+            for fd in fds:
+                opened.callback(os.close, fd)
+            group = backend.open_group_fd(req.partition, req.workload)
+            if group is not None:
+                opened.callback(os.close, group)
+            log_fd = open_log(req.log_file)
+            opened.callback(os.close, log_fd)
             return spawn(SpawnRequest(argv, ident, req.working_dir, req.env, fds, log_fd,
-                                      req.sched))
-        finally:
-            for fd in [*fds, log_fd]:
-                os.close(fd)
+                                      req.sched, group))
 
     def watch(self, pid: int, on_exit: Callable[[], None]) -> object | None:
         try:

@@ -1,46 +1,38 @@
-"""Start a process inside a cgroup: it joins the group before exec, so the workload's
-code never runs outside it.
+"""Start a process inside a cgroup: it joins the group before exec (or, on cgroup v2, is
+born in it), so the workload's code never runs outside it.
 
-The forked child writes ``0`` (itself) into ``cgroup.procs`` descriptors the parent
-opened, drops privileges, then execs. Any failure in the child travels back through a
-close-on-exec pipe, so the caller gets the real reason (not a bare exit code 127).
-The agent is single-threaded, which is what makes fork without exec-safe helpers fine.
+The work is done by the spawner (``spawnd``), a small process started once: forking it
+costs far less than forking the agent, and its children are still the agent's children.
+When it cannot run (no interpreter to start it with, it died and cannot restart), the
+agent forks itself, with the very same ``spawnd.child``: slower, never unsafe. Any failure
+before exec travels back through a close-on-exec pipe, so the caller gets the real
+reason (not a bare exit code 127).
 """
 
 from __future__ import annotations
 
-import ctypes
+import atexit
+import contextlib
+import logging
+import marshal
 import os
 import signal
+import socket
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from agent.errors import WorkloadError
+from agent.runtime import spawnd
 from agent.runtime.identity import DEFAULT_PATH, Identity
 from agent.timing.sched import SchedPolicy
-from agent.timing.syscalls import deadline_attr, sched_setattr_self
+from agent.timing.syscalls import deadline_attr
 
-_LIBC = ctypes.CDLL(None, use_errno=True)
-PR_SET_NO_NEW_PRIVS = 38
-MAX_FD = os.sysconf("SC_OPEN_MAX")
+log = logging.getLogger("sortie.runtime")
 
-
-def _no_new_privs() -> None:
-    """setuid binaries and file capabilities grant nothing from here on (kept across exec
-    and fork): a workload can only lose privileges, never gain them."""
-    if _LIBC.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
-# What the kernel's refusals mean for a scheduling policy, in a person's words.
-_SCHED_HINTS = {
-    "fifo": {1: "the partition's RT runtime is 0 or RT scheduling is not allowed here"},
-    "deadline": {16: "kernel admission control refused the reservation (total DEADLINE "
-                     "bandwidth exceeded)",
-                 1: "the task's cpus must span its root domain, or the caller lacks "
-                    "CAP_SYS_NICE"},
-}
+REPLY_TIMEOUT_S = 10.0
+"""A spawner that does not answer in this long is killed and started again."""
 
 
 @dataclass(frozen=True)
@@ -54,81 +46,162 @@ class SpawnRequest:
     log_fd: int
     sched: SchedPolicy | None = None
     """Real-time policy set after joining the cgroup (RT budgets apply there)."""
+    cgroup_fd: int | None = None
+    """cgroup v2: the group's directory, for ``CLONE_INTO_CGROUP``."""
+
+    def wire(self) -> dict[str, Any]:
+        """What ``spawnd.child`` needs, in types marshal carries."""
+        sched: tuple[str, Any, str] | None = None
+        if self.sched is not None:
+            s = self.sched
+            how = (deadline_attr(s.runtime_ns, s.deadline_ns, s.period_ns)
+                   if s.kind == "deadline" else s.priority)
+            sched = (s.kind, how, s.describe())
+        return {"argv": list(self.argv), "cwd": self.working_dir, "sched": sched,
+                "env": {"PATH": DEFAULT_PATH, "HOME": self.identity.home, **self.env},
+                "uid": self.identity.uid, "gid": self.identity.gid,
+                "groups": list(self.identity.groups), "drop": os.getuid() == 0,
+                "has_cgroup_fd": self.cgroup_fd is not None}
 
 
-def _child(req: SpawnRequest, env: dict[str, str], err_w: int, dl_attr: bytes | None) -> None:
-    step = "join cgroup"
-    try:
-        for fd in req.join_fds:
-            os.write(fd, b"0")
-        if req.sched is not None:
-            step = f"set {req.sched.describe()}"
-            if dl_attr is not None:
-                sched_setattr_self(dl_attr)
-            else:
-                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(req.sched.priority))
-        step = "setsid"
-        # Own session: a terminal's Ctrl-C aimed at the agent must not hit the mission.
-        os.setsid()
-        step = "redirect output"
-        devnull = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(devnull, 0)
-        os.dup2(req.log_fd, 1)
-        os.dup2(req.log_fd, 2)
-        # Nothing of the agent's leaks in: whatever a library left inheritable (pipes,
-        # sockets, cgroup files) is closed. err_w is close-on-exec and still needed.
-        step = "close descriptors"
-        os.closerange(3, err_w)
-        os.closerange(err_w + 1, MAX_FD)
-        step = f"chdir {req.working_dir}"
-        os.chdir(req.working_dir)
-        if os.getuid() == 0:
-            step = "drop privileges"
-            os.setgroups(list(req.identity.groups))
-            os.setgid(req.identity.gid)
-            os.setuid(req.identity.uid)
-        step = "set no_new_privs"
-        _no_new_privs()
-        # Python ignores SIGPIPE; an exec'd program must get the default back.
-        for sig in (signal.SIGPIPE, signal.SIGXFSZ):
-            signal.signal(sig, signal.SIG_DFL)
-        step = f"exec {req.argv[0]}"
-        os.execve(req.argv[0], list(req.argv), env)
-    except BaseException as exc:  # everything must reach the parent
-        msg = f"{step}: {exc.strerror if isinstance(exc, OSError) else exc}"
-        if isinstance(exc, OSError) and req.sched is not None and step.startswith("set "):
-            hint = _SCHED_HINTS[req.sched.kind].get(exc.errno or 0)
-            msg += f" [errno {exc.errno}]" + (f" - {hint}" if hint else "")
+class Spawner:
+    """The agent's end of the spawner process: started by ``warm``, restarted when it
+    has died, given up on (fork in-process) when it cannot start."""
+
+    def __init__(self, python: str = sys.executable) -> None:
+        self.python = python
+        self._sock: socket.socket | None = None
+        self._pid: int | None = None
+        self._owner = 0     # the process that started it (a forked agent must not share)
+        self.broken: str | None = None
+        """Why the spawner cannot be used (in-process fork instead), None while it can."""
+        self.into_cgroup = True  # until a kernel refuses CLONE_INTO_CGROUP
+
+    @property
+    def pid(self) -> int | None:
+        return self._pid if self._owner == os.getpid() else None
+
+    def warm(self) -> bool:
+        """Start the spawner if it is not running; False when it cannot be used."""
+        if self.broken is not None:
+            return False
+        if self._sock is not None and self._owner == os.getpid():
+            return True
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            os.write(err_w, msg.encode(errors="replace")[:1024])
+            theirs.set_inheritable(True)
+            pid = os.posix_spawn(self.python, [self.python, "-I", "-S", spawnd.__file__,
+                                               str(theirs.fileno()), str(os.getpid())], {})
+        except OSError as exc:
+            ours.close()
+            self.broken = f"cannot start {self.python}: {exc.strerror}"
+            log.warning("spawner unavailable, forking the agent instead: %s", self.broken)
+            return False
         finally:
-            os._exit(127)
+            theirs.close()
+        ours.settimeout(REPLY_TIMEOUT_S)
+        self._sock, self._pid, self._owner = ours, pid, os.getpid()
+        try:
+            answer = self._ask({"ping": True}, [])
+        except OSError as exc:
+            answer = {"error": str(exc)}
+        if answer.get("pong") != pid:
+            self.close()
+            self.broken = f"the spawner did not answer: {answer.get('error', answer)}"
+            log.warning("spawner unavailable, forking the agent instead: %s", self.broken)
+            return False
+        return True
+
+    def _send(self, req: dict[str, Any], fds: list[int]) -> None:
+        assert self._sock is not None
+        socket.send_fds(self._sock, [marshal.dumps(req)], fds)
+
+    def _ask(self, req: dict[str, Any], fds: list[int]) -> dict[str, Any]:
+        assert self._sock is not None
+        self._send(req, fds)
+        return self._answer()
+
+    def _answer(self) -> dict[str, Any]:
+        assert self._sock is not None
+        reply = self._sock.recv(65536)
+        if not reply:
+            raise ConnectionResetError("the spawner exited")
+        answer: dict[str, Any] = marshal.loads(reply)  # noqa: S302 - our own child
+        return answer
+
+    def spawn(self, req: SpawnRequest) -> tuple[int, str | None] | None:
+        """(pid, failure before exec) from the spawner; None when it cannot be used."""
+        if not self.warm():
+            return None
+        wire = req.wire()
+        wire["has_cgroup_fd"] = wire["has_cgroup_fd"] and self.into_cgroup
+        fds = [req.log_fd, *([req.cgroup_fd] if req.cgroup_fd is not None
+                             and wire["has_cgroup_fd"] else []), *req.join_fds]
+        try:
+            self._send(wire, fds)
+        except OSError:
+            # It died since the last start (nothing of this one began): a fresh one.
+            self.close(kill=True)
+            if not self.warm():
+                return None
+            self._send(wire, fds)
+        try:
+            answer = self._answer()
+        except OSError as exc:
+            # It died or hangs mid-start: a fresh one next time; this start fails (into
+            # a backoff), a child it may have made is in the group and stopped with it.
+            self.close(kill=True)
+            raise WorkloadError(f"cannot start {req.argv[0]!r}: spawner: {exc}") from exc
+        if wire["has_cgroup_fd"] and not answer.get("into_cgroup", True):
+            self.into_cgroup = False  # the kernel lacks it: do not offer it again
+        pid = answer.get("pid")
+        if pid is None:
+            raise WorkloadError(f"cannot start {req.argv[0]!r}: {answer.get('error')}")
+        return pid, answer.get("error")
+
+    def close(self, kill: bool = False) -> None:
+        """Stop the spawner (closing our end ends it) and reap it."""
+        sock, pid, owner = self._sock, self._pid, self._owner
+        self._sock = self._pid = None
+        if sock is None or owner != os.getpid():
+            return
+        sock.close()
+        if pid is not None:
+            with contextlib.suppress(ChildProcessError, ProcessLookupError):
+                if kill:
+                    os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
 
 
-def spawn(req: SpawnRequest) -> int:
-    """Fork and exec; returns the PID once exec succeeded, else raises WorkloadError."""
-    env = {"PATH": DEFAULT_PATH, "HOME": req.identity.home, **req.env}
-    dl_attr = None
-    if req.sched is not None and req.sched.kind == "deadline":
-        dl_attr = deadline_attr(req.sched.runtime_ns, req.sched.deadline_ns,
-                                req.sched.period_ns)
+SPAWNER = Spawner()
+"""One per agent process: every runner's launches go through it."""
+atexit.register(SPAWNER.close)  # reaped, not left to the interpreter's teardown
+
+
+def _fork_self(req: SpawnRequest) -> tuple[int, str | None]:
+    wire = req.wire()
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     try:
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child
             os.close(err_r)
-            _child(req, env, err_w, dl_attr)
+            devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+            spawnd.child(wire, list(req.join_fds), req.log_fd, err_w, devnull, clean=False)
         os.close(err_w)
         err_w = -1
-        chunks = []
-        while chunk := os.read(err_r, 1024):
-            chunks.append(chunk)
+        return pid, spawnd.exec_failure(err_r)
     finally:
         os.close(err_r)
         if err_w >= 0:
             os.close(err_w)
-    if chunks:
+
+
+def spawn(req: SpawnRequest, spawner: Spawner = SPAWNER) -> int:
+    """Start the process; returns its PID once exec succeeded, else raises WorkloadError.
+    The process is the caller's child either way."""
+    started = spawner.spawn(req) or _fork_self(req)
+    pid, failure = started
+    if failure is not None:
         os.waitpid(pid, 0)
-        raise WorkloadError(f"cannot start {req.argv[0]!r}: "
-                            f"{b''.join(chunks).decode(errors='replace')}")
+        raise WorkloadError(f"cannot start {req.argv[0]!r}: {failure}")
     return pid
