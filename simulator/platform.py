@@ -70,6 +70,9 @@ class SimOps:
         if cb is not None:
             asyncio.get_running_loop().call_soon(cb)
 
+    def prepare(self) -> None:
+        pass  # simulated processes need no spawner
+
     def launch(self, backend: CgroupBackend, req: Launch) -> int:
         key = f"{req.partition}/{req.workload}"
         main = req.env.get(procs.ENV_WORKLOAD) == key
