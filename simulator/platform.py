@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,6 +72,16 @@ class SimOps:
 
     def prepare(self) -> None:
         pass  # simulated processes need no spawner
+
+    def launch_many(self, backend: CgroupBackend,
+                    reqs: Sequence[Launch]) -> list[int | AgentError]:
+        out: list[int | AgentError] = []
+        for r in reqs:  # one after another, as launch() models the agent's execs
+            try:
+                out.append(self.launch(backend, r))
+            except AgentError as exc:
+                out.append(exc)
+        return out
 
     def launch(self, backend: CgroupBackend, req: Launch) -> int:
         key = f"{req.partition}/{req.workload}"

@@ -10,18 +10,20 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from agent.cgroups import PartitionLimits
 from agent.cgroups.v1 import V1Backend
+from agent.errors import WorkloadError
 from agent.events import EventLog
 from agent.models import Workload
-from agent.runtime import procs
+from agent.runtime import procs, spawnd
 from agent.runtime.identity import resolve_identity
 from agent.runtime.logs import rotate_if_large
-from agent.runtime.spawn import SPAWNER, Spawner, SpawnRequest, spawn
+from agent.runtime.spawn import SPAWNER, Spawner, SpawnRequest, _chunks, spawn, spawn_many
 from agent.runtime.supervisor import RunnerState, WorkloadRunner, backoff_delay_s
 from tests.conftest import REPO, needs_root_v1
 from tests.helpers import wait_for
@@ -292,3 +294,46 @@ def test_the_spawner_dies_with_the_agent() -> None:
     while procs.is_alive(spawner):
         assert time.monotonic() < deadline, "the spawner outlived its agent"
         time.sleep(0.01)
+
+
+@needs_root_v1
+def test_a_batch_starts_side_by_side_and_one_bad_start_fails_alone(
+        part: V1Backend, prefix: str, tmp_path: Path) -> None:
+    part.apply_partition("p", replace(LIMITS, pids_max=200))  # 40 at once, and their shells
+    nobody = resolve_identity("nobody", None)
+    log = os.open(tmp_path / "log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
+                  0o644)
+    opened = [log]
+    reqs = []
+    for i in range(40):  # more than one message's descriptors (7 each on this host)
+        fds = part.open_join_fds("p", "w")
+        opened += fds
+        reqs.append(SpawnRequest(["/bin/sh", "-c", "echo $$ $PPID $(cat /proc/self/cgroup |"
+                                  " grep :pids:)"], nobody,
+                                 "/nonexistent" if i == 17 else "/", {}, fds, log))
+    try:
+        got = spawn_many(reqs)
+    finally:
+        for fd in opened:
+            os.close(fd)
+    bad = got[17]
+    assert isinstance(bad, WorkloadError) and "chdir /nonexistent" in str(bad)
+    pids = [p for i, p in enumerate(got) if i != 17]
+    assert all(isinstance(p, int) for p in pids)
+    for pid in pids:
+        os.waitpid(pid, 0)  # ours to reap, every one
+    lines = (tmp_path / "log").read_text().splitlines()
+    assert sorted(int(line.split()[0]) for line in lines) == sorted(pids)
+    assert {line.split()[1] for line in lines} == {str(os.getpid())}
+    assert {line.split(":")[-1] for line in lines} == {f"/{prefix}/p-p/w-w"}
+
+
+def test_batches_split_where_one_message_cannot_carry_the_descriptors() -> None:
+    nobody = resolve_identity("nobody", None)
+    reqs = [SpawnRequest(["/bin/true"], nobody, "/", {}, list(range(6)), 0)
+            for _ in range(50)]
+    sizes = [len(c) for c in _chunks(reqs, into_cgroup=False)]
+    assert sizes == [36, 14] and 36 * 7 <= spawnd.MAX_FDS < 37 * 7
+    v2 = [SpawnRequest(["/bin/true"], nobody, "/", {}, [3], 0, cgroup_fd=4)
+          for _ in range(130)]
+    assert [len(c) for c in _chunks(v2, into_cgroup=True)] == [64, 64, 2]

@@ -155,9 +155,15 @@ class Executor:
         for a in actions:
             phases.setdefault(a.phase, []).append(a)
         for phase in sorted(phases):
-            results = await asyncio.gather(*(self._do(a) for a in phases[phase]),
+            starts = [a for a in phases[phase] if isinstance(a, StartWorkload |
+                                                             RestartWorkload)]
+            rest = [a for a in phases[phase] if a not in starts]
+            results = await asyncio.gather(*(self._do(a) for a in rest),
                                            return_exceptions=True)
-            for a, r in zip(phases[phase], results, strict=True):
+            done = list(zip(rest, results, strict=True))
+            if starts:
+                done += list(zip(starts, await self._start_all(starts), strict=True))
+            for a, r in done:
                 if isinstance(r, AgentError | OSError):
                     errors.append(f"{type(a).__name__} {a.partition}: {r}")
                     self.events.emit("action.failed", f"partition/{a.partition}", str(r),
@@ -246,17 +252,43 @@ class Executor:
                 await self._stop(p, w)
                 if rm:
                     self.backend.remove_workload(p, w)
-            case StartWorkload(partition=p, spec=spec) | RestartWorkload(partition=p,
-                                                                         spec=spec):
-                await self._stop(p, spec.name)  # an orphan group may hold stale processes
-                self._start(p, spec)
+            case StartWorkload() | RestartWorkload():
+                (err,) = await self._start_all([action])
+                if err is not None:
+                    raise err
 
-    def _start(self, partition: str, spec: Workload) -> None:
+    async def _start_all(self, actions: list[StartWorkload | RestartWorkload]
+                         ) -> list[BaseException | None]:
+        """Start the workloads side by side: every group made, then one launch for all
+        (the spawner clones each before waiting for any exec). Per action: the error
+        that kept its group from being made, else None (a failed launch is the
+        runner's to back off from, as for any start)."""
+        # An orphan group may hold stale processes; a changed spec stops the old one.
+        stopped = await asyncio.gather(*(self._stop(a.partition, a.spec.name)
+                                         for a in actions), return_exceptions=True)
+        errors: list[BaseException | None] = []
+        runners: list[Runner] = []
+        for a, stop_error in zip(actions, stopped, strict=True):
+            try:
+                if isinstance(stop_error, BaseException):
+                    raise stop_error
+                runners.append(self._runner_for(a.partition, a.spec))
+                errors.append(None)
+            except (AgentError, OSError) as exc:
+                errors.append(exc)
+        started = self.platform.ops.launch_many(self.backend,
+                                                [r.first_launch() for r in runners])
+        for runner, got in zip(runners, started, strict=True):
+            runner.began(got)
+        return errors
+
+    def _runner_for(self, partition: str, spec: Workload) -> Runner:
+        """The workload's group and its runner, not started yet."""
         self.backend.create_workload(partition, spec.name)
         want = self._desired.get(partition)
         runner = self._runner(partition, spec, want.sched(spec.name) if want else None)
         self.runners.setdefault(partition, {})[spec.name] = runner
-        runner.start()
+        return runner
 
     async def _stop(self, partition: str, workload: str) -> None:
         runner = _pop(self.runners, partition, workload)

@@ -16,7 +16,7 @@ import os
 import shutil
 import signal
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -151,6 +151,23 @@ class ContainerOps:
 
     def prepare(self) -> None:
         self.host.prepare()  # runc starts containers; host workloads use the spawner
+
+    def launch_many(self, backend: CgroupBackend,
+                    reqs: Sequence[Launch]) -> list[int | AgentError]:
+        """Host workloads side by side through the spawner; containers one by one (each
+        is a runc process of its own)."""
+        host = [r for r in reqs if r.image is None]
+        started = iter(self.host.launch_many(backend, host))
+        out: list[int | AgentError] = []
+        for r in reqs:
+            if r.image is None:
+                out.append(next(started))
+                continue
+            try:
+                out.append(self.launch(backend, r))
+            except AgentError as exc:
+                out.append(exc)
+        return out
 
     def launch(self, backend: CgroupBackend, req: Launch) -> int:
         if req.image is None:

@@ -20,7 +20,7 @@ from agent.cgroups import CgroupBackend
 from agent.errors import AgentError
 from agent.runtime.identity import resolve_command, resolve_identity
 from agent.runtime.logs import open_log
-from agent.runtime.spawn import SPAWNER, SpawnRequest, spawn
+from agent.runtime.spawn import SPAWNER, SpawnRequest, spawn_many
 from agent.timing.sched import SchedPolicy
 
 
@@ -51,6 +51,12 @@ class ProcessOps(Protocol):
         """Start a process inside the workload's group; AgentError with the reason."""
         ...
 
+    def launch_many(self, backend: CgroupBackend,
+                    reqs: Sequence[Launch]) -> list[int | AgentError]:
+        """Start several side by side (a converge's new workloads); each PID or the
+        reason, in order."""
+        ...
+
     def watch(self, pid: int, on_exit: Callable[[], None]) -> object | None:
         """Call ``on_exit`` once the process ends; None when it is already gone."""
         ...
@@ -71,22 +77,50 @@ class RealOps:
         SPAWNER.warm()
 
     def launch(self, backend: CgroupBackend, req: Launch) -> int:
+        (got,) = self.launch_many(backend, [req])
+        if isinstance(got, AgentError):
+            raise got
+        return got
+
+    def launch_many(self, backend: CgroupBackend,
+                    reqs: Sequence[Launch]) -> list[int | AgentError]:
+        out: list[int | AgentError] = []
+        with contextlib.ExitStack() as opened:
+            ready: list[tuple[int, SpawnRequest]] = []
+            for i, req in enumerate(reqs):
+                try:
+                    ready.append((i, self._request(backend, req, opened)))
+                except AgentError as exc:
+                    out.append(exc)
+                else:
+                    out.append(-1)  # filled in below
+            started = spawn_many([r for _, r in ready])
+        for (i, _), got in zip(ready, started, strict=True):
+            out[i] = got
+        return out
+
+    @staticmethod
+    def _request(backend: CgroupBackend, req: Launch,
+                 opened: contextlib.ExitStack) -> SpawnRequest:
+        """Everything the spawner needs, its descriptors closed with ``opened``."""
         try:
             ident = resolve_identity(req.user, req.group)
             argv = [resolve_command(req.command[0]), *req.command[1:]]
         except LookupError as exc:
             raise AgentError(str(exc)) from exc
-        with contextlib.ExitStack() as opened:
-            fds = backend.open_join_fds(req.partition, req.workload)
-            for fd in fds:
-                opened.callback(os.close, fd)
-            group = backend.open_group_fd(req.partition, req.workload)
-            if group is not None:
-                opened.callback(os.close, group)
+        fds = backend.open_join_fds(req.partition, req.workload)
+        for fd in fds:
+            opened.callback(os.close, fd)
+        group = backend.open_group_fd(req.partition, req.workload)
+        if group is not None:
+            opened.callback(os.close, group)
+        try:
             log_fd = open_log(req.log_file)
-            opened.callback(os.close, log_fd)
-            return spawn(SpawnRequest(argv, ident, req.working_dir, req.env, fds, log_fd,
-                                      req.sched, group))
+        except OSError as exc:
+            raise AgentError(f"cannot open the log {req.log_file}: {exc.strerror}") from exc
+        opened.callback(os.close, log_fd)
+        return SpawnRequest(argv, ident, req.working_dir, req.env, fds, log_fd, req.sched,
+                            group)
 
     def watch(self, pid: int, on_exit: Callable[[], None]) -> object | None:
         try:

@@ -19,7 +19,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +33,11 @@ log = logging.getLogger("sortie.runtime")
 
 REPLY_TIMEOUT_S = 10.0
 """A spawner that does not answer in this long is killed and started again."""
+BATCH = 64
+"""Starts per message to the spawner, at most (and ``spawnd.MAX_FDS`` descriptors)."""
+
+Started = tuple[int, str | None] | WorkloadError
+"""A process and its failure before exec (still ours to reap), or why none started."""
 
 
 @dataclass(frozen=True)
@@ -123,41 +128,79 @@ class Spawner:
 
     def _answer(self) -> dict[str, Any]:
         assert self._sock is not None
-        reply = self._sock.recv(65536)
+        reply = self._sock.recv(1 << 18)
         if not reply:
             raise ConnectionResetError("the spawner exited")
         answer: dict[str, Any] = marshal.loads(reply)  # noqa: S302 - our own child
         return answer
 
-    def spawn(self, req: SpawnRequest) -> tuple[int, str | None] | None:
-        """(pid, failure before exec) from the spawner; None when it cannot be used."""
-        if not self.warm():
-            return None
-        wire = req.wire()
-        wire["has_cgroup_fd"] = wire["has_cgroup_fd"] and self.into_cgroup
-        fds = [req.log_fd, *([req.cgroup_fd] if req.cgroup_fd is not None
-                             and wire["has_cgroup_fd"] else []), *req.join_fds]
-        try:
-            self._send(wire, fds)
-        except OSError:
-            # It died since the last start (nothing of this one began): a fresh one.
-            self.close(kill=True)
-            if not self.warm():
-                return None
-            self._send(wire, fds)
-        try:
-            answer = self._answer()
-        except OSError as exc:
-            # It died or hangs mid-start: a fresh one next time; this start fails (into
-            # a backoff), a child it may have made is in the group and stopped with it.
-            self.close(kill=True)
-            raise WorkloadError(f"cannot start {req.argv[0]!r}: spawner: {exc}") from exc
-        if wire["has_cgroup_fd"] and not answer.get("into_cgroup", True):
-            self.into_cgroup = False  # the kernel lacks it: do not offer it again
-        pid = answer.get("pid")
-        if pid is None:
-            raise WorkloadError(f"cannot start {req.argv[0]!r}: {answer.get('error')}")
-        return pid, answer.get("error")
+    def spawn_many(self, reqs: Sequence[SpawnRequest]) -> list[Started] | None:
+        """Each request's (pid, failure before exec) or the reason it did not start,
+        in order; None when the spawner cannot be used. The spawner clones every child
+        of a message before it waits for any exec (``spawnd.start_batch``), and every
+        message is sent before the first answer is read: the next batch begins while
+        the kernel's threadgroup lock is still warm from the last (cgroup v1)."""
+        if not reqs or not self.warm():
+            return None if reqs else []
+        chunks = list(_chunks(reqs, self.into_cgroup))
+        messages = [self._message(chunk) for chunk in chunks]
+        sent = 0
+        for i, (msg, fds) in enumerate(messages):
+            try:
+                self._send(msg, fds)
+            except OSError:
+                if i > 0:
+                    break  # it died mid-way: what it got is answered below
+                # It died since the last start (nothing of these began): a fresh one.
+                self.close(kill=True)
+                if not self.warm():
+                    return None
+                self._send(msg, fds)
+            sent += 1
+        out: list[Started] = []
+        for i, chunk in enumerate(chunks):
+            if i >= sent or self._sock is None:
+                out += [WorkloadError(f"cannot start {r.argv[0]!r}: spawner: it exited")
+                        for r in chunk]
+                continue
+            try:
+                answer = self._answer()
+            except OSError as exc:
+                # It died or hangs mid-start: a fresh one next time; these starts fail
+                # (into a backoff), a child it may have made is stopped with its group.
+                self.close(kill=True)
+                out += [WorkloadError(f"cannot start {r.argv[0]!r}: spawner: {exc}")
+                        for r in chunk]
+                continue
+            out += self._results(chunk, messages[i][0]["batch"], answer)
+        return out
+
+    def _message(self, chunk: Sequence[SpawnRequest]) -> tuple[dict[str, Any], list[int]]:
+        batch, fds = [], []
+        for req in chunk:
+            wire = req.wire()
+            wire["has_cgroup_fd"] = wire["has_cgroup_fd"] and self.into_cgroup
+            wire["njoin"] = len(req.join_fds)
+            fds += [req.log_fd, *([req.cgroup_fd] if req.cgroup_fd is not None
+                                  and wire["has_cgroup_fd"] else []), *req.join_fds]
+            batch.append(wire)
+        return {"batch": batch}, fds
+
+    def _results(self, chunk: Sequence[SpawnRequest], batch: list[dict[str, Any]],
+                 answer: dict[str, Any]) -> list[Started]:
+        results = answer.get("results")
+        if not isinstance(results, list) or len(results) != len(chunk):
+            return [WorkloadError(f"cannot start {r.argv[0]!r}: "
+                                  f"{answer.get('error', 'spawner: no answer')}")
+                    for r in chunk]
+        out: list[Started] = []
+        for req, wire, res in zip(chunk, batch, results, strict=True):
+            if wire["has_cgroup_fd"] and not res.get("into_cgroup", True):
+                self.into_cgroup = False  # the kernel lacks it: do not offer it again
+            pid = res.get("pid")
+            out.append(WorkloadError(f"cannot start {req.argv[0]!r}: {res.get('error')}")
+                       if pid is None else (pid, res.get("error")))
+        return out
 
     def close(self, kill: bool = False) -> None:
         """Stop the spawner (closing our end ends it) and reap it."""
@@ -178,6 +221,19 @@ SPAWNER = Spawner()
 atexit.register(SPAWNER.close)  # reaped, not left to the interpreter's teardown
 
 
+def _chunks(reqs: Sequence[SpawnRequest],
+            into_cgroup: bool) -> Iterator[Sequence[SpawnRequest]]:
+    """Messages' worth of requests: at most BATCH, and the descriptors one may carry."""
+    start, fds = 0, 0
+    for i, req in enumerate(reqs):
+        need = 1 + (req.cgroup_fd is not None and into_cgroup) + len(req.join_fds)
+        if i > start and (i - start >= BATCH or fds + need > spawnd.MAX_FDS):
+            yield reqs[start:i]
+            start, fds = i, 0
+        fds += need
+    yield reqs[start:]
+
+
 def _fork_self(req: SpawnRequest) -> tuple[int, str | None]:
     wire = req.wire()
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
@@ -196,12 +252,31 @@ def _fork_self(req: SpawnRequest) -> tuple[int, str | None]:
             os.close(err_w)
 
 
+def spawn_many(reqs: Sequence[SpawnRequest],
+               spawner: Spawner = SPAWNER) -> list[int | WorkloadError]:
+    """Start the processes side by side; each PID once its exec succeeded, or the
+    reason it did not start. Every process is the caller's child."""
+    started = spawner.spawn_many(reqs) if reqs else []
+    if started is None:
+        started = [_fork_self(r) for r in reqs]
+    out: list[int | WorkloadError] = []
+    for req, s in zip(reqs, started, strict=True):
+        if isinstance(s, WorkloadError):
+            out.append(s)
+            continue
+        pid, failure = s
+        if failure is not None:
+            os.waitpid(pid, 0)
+            out.append(WorkloadError(f"cannot start {req.argv[0]!r}: {failure}"))
+        else:
+            out.append(pid)
+    return out
+
+
 def spawn(req: SpawnRequest, spawner: Spawner = SPAWNER) -> int:
     """Start the process; returns its PID once exec succeeded, else raises WorkloadError.
     The process is the caller's child either way."""
-    started = spawner.spawn(req) or _fork_self(req)
-    pid, failure = started
-    if failure is not None:
-        os.waitpid(pid, 0)
-        raise WorkloadError(f"cannot start {req.argv[0]!r}: {failure}")
-    return pid
+    (got,) = spawn_many([req], spawner)
+    if isinstance(got, WorkloadError):
+        raise got
+    return got

@@ -14,9 +14,11 @@ fallback, so what a workload's process does before exec exists once.
 
 Wire (one SOCK_SEQPACKET message each way, ``marshal``: both ends are the same
 interpreter; the socket is a private pair between the agent and its child, nobody else
-can write to it): a request dict plus descriptors ``[log, cgroup dir (if
-has_cgroup_fd), *cgroup.procs]``; the reply ``{"pid": N}`` or ``{"pid": N | None,
-"error": text}`` (a child that failed before exec is still the agent's to reap).
+can write to it): ``{"batch": [request, ...]}`` with each request's descriptors in turn
+(``log, cgroup dir (if has_cgroup_fd), *cgroup.procs (njoin)``); the reply
+``{"results": [{"pid": N}, or {"pid": N | None, "error": text}, ...]}`` in the same
+order (a child that failed before exec is still the agent's to reap), or ``{"error":
+text}`` for a request it could not read.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ CLONE_INTO_CGROUP = 0x200000000
 _CLONE_ARGS = struct.Struct("=11Q")
 _SCHED_SETATTR = {"x86_64": 314, "aarch64": 274, "armv7l": 380, "armv8l": 380}
 MAX_MSG = 1 << 20
-MAX_FDS = 16
+MAX_FDS = 253  # SCM_MAX_FD: the most descriptors one message may carry
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -158,9 +160,10 @@ def exec_failure(err_r: int) -> str | None:
     return b"".join(chunks).decode(errors="replace") if chunks else None
 
 
-def start(req: dict[str, Any], log_fd: int, cgroup_fd: int, join_fds: list[int],
-          devnull: int) -> dict[str, Any]:
-    """Clone a child of our parent that joins its groups and execs; wait for the exec."""
+def begin(req: dict[str, Any], log_fd: int, cgroup_fd: int, join_fds: list[int],
+          devnull: int) -> tuple[int, int, bool]:
+    """Clone a child of our parent that joins its groups and execs: (pid, the read end
+    of its exec pipe, whether it was born in its group)."""
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     try:
         flags = CLONE_PARENT | (CLONE_INTO_CGROUP if cgroup_fd >= 0 else 0)
@@ -174,17 +177,45 @@ def start(req: dict[str, Any], log_fd: int, cgroup_fd: int, join_fds: list[int],
         if pid == 0:  # the child: born in its group when CLONE_INTO_CGROUP took
             child(req, [] if flags & CLONE_INTO_CGROUP else join_fds, log_fd, err_w, devnull,
                   clean=True)
-        os.close(err_w)
-        err_w = -1
+    except BaseException:
+        os.close(err_r)
+        raise
+    finally:
+        os.close(err_w)  # ours closed: the pipe ends when the child execs
+    return pid, err_r, bool(flags & CLONE_INTO_CGROUP)
+
+
+def finish(pid: int, err_r: int, into_cgroup: bool) -> dict[str, Any]:
+    """Wait for the child's exec; its answer."""
+    try:
         failure = exec_failure(err_r)
     finally:
         os.close(err_r)
-        if err_w >= 0:
-            os.close(err_w)
-    reply: dict[str, Any] = {"pid": pid, "into_cgroup": bool(flags & CLONE_INTO_CGROUP)}
+    reply: dict[str, Any] = {"pid": pid, "into_cgroup": into_cgroup}
     if failure is not None:
         reply["error"] = failure
     return reply
+
+
+def start_batch(batch: list[dict[str, Any]], fds: list[int],
+                devnull: int) -> list[dict[str, Any]]:
+    """Clone every child of the batch before waiting for any exec: they join their groups
+    and exec side by side (on several cores; on cgroup v1 their migrations share one
+    grace period of the kernel's threadgroup lock instead of waiting for one each)."""
+    begun: list[tuple[int, int, bool] | str] = []
+    at = 0
+    for req in batch:
+        n = 1 + bool(req["has_cgroup_fd"]) + req["njoin"]
+        mine, at = fds[at:at + n], at + n
+        if len(mine) < n:
+            begun.append("spawner: descriptors missing from the request")
+            continue
+        cgroup_fd = mine[1] if req["has_cgroup_fd"] else -1
+        try:
+            begun.append(begin(req, mine[0], cgroup_fd, mine[n - req["njoin"]:], devnull))
+        except OSError as exc:
+            begun.append(f"spawner: clone: {exc.strerror}")
+    return [{"pid": None, "error": b} if isinstance(b, str) else finish(*b) for b in begun]
 
 
 def receive(sock: socket.socket) -> tuple[bytes, list[int], int]:
@@ -221,16 +252,15 @@ def serve(sock: socket.socket, parent: int) -> None:
             return  # the agent closed its end
         try:
             if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
-                reply: dict[str, Any] = {"pid": None, "error": "request too large"}
+                reply: dict[str, Any] = {"error": "spawner: request too large"}
             else:
                 req = marshal.loads(msg)  # noqa: S302 - the agent's private socketpair
                 if req.get("ping"):
                     reply = {"pong": os.getpid()}
                 else:
-                    n = 2 if req["has_cgroup_fd"] else 1
-                    reply = start(req, fds[0], fds[1] if n == 2 else -1, fds[n:], devnull)
+                    reply = {"results": start_batch(req["batch"], fds, devnull)}
         except Exception as exc:  # a bad request is answered, never fatal
-            reply = {"pid": None, "error": f"spawner: {exc}"}
+            reply = {"error": f"spawner: {exc}"}
         finally:
             for fd in fds:
                 os.close(fd)

@@ -129,12 +129,26 @@ class WorkloadRunner:
         """Spawn now. Failures become a backoff, never an exception to the caller."""
         self._cancel_timer()
         try:
-            self._spawn()
+            got: int | AgentError = self.ops.launch(self.backend, self.first_launch())
         except AgentError as exc:
-            self.last_error = str(exc)
-            self._emit("workload.start-failed", str(exc), "error")
+            got = exc
+        self.began(got)
+
+    def first_launch(self) -> Launch:
+        """What starting the workload asks of the process ops (``start``, or the
+        executor starting several side by side, then ``began``)."""
+        return self.launch_request(self.spec.command, self.env(), self.sched)
+
+    def began(self, got: int | AgentError) -> None:
+        """The launch's outcome: watch the process, or back off."""
+        self._cancel_timer()
+        if isinstance(got, AgentError):
+            self.last_error = str(got)
+            self._emit("workload.start-failed", str(got), "error")
             self._after_exit(ExitInfo(code=127, signal=None, at=self.loop.time()))
             return
+        self.pid, self.adopted, self._child = got, False, True
+        self._watch(got)
         self._emit("workload.started", f"pid {self.pid}")
 
     def launch_request(self, command: list[str], env: dict[str, str],
@@ -142,12 +156,6 @@ class WorkloadRunner:
         s = self.spec
         return Launch(self.partition, s.name, command, s.user, s.group, s.working_dir, env,
                       self.log_file, sched, s.image, tuple(s.capabilities), s.network)
-
-    def _spawn(self) -> None:
-        pid = self.ops.launch(self.backend,
-                              self.launch_request(self.spec.command, self.env(), self.sched))
-        self.pid, self.adopted, self._child = pid, False, True
-        self._watch(pid)
 
     def adopt(self, pid: int) -> None:
         """Take over a process a previous agent started (same PID, no restart)."""
