@@ -95,7 +95,11 @@ class Spawner:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             theirs.set_inheritable(True)
-            pid = os.posix_spawn(self.python, [self.python, "-I", "-S", spawnd.__file__,
+            # Imported from its own directory (not run as a script): bytecode from the
+            # cache, and only the standard library on the path (-I -S).
+            boot = (f"import sys; sys.path.insert(0, {os.path.dirname(spawnd.__file__)!r}); "
+                    "import spawnd; spawnd.main()")
+            pid = os.posix_spawn(self.python, [self.python, "-I", "-S", "-c", boot,
                                                str(theirs.fileno()), str(os.getpid())], {})
         except OSError as exc:
             ours.close()

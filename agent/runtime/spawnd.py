@@ -23,15 +23,18 @@ text}`` for a request it could not read.
 
 from __future__ import annotations
 
+import _socket
 import array
 import ctypes
 import marshal
 import os
 import signal
-import socket
 import struct
 import sys
-from typing import Any
+
+TYPE_CHECKING = False  # not typing's: importing typing would cost the spawner ~1 MiB
+if TYPE_CHECKING:
+    from typing import Any
 
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_PDEATHSIG = 1
@@ -218,19 +221,19 @@ def start_batch(batch: list[dict[str, Any]], fds: list[int],
     return [{"pid": None, "error": b} if isinstance(b, str) else finish(*b) for b in begun]
 
 
-def receive(sock: socket.socket) -> tuple[bytes, list[int], int]:
+def receive(sock: _socket.socket) -> tuple[bytes, list[int], int]:
     """One request and its descriptors, close-on-exec (a workload gets only its dup'd
     stdio). Not ``socket.recv_fds``: Python 3.11's ignores its ``flags``."""
     fds = array.array("i")
-    msg, ancdata, flags, _ = sock.recvmsg(MAX_MSG, socket.CMSG_LEN(MAX_FDS * fds.itemsize),
-                                          socket.MSG_CMSG_CLOEXEC)
+    msg, ancdata, flags, _ = sock.recvmsg(MAX_MSG, _socket.CMSG_LEN(MAX_FDS * fds.itemsize),
+                                          _socket.MSG_CMSG_CLOEXEC)
     for level, kind, data in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
             fds.frombytes(data[:len(data) - len(data) % fds.itemsize])
     return msg, list(fds), flags
 
 
-def serve(sock: socket.socket, parent: int) -> None:
+def serve(sock: _socket.socket, parent: int) -> None:
     _check(_libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0))
     if os.getppid() != parent:
         return  # the agent died before the death signal was armed
@@ -238,7 +241,7 @@ def serve(sock: socket.socket, parent: int) -> None:
     # us); a new session rather than ignored signals, which children would inherit.
     os.setsid()
     # Once, for every child: it inherits this (see ``child``'s ``clean``).
-    sock.set_inheritable(False)
+    os.set_inheritable(sock.fileno(), False)
     prepare_exec(sock.fileno())
     devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
     while True:
@@ -251,7 +254,7 @@ def serve(sock: socket.socket, parent: int) -> None:
         if not msg and not fds:
             return  # the agent closed its end
         try:
-            if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+            if flags & (_socket.MSG_TRUNC | _socket.MSG_CTRUNC):
                 reply: dict[str, Any] = {"error": "spawner: request too large"}
             else:
                 req = marshal.loads(msg)  # noqa: S302 - the agent's private socketpair
@@ -265,10 +268,16 @@ def serve(sock: socket.socket, parent: int) -> None:
             for fd in fds:
                 os.close(fd)
         try:
-            sock.send(marshal.dumps(reply), socket.MSG_NOSIGNAL)
+            sock.send(marshal.dumps(reply), _socket.MSG_NOSIGNAL)
         except OSError:
             return
 
 
+def main() -> None:
+    """``python -I -S -c 'import spawnd; spawnd.main()' FD AGENT_PID`` with this
+    directory first on the path: imported, so its bytecode comes from the cache."""
+    serve(_socket.socket(fileno=int(sys.argv[1])), int(sys.argv[2]))
+
+
 if __name__ == "__main__":
-    serve(socket.socket(fileno=int(sys.argv[1])), int(sys.argv[2]))
+    main()
