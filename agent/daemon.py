@@ -145,7 +145,7 @@ async def run(config: AgentConfig, board: HardwareProfile, opts: RunOptions) -> 
     initial = first_scan.chosen
     await engine.start(StoredMission(initial.mission, initial.origin) if initial else None)
     if config.agent_cgroup:
-        backend.move_self()
+        backend.move_self(engine.platform.ops.helpers())
     await _load_files(engine, opts, config.mission, first_scan)
     link = None
     if config.mqtt is not None:

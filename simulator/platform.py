@@ -73,6 +73,9 @@ class SimOps:
     def prepare(self) -> None:
         pass  # simulated processes need no spawner
 
+    def helpers(self) -> list[int]:
+        return []
+
     def launch_many(self, backend: CgroupBackend,
                     reqs: Sequence[Launch]) -> list[int | AgentError]:
         out: list[int | AgentError] = []

@@ -17,7 +17,7 @@ import yaml
 
 from agent import cli
 from agent.models import AgentConfig, HardwareProfile
-from agent.runtime.procs import is_alive
+from agent.runtime.procs import cmdline, is_alive, parent_pid
 from agent.status import parse, to_json
 from tests.conftest import CGROUP_ROOT, REPO, needs_root_v1
 from tests.helpers import mission_doc, partition, wait_for_sync, workload
@@ -242,6 +242,10 @@ def test_agent_lifecycle_end_to_end(agent_env: dict, prefix: str) -> None:
     first = pids(st)
     own = Path(f"/proc/{agent.pid}/cgroup").read_text()
     assert f":cpuset:/{prefix}/agent\n" in own and f":cpu:/{prefix}/agent\n" in own
+    # Its spawner goes with it: on the agent's cores, in the agent's budget.
+    (spawner,) = [p for p in map(int, filter(str.isdigit, os.listdir("/proc")))
+                  if parent_pid(p) == agent.pid and "spawnd" in cmdline(p)]
+    assert Path(f"/proc/{spawner}/cgroup").read_text() == own
     table = sortie("status", "--config", agent_env["config"])
     assert "fc" in table.stdout and "running" in table.stdout
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -96,8 +97,9 @@ class CgroupBackend(Protocol):
         """Undo ``isolate_os``: give the OS's processes every core again."""
         ...
 
-    def move_self(self) -> None:
-        """Move the calling process into the agent's own cgroup."""
+    def move_self(self, also: Sequence[int] = ()) -> None:
+        """Move the calling process, and ``also`` (its spawner: processes of the agent),
+        into the agent's own cgroup."""
         ...
 
     def place(self, cpus: frozenset[int]) -> bool:
@@ -105,8 +107,9 @@ class CgroupBackend(Protocol):
         name). True if the layout had to change for it."""
         ...
 
-    def remove_base(self) -> None:
-        """Remove the agent's cgroup and the prefix (both must be empty)."""
+    def remove_base(self, also: Sequence[int] = ()) -> None:
+        """Remove the agent's cgroup and the prefix (both must be empty): the calling
+        process and ``also`` leave it for the root first."""
         ...
 
     def board_mems(self) -> str:

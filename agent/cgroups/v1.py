@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -182,16 +183,18 @@ class V1Backend:
         move_procs(self.fs, system / "cgroup.procs", root / "cgroup.procs")
         self.fs.rmdir(system)
 
-    def move_self(self) -> None:
+    def move_self(self, also: Sequence[int] = ()) -> None:
         for _, d in self._dirs(AGENT_GROUP):
-            self.fs.write(d / "cgroup.procs", str(os.getpid()))
+            for pid in (os.getpid(), *also):
+                self.fs.write(d / "cgroup.procs", str(pid))
 
-    def remove_base(self) -> None:
+    def remove_base(self, also: Sequence[int] = ()) -> None:
         self._rmdir_foreign()
-        me = str(os.getpid())
+        ours = {str(os.getpid()), *map(str, also)}
         for c, d in self._dirs(AGENT_GROUP):
-            if self.fs.exists(d) and me in self.fs.read(d / "cgroup.procs").split():
-                self.fs.write(self._mounts[c] / "cgroup.procs", me)  # leave before rmdir
+            if self.fs.exists(d):
+                for pid in ours & set(self.fs.read(d / "cgroup.procs").split()):
+                    self.fs.write(self._mounts[c] / "cgroup.procs", pid)  # leave first
             self.fs.rmdir(d)
         for _, d in self._dirs():
             self.fs.rmdir(d)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -161,16 +162,17 @@ class V2Backend:
         self._member_layout()
         return True
 
-    def move_self(self) -> None:
+    def move_self(self, also: Sequence[int] = ()) -> None:
         if self.partitioned:
             return  # outside the prefix the kernel keeps the agent on the reserved cores
-        self.fs.write(self._dir(AGENT_GROUP) / "cgroup.procs", str(os.getpid()))
+        for pid in (os.getpid(), *also):
+            self.fs.write(self._dir(AGENT_GROUP) / "cgroup.procs", str(pid))
 
-    def remove_base(self) -> None:
-        agent, me = self._dir(AGENT_GROUP), str(os.getpid())
+    def remove_base(self, also: Sequence[int] = ()) -> None:
+        agent, ours = self._dir(AGENT_GROUP), {str(os.getpid()), *map(str, also)}
         if self.fs.exists(agent):
-            if me in self.fs.read(agent / "cgroup.procs").split():
-                self.fs.write(self.root / "cgroup.procs", me)  # leave before rmdir
+            for pid in ours & set(self.fs.read(agent / "cgroup.procs").split()):
+                self.fs.write(self.root / "cgroup.procs", pid)  # leave before rmdir
             self.fs.rmdir(agent)
         self.fs.rmdir(self._dir())
 

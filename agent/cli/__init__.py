@@ -5,11 +5,23 @@ board-side ones, ``render`` draws tables; the ground-side commands live in
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 
 from agent.cli.base import EXIT_REFUSED, print_violations
 from agent.errors import AgentError, ProfileError
+
+
+def _command(argv: Sequence[str]) -> str | None:
+    """The subcommand, past the global options (which take a value)."""
+    it = iter(argv)
+    for tok in it:
+        if tok in ("--log-level", "--log-format"):
+            next(it, None)
+        elif not tok.startswith("-"):
+            return tok
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -20,6 +32,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser().parse_args(argv)
         args.log_level, args.log_format = "info", "text"
     else:
+        if _command(argv) == "run" and os.geteuid() == 0:
+            # The spawner's interpreter starts while this one imports the agent.
+            from agent.runtime.spawn import SPAWNER
+            SPAWNER.launch()
         from agent.cli.parser import build_parser
         args = build_parser().parse_args(argv)
     from agent.cli.logs import configure

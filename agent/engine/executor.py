@@ -202,7 +202,7 @@ class Executor:
         if not self.backend.place(cpus):
             return
         if self.config.agent_cgroup:
-            self.backend.move_self()
+            self.backend.move_self(self.platform.ops.helpers())
         present = set(self.backend.partitions())
         for p in [p for p in self.limits if p in present]:
             self.limits[p] = self.backend.read_limits(p)  # exclusive ones are not now
@@ -391,4 +391,4 @@ class Executor:
         (self.config.run_dir / "timekeeper.pid").unlink(missing_ok=True)
         await self.execute(plan({}, self.observed()), {})
         self.backend.release_os()
-        self.backend.remove_base()
+        self.backend.remove_base(self.platform.ops.helpers())

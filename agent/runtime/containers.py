@@ -152,6 +152,9 @@ class ContainerOps:
     def prepare(self) -> None:
         self.host.prepare()  # runc starts containers; host workloads use the spawner
 
+    def helpers(self) -> list[int]:
+        return self.host.helpers()
+
     def launch_many(self, backend: CgroupBackend,
                     reqs: Sequence[Launch]) -> list[int | AgentError]:
         """Host workloads side by side through the spawner; containers one by one (each

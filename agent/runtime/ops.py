@@ -47,6 +47,11 @@ class ProcessOps(Protocol):
         so the first workload does not wait for it)."""
         ...
 
+    def helpers(self) -> list[int]:
+        """The agent's own helper processes (its spawner): they live in the agent's
+        cgroup, with the agent."""
+        ...
+
     def launch(self, backend: CgroupBackend, req: Launch) -> int:
         """Start a process inside the workload's group; AgentError with the reason."""
         ...
@@ -75,6 +80,9 @@ class ProcessOps(Protocol):
 class RealOps:
     def prepare(self) -> None:
         SPAWNER.warm()
+
+    def helpers(self) -> list[int]:
+        return [] if SPAWNER.pid is None else [SPAWNER.pid]
 
     def launch(self, backend: CgroupBackend, req: Launch) -> int:
         (got,) = self.launch_many(backend, [req])

@@ -21,13 +21,15 @@ import socket
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.errors import WorkloadError
 from agent.runtime import spawnd
 from agent.runtime.identity import DEFAULT_PATH, Identity
-from agent.timing.sched import SchedPolicy
 from agent.timing.syscalls import deadline_attr
+
+if TYPE_CHECKING:
+    from agent.timing.sched import SchedPolicy  # the models: too heavy to start early
 
 log = logging.getLogger("sortie.runtime")
 
@@ -81,13 +83,16 @@ class Spawner:
         self.broken: str | None = None
         """Why the spawner cannot be used (in-process fork instead), None while it can."""
         self.into_cgroup = True  # until a kernel refuses CLONE_INTO_CGROUP
+        self._answered = False  # it answered a ping since it was started
 
     @property
     def pid(self) -> int | None:
         return self._pid if self._owner == os.getpid() else None
 
-    def warm(self) -> bool:
-        """Start the spawner if it is not running; False when it cannot be used."""
+    def launch(self) -> bool:
+        """Start the spawner process without waiting for it: its interpreter starts
+        while the agent imports (``sortie run``); ``warm`` then checks that it answers.
+        False when it cannot be started."""
         if self.broken is not None:
             return False
         if self._sock is not None and self._owner == os.getpid():
@@ -109,16 +114,26 @@ class Spawner:
         finally:
             theirs.close()
         ours.settimeout(REPLY_TIMEOUT_S)
-        self._sock, self._pid, self._owner = ours, pid, os.getpid()
+        self._sock, self._pid, self._owner, self._answered = ours, pid, os.getpid(), False
+        return True
+
+    def warm(self) -> bool:
+        """Start the spawner if it is not running and see that it answers; False when
+        it cannot be used."""
+        if not self.launch():
+            return False
+        if self._answered:
+            return True
         try:
             answer = self._ask({"ping": True}, [])
         except OSError as exc:
             answer = {"error": str(exc)}
-        if answer.get("pong") != pid:
-            self.close()
+        if answer.get("pong") != self._pid:
+            self.close(kill=True)
             self.broken = f"the spawner did not answer: {answer.get('error', answer)}"
             log.warning("spawner unavailable, forking the agent instead: %s", self.broken)
             return False
+        self._answered = True
         return True
 
     def _send(self, req: dict[str, Any], fds: list[int]) -> None:
@@ -210,6 +225,7 @@ class Spawner:
         """Stop the spawner (closing our end ends it) and reap it."""
         sock, pid, owner = self._sock, self._pid, self._owner
         self._sock = self._pid = None
+        self._answered = False
         if sock is None or owner != os.getpid():
             return
         sock.close()
