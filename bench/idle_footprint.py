@@ -3,7 +3,8 @@ peer measured in the same run.
 
 Peers: an idle interpreter with the agent's imports loaded (the floor any Python agent
 pays), measured the same way over the same window; for cold start, the time that
-interpreter takes just to import the agent.
+interpreter takes just to import the agent. The agent's spawner (a process of its own)
+is reported beside it, and the two together as PSS (shared pages counted once).
 Run as root on a cgroup v1 host:  .venv/bin/python -m bench.idle_footprint [SECONDS]
 """
 
@@ -78,6 +79,17 @@ def demo_cold_start(tmp: Path) -> float:
         purge_prefix(prefix)
 
 
+def rollup(pid: int) -> dict[str, int]:
+    """/proc/PID/smaps_rollup in kB: what is shared is counted once across processes."""
+    out = {}
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            key, _, val = line.partition(":")
+            if val.strip().endswith("kB"):
+                out[key] = int(val.split()[0])
+    return out
+
+
 def cpu_s(p: psutil.Process) -> float:
     t = p.cpu_times()
     return t.user + t.system
@@ -121,12 +133,15 @@ def main(seconds: float) -> None:
         procs.append(peer)
         time.sleep(2)
         a, p = psutil.Process(agent.pid), psutil.Process(peer.pid)
+        spawners = [c for c in a.children() if "spawnd" in " ".join(c.cmdline())]
         a0, p0, t0 = cpu_s(a), cpu_s(p), time.monotonic()
-        rss_a, rss_p = [], []
+        rss_a, rss_p, rss_s = [], [], []
         while time.monotonic() - t0 < seconds:
             rss_a.append(a.memory_info().rss)
             rss_p.append(p.memory_info().rss)
+            rss_s.append(sum(s.memory_info().rss for s in spawners))
             time.sleep(1)
+        pss_a, pss_s = rollup(a.pid), [rollup(s.pid) for s in spawners]
         wall = time.monotonic() - t0
         cpu_a, cpu_p = (cpu_s(a) - a0) / wall, (cpu_s(p) - p0) / wall
         mib = 1 << 20
@@ -135,6 +150,14 @@ def main(seconds: float) -> None:
         print(f"  peer  RSS max {max(rss_p) / mib:6.1f} MiB   CPU {cpu_p * 100:6.3f} % of a core"
               "  (idle interpreter with the agent's imports)")
         print(f"  ratio RSS agent/peer {max(rss_a) / max(rss_p):.2f}")
+        if spawners:
+            sp = pss_s[0]
+            print(f"  spawner RSS max {max(rss_s) / mib:6.1f} MiB   PSS {sp['Pss'] / 1024:.1f} MiB "
+                  f"(anonymous {sp['Pss_Anon'] / 1024:.1f})")
+        print(f"  agent PSS {pss_a['Pss'] / 1024:.1f} MiB (anonymous "
+              f"{pss_a['Pss_Anon'] / 1024:.1f}, files {pss_a['Pss_File'] / 1024:.1f}); "
+              "agent + spawner PSS "
+              f"{(pss_a['Pss'] + sum(x['Pss'] for x in pss_s)) / 1024:.1f} MiB")
         print(f"  target RSS <= 35 MiB: {'met' if max(rss_a) <= 35 * mib else 'MISSED'}; "
               f"CPU <= 0.5 %: {'met' if cpu_a <= 0.005 else 'MISSED'}")
         print("cold start (process start -> first reconcile done)")
