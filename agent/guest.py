@@ -95,10 +95,23 @@ def summary(status: dict[str, Any]) -> dict[str, Any]:
                       "periods": use.get("periods"),
                       "workloads": {w["name"]: w.get("state") for w in p.get("workloads", [])}})
     m = status.get("mission") or {}
+    started = [since_boot_s(w["pid"]) for p in status.get("partitions", [])
+               for w in p.get("workloads", []) if w.get("pid")]
     return {"board": status.get("board"), "cgroup": status.get("cgroup"),
+            # Kernel start -> the last workload's process created (exec follows in ~1 ms).
+            "last_workload_started_s": max((s for s in started if s is not None),
+                                           default=None),
             "mission": {"name": m.get("name"), "generation": m.get("generation")} if m else None,
             "ready_after_s": status.get("ready_after_s"), "partitions": parts,
             "errors": status.get("errors", []), "uptime_s": uptime()}
+
+
+def since_boot_s(pid: int) -> float | None:
+    """When the process started, seconds after the kernel did (10 ms resolution)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        data = Path(f"/proc/{pid}/stat").read_bytes()
+        return int(data[data.rfind(b")") + 2:].split()[19]) / os.sysconf("SC_CLK_TCK")
+    return None
 
 
 def uptime() -> float:

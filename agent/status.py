@@ -282,6 +282,9 @@ class MissionStatus:
 class CgroupStatus:
     version: str
     prefix: str
+    placement: str = ""
+    """How a workload's process gets into its group (the spawner, born in it or joining
+    before exec; or the agent forking itself, and why)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -76,6 +76,9 @@ class SimOps:
     def helpers(self) -> list[int]:
         return []
 
+    def placement(self, cgroup_version: str) -> str:
+        return "simulated"
+
     def launch_many(self, backend: CgroupBackend,
                     reqs: Sequence[Launch]) -> list[int | AgentError]:
         out: list[int | AgentError] = []

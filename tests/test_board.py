@@ -89,7 +89,8 @@ def test_keys_become_the_configs_trusted_planners(tmp_path: Path) -> None:
     got = check(HW / "qemu-x86_64.yaml", MISSION, keys, cfg, tmp_path / "c", tmp_path / "o")
     assert set(got.config["mqtt"]["trusted_keys"]) == {"ops"}
     assert got.config["hardware_profile"] == "/etc/sortie/hardware.yaml"
-    assert list(got.profiles) == ["check.yaml", "exclusive.yaml"] and got.arch == "amd64"
+    assert list(got.profiles) == ["check.yaml", "exclusive.yaml", "fifty.yaml"]
+    assert got.arch == "amd64"
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(BoardError) as err:
@@ -346,6 +347,8 @@ def test_the_image_boots_and_flies_its_baked_mission_on_cgroup_v2(
     assert result.clean and result.agent_rc == 0, "\n".join(result.console[-40:])
     last = result.last
     assert last is not None and last["cgroup"]["version"] == "v2"
+    # Workloads are born in their groups (the spawner's clone3 CLONE_INTO_CGROUP).
+    assert "CLONE_INTO_CGROUP" in last["cgroup"]["placement"], last["cgroup"]
     assert last["mission"] == {"name": "qemu-check", "generation": 1}
     assert not last["errors"]
     shares = long_window_shares(result.statuses)
@@ -442,6 +445,17 @@ def test_the_image_boots_and_flies_its_baked_mission_on_cgroup_v2(
     share, budget = long_window_shares(excl.statuses)["flight"]
     assert abs(share - budget) <= 0.02, (share, budget)
     print(f"{board}: exclusive partition root on core 1, share {share * 100:.2f}%")
+    # Fifty workloads from nothing: kernel start -> the last one started, in the guest.
+    fifty = booting.boot(out, run_s=20, timeout_s=200, report_s=2, mission="fifty-check")
+    assert fifty.clean and fifty.last is not None, "\n".join(fifty.console[-40:])
+    last = fifty.last
+    assert last["mission"] == {"name": "fifty-check", "generation": 1}
+    states = [st for p in last["partitions"] for st in p["workloads"].values()]
+    assert states.count("running") == 50, last
+    assert "CLONE_INTO_CGROUP" in last["cgroup"]["placement"], last["cgroup"]
+    print(f"{board}: 50 workloads from nothing under TCG: kernel start -> last workload "
+          f"started {last['last_workload_started_s']:.2f} s; agent start -> first "
+          f"reconcile {last['ready_after_s'] * 1000:.0f} ms")
 
 
 @pytest.mark.qemu

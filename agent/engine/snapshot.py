@@ -91,7 +91,8 @@ def build_status(e: Engine) -> Status:
             totals=_totals(e, name)))
     return Status(
         board=e.board.name,
-        cgroup=CgroupStatus(e.backend.version, e.backend.prefix),
+        cgroup=CgroupStatus(e.backend.version, e.backend.prefix,
+                            e.platform.ops.placement(e.backend.version)),
         mission=None if e.mission is None or e.origin is None else MissionStatus(
             e.mission.name, e.mission.generation, e.origin),
         ready_after_s=e.ready_after_s,

@@ -155,6 +155,9 @@ class ContainerOps:
     def helpers(self) -> list[int]:
         return self.host.helpers()
 
+    def placement(self, cgroup_version: str) -> str:
+        return self.host.placement(cgroup_version) + "; containers: runc"
+
     def launch_many(self, backend: CgroupBackend,
                     reqs: Sequence[Launch]) -> list[int | AgentError]:
         """Host workloads side by side through the spawner; containers one by one (each

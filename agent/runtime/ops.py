@@ -52,6 +52,10 @@ class ProcessOps(Protocol):
         cgroup, with the agent."""
         ...
 
+    def placement(self, cgroup_version: str) -> str:
+        """How a new process gets into its group, for the status."""
+        ...
+
     def launch(self, backend: CgroupBackend, req: Launch) -> int:
         """Start a process inside the workload's group; AgentError with the reason."""
         ...
@@ -83,6 +87,13 @@ class RealOps:
 
     def helpers(self) -> list[int]:
         return [] if SPAWNER.pid is None else [SPAWNER.pid]
+
+    def placement(self, cgroup_version: str) -> str:
+        if SPAWNER.broken is not None:
+            return f"the agent forks itself ({SPAWNER.broken}); joins before exec"
+        if cgroup_version == "v2" and SPAWNER.into_cgroup:
+            return "spawner; born in its group (clone3 CLONE_INTO_CGROUP)"
+        return "spawner; joins its groups before exec"
 
     def launch(self, backend: CgroupBackend, req: Launch) -> int:
         (got,) = self.launch_many(backend, [req])
