@@ -6,13 +6,16 @@ cgroup.procs. Peers, interleaved in the same run: the floor (``bench/spawn_floor
 same placement, limits read back, user dropped, exec, by the leanest code, in a small
 interpreter of its own), and cgcreate + cgset + cgexec placing the same process with the
 same limits, timed until its PID shows in cgroup.procs.
-Run as root on a cgroup v1 host:  .venv/bin/python -m bench.apply_latency [N]
+Run as root on a cgroup v1 host:  .venv/bin/python -m bench.apply_latency [N [QUIET_MS]]
+(QUIET_MS, default 50: the pause before every placement; 0 runs them back to back.)
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -35,7 +38,7 @@ BOARD = HardwareProfile.model_validate({
     "name": "bench", "arch": "x86_64", "cores": [{"id": 0}, {"id": 1}], "memory_mib": 4096,
     "reserved": {"cores": [0], "cpu_fraction": 0.2, "memory_mib": 512, "pids": 512}})
 CONTROLLERS = "cpu,cpuacct,cpuset,memory,pids"
-QUIET_S = 0.05
+QUIET_S = float(sys.argv[2]) / 1000 if len(sys.argv) > 2 else 0.05
 """Before every measured placement: each starts from a quiet kernel, as a mission change
 does. On v1 the first write to a ``cgroup.procs`` after a quiet spell waits for an RCU
 grace period (``cgroup_threadgroup_rwsem``); back to back, a placement would find it
@@ -86,15 +89,30 @@ def peer_once(prefix: str, i: int) -> float:
                     "-r", f"memory.limit_in_bytes={64 << 20}", "-r", "pids.max=16", g],
                    check=True)
     p = subprocess.Popen(["cgexec", "-g", f"{CONTROLLERS}:/{g}", "/usr/sbin/runuser", "-u",
-                          "nobody", "--", "/bin/sleep", "3600"])
+                          "nobody", "--", "/bin/sleep", "3600"], start_new_session=True)
     while not procs(target):
         time.sleep(0)
     t = time.perf_counter() - t0  # cgexec joined and exec'd runuser; the peer's best case
-    p.kill()
+    # runuser forks the sleep: stop both, or cgdelete hands the sleep to the prefix.
+    os.killpg(p.pid, signal.SIGKILL)
     p.wait()
+    while procs(target):
+        time.sleep(0.001)
     for c in CONTROLLERS.split(","):  # cgdelete removes only the first controller's dir
         subprocess.run(["cgdelete", "-g", f"{c}:/{g}"], check=False)
     return t * 1000
+
+
+def drop_peer_groups(prefix: str) -> None:
+    """What the peers left under the prefix (cgdelete can race a task's exit)."""
+    for c in ("cpu", "cpuacct", "cpuset", "memory", "pids", "freezer"):
+        base = CGROUP_ROOT / c / prefix
+        for d in sorted((d for d in base.glob("*") if d.is_dir() and d.name.startswith(
+                ("peer", "p-floor"))), reverse=True):
+            for leaf in d.glob("*"):
+                if leaf.is_dir():
+                    leaf.rmdir()
+            d.rmdir()
 
 
 class Floor:
@@ -155,7 +173,8 @@ async def main(n: int) -> None:
         finally:
             lean.close()
         a, f, p = summary(agent), summary(floor), summary(peer)
-        print(f"apply -> workload running in its cgroup, {n} applies each, interleaved")
+        print(f"apply -> workload running in its cgroup, {n} applies each, interleaved, "
+              f"{QUIET_S * 1000:.0f} ms quiet before each")
         print(row("sortie: admit+plan+cgroups+spawner", a))
         print(row("sortie, forking itself (before)", summary(forked)))
         print(row("floor: same placement, lean code", f))
@@ -166,6 +185,8 @@ async def main(n: int) -> None:
               f"p50 <= 2x the floor's: {'met' if a['p50'] <= 2 * f['p50'] else 'MISSED'}")
     finally:
         try:
+            await asyncio.sleep(0.2)  # a group's last task may still be leaving it
+            drop_peer_groups(prefix)  # the peers' own, or the agent cannot remove the prefix
             await engine.shutdown(teardown=True)
         finally:
             purge_prefix(prefix)

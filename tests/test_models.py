@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -121,3 +124,24 @@ def test_schema_has_a_description_for_every_field() -> None:
             for name, prop in d.get("properties", {}).items():
                 assert prop.get("description"), f"{d.get('title')}.{name} has no docstring"
     json.dumps(MissionProfile.model_json_schema())
+
+
+def test_the_flight_agent_skips_the_docstrings_and_validates_the_same() -> None:
+    # `sortie run` starts with SORTIE_MODEL_DOCS=0: no source parsed for descriptions,
+    # the same refusals and the same models.
+    code = ("import json, sys\nfrom agent.models import MissionProfile, load_file\n"
+            "from agent.errors import ProfileError\n"
+            "m = load_file(MissionProfile, sys.argv[1])\n"
+            "try:\n    MissionProfile.model_validate({'name': 'x', 'generation': 0})\n"
+            "except Exception as e:\n    err = str(e)\n"
+            "props = MissionProfile.model_json_schema()['properties'].values()\n"
+            "print(json.dumps({'docs': sum('description' in p for p in props), "
+            "'name': m.name, 'err': err}))")
+    out = {}
+    for flag in ("0", "1"):
+        r = subprocess.run([sys.executable, "-c", code, str(REPO / "schedules" / "demo.yaml")],
+                           capture_output=True, text=True, cwd=REPO, check=True,
+                           env={**os.environ, "SORTIE_MODEL_DOCS": flag})
+        out[flag] = json.loads(r.stdout)
+    assert out["0"]["docs"] == 0 and out["1"]["docs"] > 3
+    assert out["0"]["name"] == out["1"]["name"] and out["0"]["err"] == out["1"]["err"]

@@ -32,10 +32,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser().parse_args(argv)
         args.log_level, args.log_format = "info", "text"
     else:
-        if _command(argv) == "run" and os.geteuid() == 0:
-            # The spawner's interpreter starts while this one imports the agent.
-            from agent.runtime.spawn import SPAWNER
-            SPAWNER.launch()
+        if _command(argv) == "run":
+            os.environ.setdefault("SORTIE_MODEL_DOCS", "0")  # see agent.models._base.DOCS
+            if os.geteuid() == 0:
+                # The spawner's interpreter starts while this one imports the agent.
+                from agent.runtime.spawn import SPAWNER
+                SPAWNER.launch()
         from agent.cli.parser import build_parser
         args = build_parser().parse_args(argv)
     from agent.cli.logs import configure
