@@ -253,9 +253,7 @@ class Executor:
                 if rm:
                     self.backend.remove_workload(p, w)
             case StartWorkload() | RestartWorkload():
-                (err,) = await self._start_all([action])
-                if err is not None:
-                    raise err
+                raise AssertionError("starts go to _start_all, side by side")
 
     async def _start_all(self, actions: list[StartWorkload | RestartWorkload]
                          ) -> list[BaseException | None]:

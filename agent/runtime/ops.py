@@ -103,20 +103,15 @@ class RealOps:
 
     def launch_many(self, backend: CgroupBackend,
                     reqs: Sequence[Launch]) -> list[int | AgentError]:
-        out: list[int | AgentError] = []
         with contextlib.ExitStack() as opened:
-            ready: list[tuple[int, SpawnRequest]] = []
-            for i, req in enumerate(reqs):
+            prepared: list[SpawnRequest | AgentError] = []
+            for req in reqs:
                 try:
-                    ready.append((i, self._request(backend, req, opened)))
+                    prepared.append(self._request(backend, req, opened))
                 except AgentError as exc:
-                    out.append(exc)
-                else:
-                    out.append(-1)  # filled in below
-            started = spawn_many([r for _, r in ready])
-        for (i, _), got in zip(ready, started, strict=True):
-            out[i] = got
-        return out
+                    prepared.append(exc)
+            started = iter(spawn_many([p for p in prepared if isinstance(p, SpawnRequest)]))
+            return [next(started) if isinstance(p, SpawnRequest) else p for p in prepared]
 
     @staticmethod
     def _request(backend: CgroupBackend, req: Launch,

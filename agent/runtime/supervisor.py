@@ -127,7 +127,6 @@ class WorkloadRunner:
 
     def start(self) -> None:
         """Spawn now. Failures become a backoff, never an exception to the caller."""
-        self._cancel_timer()
         try:
             got: int | AgentError = self.ops.launch(self.backend, self.first_launch())
         except AgentError as exc:
@@ -140,7 +139,8 @@ class WorkloadRunner:
         return self.launch_request(self.spec.command, self.env(), self.sched)
 
     def began(self, got: int | AgentError) -> None:
-        """The launch's outcome: watch the process, or back off."""
+        """The launch's outcome: watch the process, or back off (a restart timer that
+        was pending is void either way)."""
         self._cancel_timer()
         if isinstance(got, AgentError):
             self.last_error = str(got)
