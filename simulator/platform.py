@@ -79,8 +79,8 @@ class SimOps:
     def placement(self, cgroup_version: str) -> str:
         return "simulated"
 
-    def launch_many(self, backend: CgroupBackend,
-                    reqs: Sequence[Launch]) -> list[int | AgentError]:
+    async def launch_many(self, backend: CgroupBackend,
+                          reqs: Sequence[Launch]) -> list[int | AgentError]:
         out: list[int | AgentError] = []
         for r in reqs:  # one after another, as launch() models the agent's execs
             try:

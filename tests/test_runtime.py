@@ -23,7 +23,15 @@ from agent.models import Workload
 from agent.runtime import procs, spawnd
 from agent.runtime.identity import resolve_identity
 from agent.runtime.logs import rotate_if_large
-from agent.runtime.spawn import SPAWNER, Spawner, SpawnRequest, _chunks, spawn, spawn_many
+from agent.runtime.spawn import (
+    SPAWNER,
+    Spawner,
+    SpawnRequest,
+    _chunks,
+    spawn,
+    spawn_many,
+    spawn_many_async,
+)
 from agent.runtime.supervisor import RunnerState, WorkloadRunner, backoff_delay_s
 from tests.conftest import REPO, needs_root_v1
 from tests.helpers import wait_for
@@ -337,3 +345,34 @@ def test_batches_split_where_one_message_cannot_carry_the_descriptors() -> None:
     v2 = [SpawnRequest(["/bin/true"], nobody, "/", {}, [3], 0, cgroup_fd=4)
           for _ in range(130)]
     assert [len(c) for c in _chunks(v2, into_cgroup=True)] == [64, 64, 2]
+
+
+@needs_root_v1
+async def test_a_converges_starts_leave_the_loop_free_and_a_start_meanwhile_forks(
+        part: V1Backend, tmp_path: Path) -> None:
+    nobody = resolve_identity("nobody", None)
+    log = os.open(tmp_path / "log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
+                  0o644)
+    opened = [log]
+
+    def req() -> SpawnRequest:
+        fds = part.open_join_fds("p", "w")
+        opened.extend(fds)
+        return SpawnRequest(["/bin/sh", "-c", "echo $PPID"], nobody, "/", {}, fds, log)
+    try:
+        assert SPAWNER.warm()
+        batch = asyncio.create_task(  # noqa: RUF006 - awaited below
+            spawn_many_async([req() for _ in range(8)]))
+        await asyncio.sleep(0)  # the batch is posted; its answers are due on the loop
+        assert not batch.done()
+        # A start that cannot wait for the loop meanwhile: the agent forks itself.
+        alone = spawn(req())
+        started = await batch
+    finally:
+        for fd in opened:
+            os.close(fd)
+    assert all(isinstance(p, int) for p in started)
+    for pid in [alone, *started]:
+        os.waitpid(pid, 0)  # noqa: ASYNC222 - exited /bin/sh, ours to reap
+    assert (tmp_path / "log").read_text().split() == [str(os.getpid())] * 9
+    assert SPAWNER.pid is not None

@@ -85,6 +85,7 @@ class Executor:
         self._rt_reserved = 0
         """RT runtime per second the prefix holds now (grown before, shrunk after)."""
         self._os_isolated = False
+        self._launches: set[asyncio.Future[None]] = set()
         self._removed = removed
         """Told of every partition group removed (accounting forgets its counters)."""
 
@@ -144,6 +145,9 @@ class Executor:
     async def execute(self, actions: list[Action],
                       desired: dict[str, DesiredPartition]) -> list[str]:
         """Run actions phase by phase; stops inside a phase run concurrently."""
+        # Starts a cancelled converge left in flight land first: their processes are
+        # the runners' before anything plans on them (or tears their groups down).
+        await asyncio.gather(*self._launches)
         self._desired = desired
         errors: list[str] = []
         rt_after = rt_reserve_us(desired)
@@ -274,10 +278,17 @@ class Executor:
                 errors.append(None)
             except (AgentError, OSError) as exc:
                 errors.append(exc)
-        started = self.platform.ops.launch_many(self.backend,
-                                                [r.first_launch() for r in runners])
-        for runner, got in zip(runners, started, strict=True):
-            runner.began(got)
+        async def launch() -> None:
+            started = await self.platform.ops.launch_many(
+                self.backend, [r.first_launch() for r in runners])
+            for runner, got in zip(runners, started, strict=True):
+                runner.began(got)
+        # Once asked for, the processes exist: a converge cancelled meanwhile (the agent
+        # stopping) must still hand each to its runner, or nothing would watch or stop it.
+        task = asyncio.ensure_future(launch())
+        self._launches.add(task)  # held: a shielded task must not be collected
+        task.add_done_callback(self._launches.discard)
+        await asyncio.shield(task)
         return errors
 
     def _runner_for(self, partition: str, spec: Workload) -> Runner:

@@ -158,12 +158,12 @@ class ContainerOps:
     def placement(self, cgroup_version: str) -> str:
         return self.host.placement(cgroup_version) + "; containers: runc"
 
-    def launch_many(self, backend: CgroupBackend,
-                    reqs: Sequence[Launch]) -> list[int | AgentError]:
+    async def launch_many(self, backend: CgroupBackend,
+                          reqs: Sequence[Launch]) -> list[int | AgentError]:
         """Host workloads side by side through the spawner; containers one by one (each
         is a runc process of its own)."""
         host = [r for r in reqs if r.image is None]
-        started = iter(self.host.launch_many(backend, host))
+        started = iter(await self.host.launch_many(backend, host))
         out: list[int | AgentError] = []
         for r in reqs:
             if r.image is None:

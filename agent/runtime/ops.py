@@ -20,7 +20,7 @@ from agent.cgroups import CgroupBackend
 from agent.errors import AgentError
 from agent.runtime.identity import resolve_command, resolve_identity
 from agent.runtime.logs import open_log
-from agent.runtime.spawn import SPAWNER, SpawnRequest, spawn_many
+from agent.runtime.spawn import SPAWNER, SpawnRequest, spawn_many, spawn_many_async
 from agent.timing.sched import SchedPolicy
 
 
@@ -60,10 +60,10 @@ class ProcessOps(Protocol):
         """Start a process inside the workload's group; AgentError with the reason."""
         ...
 
-    def launch_many(self, backend: CgroupBackend,
-                    reqs: Sequence[Launch]) -> list[int | AgentError]:
-        """Start several side by side (a converge's new workloads); each PID or the
-        reason, in order."""
+    async def launch_many(self, backend: CgroupBackend,
+                          reqs: Sequence[Launch]) -> list[int | AgentError]:
+        """Start several side by side (a converge's new workloads), awaiting the
+        processes on the loop; each PID or the reason, in order."""
         ...
 
     def watch(self, pid: int, on_exit: Callable[[], None]) -> object | None:
@@ -96,13 +96,14 @@ class RealOps:
         return "spawner; joins its groups before exec"
 
     def launch(self, backend: CgroupBackend, req: Launch) -> int:
-        (got,) = self.launch_many(backend, [req])
+        with contextlib.ExitStack() as opened:
+            (got,) = spawn_many([self._request(backend, req, opened)])
         if isinstance(got, AgentError):
             raise got
         return got
 
-    def launch_many(self, backend: CgroupBackend,
-                    reqs: Sequence[Launch]) -> list[int | AgentError]:
+    async def launch_many(self, backend: CgroupBackend,
+                          reqs: Sequence[Launch]) -> list[int | AgentError]:
         with contextlib.ExitStack() as opened:
             prepared: list[SpawnRequest | AgentError] = []
             for req in reqs:
@@ -110,7 +111,8 @@ class RealOps:
                     prepared.append(self._request(backend, req, opened))
                 except AgentError as exc:
                     prepared.append(exc)
-            started = iter(spawn_many([p for p in prepared if isinstance(p, SpawnRequest)]))
+            started = iter(await spawn_many_async(
+                [p for p in prepared if isinstance(p, SpawnRequest)]))
             return [next(started) if isinstance(p, SpawnRequest) else p for p in prepared]
 
     @staticmethod

@@ -11,6 +11,7 @@ reason (not a bare exit code 127).
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import logging
@@ -19,6 +20,7 @@ import os
 import signal
 import socket
 import sys
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -84,6 +86,9 @@ class Spawner:
         """Why the spawner cannot be used (in-process fork instead), None while it can."""
         self.into_cgroup = True  # until a kernel refuses CLONE_INTO_CGROUP
         self._answered = False  # it answered a ping since it was started
+        self._pending: deque[asyncio.Future[dict[str, Any]]] = deque()
+        """Messages sent from the event loop, oldest first, whose answers are due."""
+        self._reader: asyncio.AbstractEventLoop | None = None
 
     @property
     def pid(self) -> int | None:
@@ -153,14 +158,15 @@ class Spawner:
         answer: dict[str, Any] = marshal.loads(reply)  # noqa: S302 - our own child
         return answer
 
-    def spawn_many(self, reqs: Sequence[SpawnRequest]) -> list[Started] | None:
-        """Each request's (pid, failure before exec) or the reason it did not start,
-        in order; None when the spawner cannot be used. The spawner clones every child
-        of a message before it waits for any exec (``spawnd.start_batch``), and every
-        message is sent before the first answer is read: the next batch begins while
-        the kernel's threadgroup lock is still warm from the last (cgroup v1)."""
-        if not reqs or not self.warm():
-            return None if reqs else []
+    def _post(self, reqs: Sequence[SpawnRequest]
+              ) -> tuple[list[Sequence[SpawnRequest]], list[list[dict[str, Any]]], int] | None:
+        """Send every message for ``reqs``: (the chunks, their batches, how many went).
+        The spawner clones every child of a message before it waits for any exec
+        (``spawnd.start_batch``), and every message goes before the first answer is
+        read: the next batch begins while the kernel's threadgroup lock is still warm
+        from the last (cgroup v1). None when the spawner cannot be used."""
+        if not self.warm():
+            return None
         chunks = list(_chunks(reqs, self.into_cgroup))
         messages = [self._message(chunk) for chunk in chunks]
         sent = 0
@@ -168,19 +174,32 @@ class Spawner:
             try:
                 self._send(msg, fds)
             except OSError:
-                if i > 0:
-                    break  # it died mid-way: what it got is answered below
+                if i > 0 or self._pending:
+                    break  # it died mid-way: what it got is answered (or failed) below
                 # It died since the last start (nothing of these began): a fresh one.
                 self.close(kill=True)
                 if not self.warm():
                     return None
                 self._send(msg, fds)
             sent += 1
+        return chunks, [m["batch"] for m, _ in messages], sent
+
+    def spawn_many(self, reqs: Sequence[SpawnRequest]) -> list[Started] | None:
+        """Each request's (pid, failure before exec) or the reason it did not start,
+        in order, waiting for the answers here; None when the spawner cannot be used
+        (or answers are already due on the event loop: the caller forks instead)."""
+        if not reqs:
+            return []
+        if self._pending:
+            return None
+        posted = self._post(reqs)
+        if posted is None:
+            return None
+        chunks, batches, sent = posted
         out: list[Started] = []
         for i, chunk in enumerate(chunks):
             if i >= sent or self._sock is None:
-                out += [WorkloadError(f"cannot start {r.argv[0]!r}: spawner: it exited")
-                        for r in chunk]
+                out += _lost(chunk, "it exited")
                 continue
             try:
                 answer = self._answer()
@@ -188,11 +207,60 @@ class Spawner:
                 # It died or hangs mid-start: a fresh one next time; these starts fail
                 # (into a backoff), a child it may have made is stopped with its group.
                 self.close(kill=True)
-                out += [WorkloadError(f"cannot start {r.argv[0]!r}: spawner: {exc}")
-                        for r in chunk]
+                out += _lost(chunk, str(exc))
                 continue
-            out += self._results(chunk, messages[i][0]["batch"], answer)
+            out += self._results(chunk, batches[i], answer)
         return out
+
+    async def spawn_many_async(self, reqs: Sequence[SpawnRequest]) -> list[Started] | None:
+        """``spawn_many`` with the answers awaited on the event loop: nothing else of
+        the agent waits while the kernel places the children."""
+        if not reqs:
+            return []
+        posted = self._post(reqs)
+        if posted is None:
+            return None
+        chunks, batches, sent = posted
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in range(sent)]
+        self._pending.extend(futures)
+        if futures and self._reader is None and self._sock is not None:
+            loop.add_reader(self._sock.fileno(), self._on_answer)
+            self._reader = loop
+        out: list[Started] = []
+        for i, chunk in enumerate(chunks):
+            if i >= sent:
+                out += _lost(chunk, "it exited")
+                continue
+            try:
+                answer = await asyncio.wait_for(asyncio.shield(futures[i]), REPLY_TIMEOUT_S)
+            except (TimeoutError, OSError) as exc:
+                self.close(kill=True)  # as in spawn_many
+                out += _lost(chunk, str(exc) or f"no answer in {REPLY_TIMEOUT_S:g} s")
+                continue
+            out += self._results(chunk, batches[i], answer)
+        return out
+
+    def _on_answer(self) -> None:
+        """The socket is readable: the oldest pending message's answer."""
+        try:
+            answer = self._answer()
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self.close(kill=True, why=exc)
+            return
+        if self._pending:
+            fut = self._pending.popleft()
+            if not fut.done():
+                fut.set_result(answer)
+        if not self._pending:
+            self._stop_reading()
+
+    def _stop_reading(self) -> None:
+        if self._reader is not None and self._sock is not None:
+            self._reader.remove_reader(self._sock.fileno())
+        self._reader = None
 
     def _message(self, chunk: Sequence[SpawnRequest]) -> tuple[dict[str, Any], list[int]]:
         batch, fds = [], []
@@ -221,8 +289,14 @@ class Spawner:
                        if pid is None else (pid, res.get("error")))
         return out
 
-    def close(self, kill: bool = False) -> None:
-        """Stop the spawner (closing our end ends it) and reap it."""
+    def close(self, kill: bool = False, why: BaseException | None = None) -> None:
+        """Stop the spawner (closing our end ends it) and reap it; answers still due
+        fail with ``why``."""
+        self._stop_reading()
+        while self._pending:
+            fut = self._pending.popleft()
+            if not fut.done():
+                fut.set_exception(why or ConnectionResetError("the spawner was stopped"))
         sock, pid, owner = self._sock, self._pid, self._owner
         self._sock = self._pid = None
         self._answered = False
@@ -272,13 +346,28 @@ def _fork_self(req: SpawnRequest) -> tuple[int, str | None]:
             os.close(err_w)
 
 
+def _lost(chunk: Sequence[SpawnRequest], why: str) -> list[Started]:
+    return [WorkloadError(f"cannot start {r.argv[0]!r}: spawner: {why}") for r in chunk]
+
+
 def spawn_many(reqs: Sequence[SpawnRequest],
                spawner: Spawner = SPAWNER) -> list[int | WorkloadError]:
     """Start the processes side by side; each PID once its exec succeeded, or the
     reason it did not start. Every process is the caller's child."""
-    started = spawner.spawn_many(reqs) if reqs else []
-    if started is None:
-        started = [_fork_self(r) for r in reqs]
+    started = spawner.spawn_many(reqs)
+    return _settle(reqs, started if started is not None else [_fork_self(r) for r in reqs])
+
+
+async def spawn_many_async(reqs: Sequence[SpawnRequest],
+                           spawner: Spawner = SPAWNER) -> list[int | WorkloadError]:
+    """``spawn_many``, the spawner's answers awaited on the event loop."""
+    started = await spawner.spawn_many_async(reqs)
+    return _settle(reqs, started if started is not None else [_fork_self(r) for r in reqs])
+
+
+def _settle(reqs: Sequence[SpawnRequest],
+            started: list[Started]) -> list[int | WorkloadError]:
+    """A child that failed before exec is reaped; its reason becomes its result."""
     out: list[int | WorkloadError] = []
     for req, s in zip(reqs, started, strict=True):
         if isinstance(s, WorkloadError):
