@@ -108,10 +108,9 @@ def summary(status: dict[str, Any]) -> dict[str, Any]:
 
 def since_boot_s(pid: int) -> float | None:
     """When the process started, seconds after the kernel did (10 ms resolution)."""
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        data = Path(f"/proc/{pid}/stat").read_bytes()
-        return int(data[data.rfind(b")") + 2:].split()[19]) / os.sysconf("SC_CLK_TCK")
-    return None
+    from agent.runtime.procs import start_ticks
+    ticks = start_ticks(pid)
+    return None if ticks is None else ticks / os.sysconf("SC_CLK_TCK")
 
 
 def uptime() -> float:

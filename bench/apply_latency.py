@@ -103,18 +103,6 @@ def peer_once(prefix: str, i: int) -> float:
     return t * 1000
 
 
-def drop_peer_groups(prefix: str) -> None:
-    """What the peers left under the prefix (cgdelete can race a task's exit)."""
-    for c in ("cpu", "cpuacct", "cpuset", "memory", "pids", "freezer"):
-        base = CGROUP_ROOT / c / prefix
-        for d in sorted((d for d in base.glob("*") if d.is_dir() and d.name.startswith(
-                ("peer", "p-floor"))), reverse=True):
-            for leaf in d.glob("*"):
-                if leaf.is_dir():
-                    leaf.rmdir()
-            d.rmdir()
-
-
 class Floor:
     """The lean placement in its own small process, asked for one placement at a time."""
 
@@ -185,8 +173,6 @@ async def main(n: int) -> None:
               f"p50 <= 2x the floor's: {'met' if a['p50'] <= 2 * f['p50'] else 'MISSED'}")
     finally:
         try:
-            await asyncio.sleep(0.2)  # a group's last task may still be leaving it
-            drop_peer_groups(prefix)  # the peers' own, or the agent cannot remove the prefix
             await engine.shutdown(teardown=True)
         finally:
             purge_prefix(prefix)
