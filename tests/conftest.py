@@ -4,14 +4,12 @@ remove it (processes first) even when the test fails."""
 from __future__ import annotations
 
 import contextlib
-import gc
 import os
 import shutil
 import signal
 import time
 import uuid
-import warnings
-from collections.abc import Generator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -134,16 +132,3 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--k3s-kubeconfig", default=None, metavar="PATH",
                      help="run tests/test_k3s.py against the real k3s (or any Kubernetes) "
                           "cluster this kubeconfig reaches; skipped otherwise")
-
-
-@pytest.hookimpl(hookwrapper=True, trylast=True)
-def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
-    """Tests that cut connections mid-request (``CUTS_CONNECTIONS`` in their module) can
-    leave an httpx socket for the garbage collector. Collect it once the test and its
-    event loop are gone, in that test: otherwise its ResourceWarning surfaces (as an
-    error) in whatever test runs next."""
-    yield
-    if getattr(item.module, "CUTS_CONNECTIONS", False):  # type: ignore[attr-defined]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ResourceWarning)
-            gc.collect()

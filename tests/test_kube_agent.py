@@ -30,8 +30,6 @@ from tests.kubesim import CRD, Cluster, board_rbac, cluster, kubectls
 
 pytestmark = needs_root_v1
 
-CUTS_CONNECTIONS = True
-"""conftest collects this module's cut connections after each test (see there)."""
 NODE = "test"
 
 

@@ -5,14 +5,18 @@ back unchanged (no typed model drops or reshapes a field)."""
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
 
+import anyio
+import httpcore2
 import httpx2 as httpx
 import lightkube
 import yaml
 from lightkube import ALL_NS, ApiError, AsyncClient, KubeConfig
+from lightkube.config.client_adapter import verify_cluster
 from lightkube.config.kubeconfig import SingleConfig
 from lightkube.generic_resource import create_global_resource, create_namespaced_resource
 from lightkube.types import PatchType, on_error_raise
@@ -86,12 +90,85 @@ def load_config(cfg: KubeSettings) -> SingleConfig:
     return single
 
 
+# The ``timeout`` parameters below are httpcore2's interface (ASYNC109 is for our own).
+class _ClosingStream(httpcore2.AsyncNetworkStream):
+    """A connection whose TLS handshake closes the socket however it ends. httpcore2's
+    anyio stream closes it only when the handshake fails with an ``Exception``: one that
+    is cancelled (the agent stopping, a task's timeout) left the TCP connection open
+    until the garbage collector found it."""
+
+    def __init__(self, inner: httpcore2.AsyncNetworkStream) -> None:
+        self.inner = inner
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
+        return await self.inner.read(max_bytes, timeout)
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        await self.inner.write(buffer, timeout)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    async def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
+                        timeout: float | None = None) -> httpcore2.AsyncNetworkStream:  # noqa: ASYNC109
+        try:
+            return await self.inner.start_tls(ssl_context, server_hostname, timeout)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self.inner.aclose()
+            raise
+
+    def get_extra_info(self, info: str) -> Any:
+        return self.inner.get_extra_info(info)
+
+
+class _ClosingBackend(httpcore2.AsyncNetworkBackend):
+    def __init__(self) -> None:
+        self.inner = httpcore2.AnyIOBackend()
+
+    async def connect_tcp(self, host: str, port: int, timeout: float | None = None,  # noqa: ASYNC109
+                          local_address: str | None = None,
+                          socket_options: Any = None) -> httpcore2.AsyncNetworkStream:
+        return _ClosingStream(await self.inner.connect_tcp(host, port, timeout, local_address,
+                                                           socket_options))
+
+    async def connect_unix_socket(self, path: str, timeout: float | None = None,  # noqa: ASYNC109
+                                  socket_options: Any = None) -> httpcore2.AsyncNetworkStream:
+        return _ClosingStream(await self.inner.connect_unix_socket(path, timeout,
+                                                                   socket_options))
+
+    async def sleep(self, seconds: float) -> None:
+        await self.inner.sleep(seconds)
+
+
+def _transport(single: SingleConfig) -> httpx.AsyncHTTPTransport:
+    """httpx's transport with the cluster's TLS settings (as lightkube builds them) over
+    ``_ClosingBackend``. httpx2 takes no network backend: its pool's is replaced (pinned
+    with lightkube; tests/test_kube_client.py fails if that stops working)."""
+    if single.user is None:
+        raise AgentError("kube.kubeconfig: its context names no user")
+    try:
+        verify = verify_cluster(single.cluster, single.user, single.abs_file)
+    except Exception as exc:  # a CA or client certificate that cannot be read
+        files = [f"{name} {single.abs_file(f)}" for name, f in (
+            ("certificate-authority", single.cluster.certificate_auth),
+            ("client-certificate", single.user.client_cert),
+            ("client-key", single.user.client_key)) if f]
+        raise AgentError(f"kube.kubeconfig: cannot use its TLS settings "
+                         f"({', '.join(files) or 'inline data'}): {type(exc).__name__}"
+                         + (f": {exc.strerror}" if isinstance(exc, OSError) else "")) from None
+    transport = httpx.AsyncHTTPTransport(verify=verify)
+    transport._pool._network_backend = _ClosingBackend()
+    return transport
+
+
 class KubeApi:
     def __init__(self, cfg: KubeSettings, timeout_s: float = 10.0) -> None:
         self.single = load_config(cfg)
         # Typed as Any: its overloads do not cover generic resources built at run time.
         self.client: Any = AsyncClient(self.single, field_manager="sortie",
-                                  timeout=httpx.Timeout(timeout_s))
+                                       timeout=httpx.Timeout(timeout_s),
+                                       transport=_transport(self.single))
         # One namespace: watched alone (namespaced RBAC suffices); several: cluster-wide,
         # the source keeps what is in scope.
         self.namespace = cfg.namespaces[0] if len(cfg.namespaces) == 1 else None
