@@ -133,7 +133,22 @@ def handlers(engine: Engine) -> dict[str, Any]:
             raise ValueError("mode: expected a schedule name")
         return {"mode": await engine.switch_mode(name)}
 
-    return {"status": status, "plan": plan, "mode": mode}
+    async def hold(req: dict[str, Any]) -> dict[str, Any]:
+        reason = req.get("reason")
+        if not isinstance(reason, str) or not reason.strip() or len(reason) > 256:
+            raise ValueError("reason: expected why the board holds (1-256 characters)")
+        changed = await engine.hold("operator", reason.strip())
+        return {"held": engine.held_by(), "changed": changed}
+
+    async def release(_: dict[str, Any]) -> dict[str, Any]:
+        changed = await engine.release("operator")
+        p = engine.pending
+        return {"held": engine.held_by(), "changed": changed,
+                "pending": None if p is None else
+                (f"{p.mission.name} generation {p.mission.generation}" if p.mission
+                 else f"withdrawal by {p.source}")}
+
+    return {"status": status, "plan": plan, "mode": mode, "hold": hold, "release": release}
 
 
 async def run(config: AgentConfig, board: HardwareProfile, opts: RunOptions) -> None:

@@ -296,6 +296,34 @@ class DegradedStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class HoldEntry:
+    source: str
+    """operator (``sortie hold``), kube (the node annotation), state (holds.json
+    could not be trusted)."""
+    reason: str
+    since: float
+
+
+@dataclass(frozen=True, slots=True)
+class PendingChange:
+    """The change that waits for the hold to end (the newest one received)."""
+
+    source: str
+    mission: str | None
+    """None: the source withdrew the flying mission."""
+    generation: int | None
+    since: float
+
+
+@dataclass(frozen=True, slots=True)
+class HoldStatus:
+    held: str | None
+    """Why a change would wait now (an operator's hold, or the mode), None if not."""
+    holds: list[HoldEntry]
+    pending: PendingChange | None
+
+
+@dataclass(frozen=True, slots=True)
 class TimingAssumptions:
     """What the deadline bounds assume on this board (docs/determinism.md)."""
 
@@ -321,6 +349,7 @@ class Status:
     errors: list[str]
     events: list[Event] = field(default_factory=list)
     timing: TimingAssumptions | None = None
+    hold: HoldStatus | None = None
 
     def partition(self, name: str) -> PartitionStatus | None:
         return next((p for p in self.partitions if p.name == name), None)

@@ -217,6 +217,12 @@ class SimWindows:
             raise AgentError(f"mission {mission.name!r} has no schedule named {mode!r}")
         self._pending = sched
 
+    def until_boundary_s(self) -> float:
+        if self._timer is None or self._schedule is None:
+            return 0.0
+        end = self._frame_start + self._schedule.major_frame_us / 1e6
+        return max(0.0, end - asyncio.get_running_loop().time())
+
     async def stop(self) -> None:
         if self._timer is not None:
             self._timer.cancel()

@@ -3,6 +3,7 @@ real agent process driven through files, the unix socket, SIGKILL and restart.""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import signal
@@ -257,7 +258,7 @@ def test_agent_lifecycle_end_to_end(agent_env: dict, prefix: str) -> None:
     assert {k: v for k, v in pids(st).items() if k in first} == first
 
     # a bad profile is refused; the mission keeps flying
-    bad = {**doc2, "generation": 3}
+    bad = {**copy.deepcopy(doc2), "generation": 3}
     bad["partitions"][0]["budget"] = {"quota_us": 100, "period_us": 100_000}
     write(profiles / "demo.yaml", bad)
     wait_for_sync(lambda: any(e["kind"] == "mission.rejected"
@@ -265,6 +266,10 @@ def test_agent_lifecycle_end_to_end(agent_env: dict, prefix: str) -> None:
     assert status(agent_env)["mission"]["generation"] == 2
     plan = sortie("plan", str(profiles / "demo.yaml"), "--config", agent_env["config"])
     assert plan.returncode == 1 and "quota_us" in plan.stderr
+
+    # An operator's hold (kept across the restart below).
+    held = sortie("hold", "--reason", "pre-flight checks", "--config", agent_env["config"])
+    assert held.returncode == 0 and "pre-flight checks" in held.stdout, held.stderr
 
     # SIGKILL: workloads keep running; a new agent adopts the same PIDs
     running = pids(status(agent_env))
@@ -276,6 +281,23 @@ def test_agent_lifecycle_end_to_end(agent_env: dict, prefix: str) -> None:
     st = wait_for_sync(lambda: len(pids(s := try_status(agent_env))) == 3 and s, 15)
     assert pids(st) == running
     assert all(w["adopted"] for p in st["partitions"] for w in p["workloads"])
+
+    # Still held: a new generation waits, shown in status; released, it flies.
+    assert "held by operator: pre-flight checks" in st["hold"]["held"]
+    doc4 = {**copy.deepcopy(doc2), "generation": 4}
+    doc4["partitions"][1]["workloads"].append(workload("late"))
+    write(profiles / "demo.yaml", doc4)
+    st = wait_for_sync(lambda: (s := status(agent_env))["hold"]["pending"] and s, 10)
+    assert st["hold"]["pending"]["generation"] == 4 and st["mission"]["generation"] == 2
+    table = sortie("status", "--config", agent_env["config"]).stdout
+    assert "HELD: held by operator: pre-flight checks" in table
+    assert "waiting: demo generation 4 from file" in table
+    rel = sortie("release", "--config", agent_env["config"])
+    assert rel.returncode == 0 and "generation 4 applies" in rel.stdout, rel.stdout
+    st = wait_for_sync(lambda: len(pids(s := status(agent_env))) == 4 and s, 10)
+    assert st["mission"]["generation"] == 4 and st["hold"]["held"] is None
+    assert {k: v for k, v in pids(st).items() if k in running} == running
+    running = pids(st)
 
     # teardown on SIGTERM removes everything
     agent.send_signal(signal.SIGTERM)

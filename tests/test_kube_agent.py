@@ -444,6 +444,31 @@ async def test_profiles_outside_the_boards_namespaces_are_ignored(
             assert "status" not in c.get_json("missionprofile", "rogue", "-n", "sandbox")
 
 
+async def test_a_held_board_reports_held_and_flies_the_new_generation_on_release(
+        tmp_path: Path, agent_config: AgentConfig, board: HardwareProfile) -> None:
+    with cluster(tmp_path) as c:
+        await kubectl(c, "apply", "-f", str(CRD))
+        async with on_cluster(c, agent_config, board) as (engine, _s):
+            await fly(c, engine, profile("m", 1, partition("p")))
+            await engine.hold("operator", "landing checklist")
+            await kubectl(c, "apply", "-f", "-", stdin=profile(
+                "m", 2, partition("p"), partition("q", quota=10_000)))
+            await wait_for(lambda: mp_status(c, "m").get("state") == "Held", 10, 0.2)
+            applied = condition(c, "m", "Applied")
+            assert applied is not None and applied["reason"] == "Held"
+            assert "landing checklist" in applied["message"]
+            assert mp_status(c, "m")["boards"][NODE]["state"] == "Held"
+            table = (await kubectl(c, "get", "missionprofiles")).stdout.splitlines()
+            assert table[1].split()[:3] == ["m", "Held", "2"]
+            assert engine.mission is not None and engine.mission.generation == 1
+            await engine.release("operator")
+            await wait_for(lambda: mp_status(c, "m").get("state") == "Flying"
+                           and mp_status(c, "m").get("observedGeneration") == 2, 10, 0.2)
+            assert engine.mission.generation == 2 and set(engine.runners) == {"p", "q"}
+            described = (await kubectl(c, "describe", "missionprofile", "m")).stdout
+            assert "Held" in described and "generation 2 applied" in described
+
+
 async def test_root_workloads_from_kubernetes_need_the_switch(
         tmp_path: Path, agent_config: AgentConfig, board: HardwareProfile) -> None:
     as_root = profile("m", 1, partition("p", workloads=[workload("w", user="root")]))

@@ -193,7 +193,8 @@ async def test_push_applies_and_standard_tools_see_the_board(rig, tmp_path: Path
     src = r.engine.snapshot().sources.mqtt
     assert src is not None and src.connected and src.last_push is not None
     assert src.last_push.outcome == "duplicate"
-    assert src.pushes == {"applied": 1, "duplicate": 1, "rejected": 0}
+    assert src.pushes == {"applied": 1, "duplicate": 1, "rejected": 0, "held": 0,
+                          "superseded": 0}
 
 
 @needs_root_v1
@@ -238,6 +239,31 @@ async def test_no_answer_exits_3(tmp_path: Path) -> None:
         res = await asyncio.to_thread(push_cli, broker, keys, tmp_path / "m.yaml",
                                       "nobody-home", 1.5)
     assert res.returncode == 3 and "no answer" in res.stderr
+
+
+@needs_root_v1
+async def test_a_push_to_a_held_board_is_answered_held_then_applied_on_release(
+        rig, tmp_path: Path) -> None:
+    r, broker, keys = rig
+    (tmp_path / "m.yaml").write_bytes(profile(1))
+    assert (await asyncio.to_thread(push_cli, broker, keys, tmp_path / "m.yaml")).returncode == 0
+    await r.engine.hold("operator", "taxiing")
+    (tmp_path / "m2.yaml").write_bytes(profile(2))
+    later = asyncio.get_running_loop().create_task(asyncio.to_thread(
+        sub, broker.port, f"sortie/v1/{NODE}/acks", 2, 20))
+    await asyncio.sleep(0.5)  # subscribed before the push
+    res = await asyncio.to_thread(push_cli, broker, keys, tmp_path / "m2.yaml")
+    assert res.returncode == 4, res.stderr  # held
+    ack = json.loads(res.stdout)
+    assert ack["outcome"] == "held" and "taxiing" in ack["reason"]
+    assert r.engine.mission.generation == 1
+    await r.engine.release("operator")
+    acks = await later
+    assert [a["outcome"] for a in acks] == ["held", "applied"]
+    assert acks[1]["ref"]["generation"] == 2 and r.engine.mission.generation == 2
+    # Taken once: the same push again is a duplicate (the ledger recorded it on apply).
+    again = await asyncio.to_thread(push_cli, broker, keys, tmp_path / "m2.yaml")
+    assert json.loads(again.stdout)["outcome"] == "duplicate"
 
 
 @needs_root_v1

@@ -180,6 +180,27 @@ def cmd_mode(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_hold(args: argparse.Namespace) -> int:
+    from agent.daemon import socket_path
+
+    reply = call(socket_path(load_config(args.config)), {"op": "hold", "reason": args.reason})
+    print(("holding: " if reply["changed"] else "already holding: ") + str(reply["held"]))
+    return EXIT_OK
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    from agent.daemon import socket_path
+
+    reply = call(socket_path(load_config(args.config)), {"op": "release"})
+    print("released" if reply["changed"] else "the operator held nothing", end="")
+    if reply["held"]:
+        print(f"; still held: {reply['held']}", end="")
+    elif reply["pending"]:
+        print(f"; {reply['pending']} applies at the next major-frame boundary", end="")
+    print()
+    return EXIT_OK
+
+
 def cmd_image(args: argparse.Namespace) -> int:
     from agent.engine.state import StateStore
 

@@ -110,6 +110,17 @@ def build_parser() -> argparse.ArgumentParser:
     mo.add_argument("name", help="schedule name from the running mission")
     mo.set_defaults(func=cmd.cmd_mode)
 
+    ho = sub.add_parser("hold", help="hold changes to the flying mission (a new one waits "
+                        "until `sortie release`)")
+    common(ho)
+    ho.add_argument("--reason", required=True, help="why (shown in status, the cluster's "
+                    "and the planner's view)")
+    ho.set_defaults(func=cmd.cmd_hold)
+    re_ = sub.add_parser("release", help="end the operator's hold: a waiting change applies "
+                         "at the next major-frame boundary")
+    common(re_)
+    re_.set_defaults(func=cmd.cmd_release)
+
     kg = sub.add_parser("keygen", help="make a planner signing key pair (Ed25519)")
     kg.add_argument("--kid", default="planner", help="key id the board will know it by")
     kg.add_argument("--out", type=Path, default=Path("."), help="directory for the keys")

@@ -53,6 +53,13 @@ def render_status(s: Status) -> str:
                          f"{j.max:>7.0f}us{f.cpu_outside_s * 1000:>10.2f} ms")
     if s.degraded.shed:
         lines += ["", f"degraded: shed {', '.join(s.degraded.shed)}"]
+    h = s.hold
+    if h is not None and (h.held or h.pending):
+        lines += ["", f"HELD: {h.held}" if h.held else "not held"]
+        if h.pending is not None:
+            what = (f"{h.pending.mission} generation {h.pending.generation}"
+                    if h.pending.mission else "a withdrawal")
+            lines.append(f"  waiting: {what} from {h.pending.source}")
     if s.errors:
         lines += ["", "errors:"] + [f"  {e}" for e in s.errors]
     return "\n".join(lines)

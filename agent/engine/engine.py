@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from agent.cgroups import CgroupBackend, PartitionLimits
 from agent.cgroups.features import KernelFeatures
 from agent.engine.executor import Executor
+from agent.engine.holds import HoldBook, Pending
 from agent.engine.locking import WriterLock
 from agent.engine.observing import FoundWorkload, observe
 from agent.engine.orders import HealthOrders
@@ -22,7 +23,7 @@ from agent.engine.sampling import Sampler
 from agent.engine.snapshot import SourceProbes, build_status
 from agent.engine.state import StateStore, StoredMission, load_announced
 from agent.errors import AgentError, StoreError, Violation
-from agent.events import EventLog
+from agent.events import Event, EventLog
 from agent.health import table as hm
 from agent.health.monitor import HealthMonitor
 from agent.health.reports import ReportHub
@@ -95,6 +96,11 @@ class Engine:
         self.sources = SourceProbes()
         """Status of each desired-state source (files, mqtt, kube), shown in status."""
         self.ready_after_s: float | None = None
+        self.holds = HoldBook(config.state_dir)
+        self.pending: Pending | None = None
+        """The change that waits while the board holds (the newest received)."""
+        self._resuming: asyncio.Task[None] | None = None
+        self.events.subscribe(self._on_event)
 
     # What runs, as the executor (its only writer) holds it.
     @property
@@ -133,6 +139,13 @@ class Engine:
         self.executor.open_reports()
         self.platform.ops.prepare()
         found = observe(self.backend, self.platform.processes)
+        distrusted = self.holds.load(self.platform.wall())
+        if distrusted is not None:
+            self.events.emit("holds.corrupt", "hold/state", f"{distrusted}; holding "
+                             "changes until `sortie release`", "error")
+        elif self.holds.holds:
+            self.events.emit("board.held", "hold/state", self.holds.reason() or "",
+                             "warning")
         stored = load_announced(self.store, self.events)
         base = stored or initial
         if base is None:
@@ -172,55 +185,180 @@ class Engine:
                          self.config.isolate_os)
 
     async def submit(self, mission: MissionProfile, origin: Origin) -> Decision:
-        """Admit and apply; a rejected mission changes nothing."""
+        """Admit and apply; a rejected mission changes nothing. While the board holds,
+        an admitted mission waits (``held``; its ``later`` gives the final answer)."""
         async with self.lock.held():
-            subject = f"mission/{mission.name}"
             violations = self.check(mission)
             if violations:
-                self.events.emit("mission.rejected", subject,
+                self.events.emit("mission.rejected", f"mission/{mission.name}",
                                  f"generation {mission.generation}: "
                                  + "; ".join(map(str, violations)), "error")
                 return Decision("rejected", mission.name, mission.generation, violations)
             if mission == self.mission:
                 return Decision("unchanged", mission.name, mission.generation)
-            self.mission, self.origin = mission, origin
-            actions, errors = await self._converge(mission, always=True)
-            # Saved once applied: "last known good" is what ran, and the fsync stays off
-            # the path from change to running workload.
-            self._persist(StoredMission(mission, origin))
-            outcome: Outcome = "failed" if errors else "applied"
-            self.events.emit(f"mission.{outcome}", subject,
-                             f"generation {mission.generation}: {len(actions)} action(s)"
-                             + (f", {len(errors)} error(s)" if errors else ""),
-                             "error" if errors else "info")
-            return Decision(outcome, mission.name, mission.generation, [], errors,
-                            [describe(a) for a in actions])
+            held = self.held_by()
+            if held is not None:
+                return self._defer(origin.source, mission, origin, "", held)
+            return await self._apply(mission, origin)
+
+    async def _apply(self, mission: MissionProfile, origin: Origin) -> Decision:
+        """Fly an admitted mission; the caller holds the lock."""
+        self.mission, self.origin = mission, origin
+        actions, errors = await self._converge(mission, always=True)
+        # Saved once applied: "last known good" is what ran, and the fsync stays off
+        # the path from change to running workload.
+        self._persist(StoredMission(mission, origin))
+        outcome: Outcome = "failed" if errors else "applied"
+        self.events.emit(f"mission.{outcome}", f"mission/{mission.name}",
+                         f"generation {mission.generation}: {len(actions)} action(s)"
+                         + (f", {len(errors)} error(s)" if errors else ""),
+                         "error" if errors else "info")
+        return Decision(outcome, mission.name, mission.generation, [], errors,
+                        [describe(a) for a in actions])
 
     async def withdraw(self, source: str, why: str) -> Decision | None:
         """Stop flying the mission if ``source`` gave it (its object was deleted): every
-        partition goes, and the state says so. None when the mission is not that
-        source's."""
+        partition goes, and the state says so; a change of that source still waiting
+        goes too. None when the mission is not that source's. While the board holds,
+        the withdrawal waits as any change does."""
         async with self.lock.held():
+            if self.pending is not None and self.pending.source == source:
+                self._settle_pending(self._superseded(self.pending, f"withdrawn: {why}"))
             if self.mission is None or self.origin is None or self.origin.source != source:
                 return None
-            name, gen = self.mission.name, self.mission.generation
-            await self.windows.stop()
-            self.monitor.rearm(set(self.desired))
-            self.mission, self.origin, self.desired, self.shed = None, None, {}, []
-            actions = plan({}, self.executor.observed())
-            errors = await self._execute(actions)
-            try:
-                self.store.save_withdrawn({"source": source, "mission": name,
-                                           "generation": gen, "why": why,
-                                           "at": self.platform.wall()})
-            except StoreError as exc:
-                self.events.emit("state.unsaved", f"mission/{name}", str(exc), "error")
-            self.events.emit("mission.withdrawn", f"mission/{name}",
-                             f"generation {gen}: {why}; {len(actions)} action(s)"
-                             + (f", {len(errors)} error(s)" if errors else ""),
-                             "error" if errors else "info")
-            return Decision("failed" if errors else "applied", name, gen, [], errors,
-                            [describe(a) for a in actions])
+            held = self.held_by()
+            if held is not None:
+                return self._defer(source, None, None, why, held)
+            return await self._withdraw(source, why)
+
+    async def _withdraw(self, source: str, why: str) -> Decision:
+        assert self.mission is not None
+        name, gen = self.mission.name, self.mission.generation
+        await self.windows.stop()
+        self.monitor.rearm(set(self.desired))
+        self.mission, self.origin, self.desired, self.shed = None, None, {}, []
+        actions = plan({}, self.executor.observed())
+        errors = await self._execute(actions)
+        try:
+            self.store.save_withdrawn({"source": source, "mission": name,
+                                       "generation": gen, "why": why,
+                                       "at": self.platform.wall()})
+        except StoreError as exc:
+            self.events.emit("state.unsaved", f"mission/{name}", str(exc), "error")
+        self.events.emit("mission.withdrawn", f"mission/{name}",
+                         f"generation {gen}: {why}; {len(actions)} action(s)"
+                         + (f", {len(errors)} error(s)" if errors else ""),
+                         "error" if errors else "info")
+        return Decision("failed" if errors else "applied", name, gen, [], errors,
+                        [describe(a) for a in actions])
+
+    # -- holds -------------------------------------------------------------------------
+    def held_by(self) -> str | None:
+        """Why a change to the flying mission would wait now, None if it would not."""
+        why = self.holds.reason()
+        mode = self.windows.mode
+        if why is None and self.mission is not None and mode in self.mission.holds:
+            why = f"mission {self.mission.name!r} holds changes in mode {mode!r}"
+        return why
+
+    def _defer(self, source: str, mission: MissionProfile | None, origin: Origin | None,
+               why: str, held: str) -> Decision:
+        """Keep an admitted change as the pending one (the newest wins)."""
+        old = self.pending
+        if old is not None and (old.mission, old.origin) == (mission, origin) \
+                and mission is not None:
+            return Decision("held", mission.name, mission.generation, reason=held,
+                            later=old.later)  # the same change again: still waiting
+        fut: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
+        self.pending = Pending(source, mission, origin, why, self.platform.wall(), fut)
+        name, gen = (mission.name, mission.generation) if mission is not None else (
+            self.mission.name if self.mission else "", self.mission.generation
+            if self.mission else 0)
+        if old is not None:
+            self._settle_pending(self._superseded(old, f"replaced by {source}'s "
+                                 + (f"generation {gen}" if mission else "withdrawal")),
+                                 old)
+        what = f"generation {gen}" if mission is not None else f"withdrawal ({why})"
+        self.events.emit("mission.held", f"mission/{name}", f"{what} waits: {held}",
+                         "warning")
+        return Decision("held", name, gen, reason=held, later=fut)
+
+    @staticmethod
+    def _superseded(p: Pending, why: str) -> Decision:
+        name, gen = (p.mission.name, p.mission.generation) if p.mission else ("", 0)
+        return Decision("superseded", name, gen, reason=why)
+
+    def _settle_pending(self, d: Decision, p: Pending | None = None) -> None:
+        p = p or self.pending
+        if p is self.pending:
+            self.pending = None
+        if p is not None and not p.later.done():
+            p.later.set_result(d)
+
+    async def hold(self, source: str, reason: str) -> bool:
+        """Hold changes for ``source`` (an operator, the node annotation)."""
+        async with self.lock.held():
+            if not self.holds.set(source, reason, self.platform.wall()):
+                return False
+            self.events.emit("board.held", f"hold/{source}", reason, "warning")
+            self._save_holds("the hold is in force until the agent restarts")
+            return True
+
+    async def release(self, source: str) -> bool:
+        """End ``source``'s hold; a change waiting applies at the next safe point."""
+        async with self.lock.held():
+            if not self.holds.clear(source):
+                return False
+            self.events.emit("board.released", f"hold/{source}",
+                             "still " + held if (held := self.held_by()) else
+                             "changes apply again")
+            self._save_holds("released now; a restart would hold again")
+        self._resume_soon(at_boundary=False)
+        return True
+
+    def _save_holds(self, meaning: str) -> None:
+        try:
+            self.holds.save()
+        except StoreError as exc:
+            self.events.emit("state.unsaved", "hold/state", f"{exc}: {meaning}", "error")
+
+    def _on_event(self, ev: Event) -> None:
+        if ev.kind == "mode.switched":
+            self._resume_soon(at_boundary=True)  # said at a major-frame boundary
+
+    def _resume_soon(self, at_boundary: bool = False) -> None:
+        if self.pending is not None and (self._resuming is None or self._resuming.done()):
+            self._resuming = asyncio.get_running_loop().create_task(
+                self._resume(at_boundary), name="resume-held-change")
+
+    async def _resume(self, at_boundary: bool) -> None:
+        """Apply the pending change once nothing holds it, at a major-frame boundary
+        (a mode switch is one; a release waits for the next)."""
+        if not at_boundary:
+            await asyncio.sleep(self.windows.until_boundary_s())
+        async with self.lock.held():
+            p = self.pending
+            if p is None or self.held_by() is not None:
+                return
+            self.pending = None
+            self.events.emit("mission.released", f"mission/{p.mission.name if p.mission else ''}",
+                             f"{p.source}'s change waited {self.platform.wall() - p.since:.1f} s")
+            if p.mission is not None and p.origin is not None:
+                violations = self.check(p.mission)  # the board may have changed
+                if violations:
+                    self.events.emit("mission.rejected", f"mission/{p.mission.name}",
+                                     f"generation {p.mission.generation}: "
+                                     + "; ".join(map(str, violations)), "error")
+                    d = Decision("rejected", p.mission.name, p.mission.generation,
+                                 violations)
+                else:
+                    d = await self._apply(p.mission, p.origin)
+            elif self.origin is not None and self.origin.source == p.source:
+                d = await self._withdraw(p.source, p.why)
+            else:
+                d = self._superseded(p, "the mission it withdrew no longer flies")
+            if not p.later.done():
+                p.later.set_result(d)
 
     # -- capacity and degraded modes -----------------------------------------------
     def _read_capacity(self) -> dict[int, float]:
@@ -362,6 +500,10 @@ class Engine:
     async def shutdown(self, teardown: bool) -> None:
         """Leave workloads running (default), or stop them and remove every cgroup."""
         await self.settle_health()  # they take the lock: wait before holding it
+        if self._resuming is not None:
+            self._resuming.cancel()
+        if self.pending is not None:
+            self._settle_pending(self._superseded(self.pending, "the agent stopped"))
         async with self.lock.held():
             if not teardown:
                 self.executor.detach()

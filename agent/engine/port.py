@@ -4,6 +4,7 @@ the board and the clocks. Sources hold an ``EnginePort``, never the engine."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -16,12 +17,14 @@ if TYPE_CHECKING:
     from agent.models import HardwareProfile, MissionProfile
     from agent.status import Flying, Origin, Status
 
-Outcome = Literal["applied", "unchanged", "rejected", "failed"]
+Outcome = Literal["applied", "unchanged", "rejected", "failed", "held", "superseded"]
 
 
 @dataclass(frozen=True)
 class Decision:
-    """The engine's answer to a submit or a withdraw."""
+    """The engine's answer to a submit or a withdraw. ``held``: admitted, waiting for a
+    hold to end (``reason``); ``later`` then gives the final answer (applied, failed,
+    rejected on a board that changed meanwhile, or superseded by a newer change)."""
 
     outcome: Outcome
     mission: str
@@ -29,12 +32,14 @@ class Decision:
     violations: list[Violation] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     actions: list[str] = field(default_factory=list)
+    reason: str = ""
+    later: asyncio.Future[Decision] | None = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "outcome": self.outcome, "mission": self.mission, "generation": self.generation,
             "violations": [{"path": v.path, "reason": v.reason} for v in self.violations],
-            "errors": self.errors, "actions": self.actions,
+            "errors": self.errors, "actions": self.actions, "reason": self.reason,
         }
 
 

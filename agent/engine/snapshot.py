@@ -12,12 +12,15 @@ from agent.status import (
     CgroupStatus,
     DegradedStatus,
     FilesStatus,
+    HoldEntry,
+    HoldStatus,
     KubeStatus,
     MissionStatus,
     MqttStatus,
     PartitionHealth,
     PartitionStatus,
     PartitionTotals,
+    PendingChange,
     SourcesStatus,
     Status,
     TimingAssumptions,
@@ -105,4 +108,14 @@ def build_status(e: Engine) -> Status:
         errors=list(e.errors),
         events=e.events.recent(20),
         timing=TimingAssumptions(os.uname().release, env.tick_us, env.latency_us,
-                                 env.os_isolated))
+                                 env.os_isolated),
+        hold=_hold(e))
+
+
+def _hold(e: Engine) -> HoldStatus:
+    p = e.pending
+    return HoldStatus(
+        e.held_by(), [HoldEntry(h.source, h.reason, h.since) for h in e.holds.holds.values()],
+        None if p is None else PendingChange(
+            p.source, p.mission.name if p.mission else None,
+            p.mission.generation if p.mission else None, p.since))

@@ -15,6 +15,8 @@ from agent.models import HardwareProfile, load_file
 from agent.policy.admission import admit
 
 EXIT_NO_ANSWER = 3
+EXIT_HELD = 4
+"""Admitted, waiting for the board's hold to end (its final answer follows on acks)."""
 
 
 def _broker(args: argparse.Namespace) -> Any:
@@ -50,6 +52,10 @@ def cmd_push(args: argparse.Namespace) -> int:
             print(f"  - {r['path']}: {r['reason']}", file=sys.stderr)
         for e in ack.get("errors", []):
             print(f"  ! {e}", file=sys.stderr)
+        if ack.get("reason"):
+            print(f"  ({ack['reason']})", file=sys.stderr)
+    if ack["outcome"] == "held":
+        return EXIT_HELD
     return EXIT_OK if ack["outcome"] in ("applied", "duplicate") else EXIT_REFUSED
 
 

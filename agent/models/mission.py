@@ -250,6 +250,10 @@ class MissionProfile(Frozen):
     """Time-window schedules (modes); empty means budgets only, no windows."""
     initial_schedule: Name | None = None
     """Schedule active at start; default is the first one."""
+    holds: list[Name] = Field(default_factory=list, max_length=64)
+    """Modes (schedule names) in which this mission, while it flies, holds changes: a
+    new mission (or a withdrawal) arriving in take-off or landing waits, reported
+    ``held``, and applies at the first major-frame boundary in a mode not listed."""
 
     def partition(self, name: str) -> Partition | None:
         return next((p for p in self.partitions if p.name == name), None)

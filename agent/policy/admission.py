@@ -82,6 +82,10 @@ def _names(m: MissionProfile) -> Iterator[Violation]:
                                 f"no partition named {win.partition!r}")
     if m.initial_schedule is not None and m.initial_schedule not in {s.name for s in m.schedules}:
         yield Violation("initial_schedule", f"no schedule named {m.initial_schedule!r}")
+    for i, mode in enumerate(m.holds):
+        if mode not in {s.name for s in m.schedules}:
+            yield Violation(f"holds[{i}]", f"no schedule named {mode!r}: a hold names a "
+                            "mode of this mission")
 
 
 def _board_match(m: MissionProfile, board: HardwareProfile) -> Iterator[Violation]:

@@ -2,7 +2,8 @@
 
 Topics (``ROOT`` is ``sortie/v1`` by default; see docs/mqtt.md):
   ROOT/NODE/profiles   in   signed envelopes (QoS 1)
-  ROOT/NODE/acks       out  one answer per push: applied / duplicate / rejected + reasons
+  ROOT/NODE/acks       out  one answer per push: applied / duplicate / rejected + reasons;
+                           a held push is answered twice: held, then how it ended
   ROOT/NODE/status     out  retained; the last will sets it to {"online": false}
   ROOT/NODE/telemetry  out  per partition, every accounting period
   ROOT/NODE/events     out  every agent event (backlog kept while the broker is away)
@@ -38,7 +39,7 @@ from agent.sources.signing import EnvelopeError, is_revoked, load_public, parse,
 from agent.status import LastPush, MqttStatus, Origin, Status, to_json
 
 if TYPE_CHECKING:
-    from agent.engine.port import EnginePort
+    from agent.engine.port import Decision, EnginePort
 
 log = logging.getLogger("sortie.mqtt")
 
@@ -63,7 +64,8 @@ class MqttLink:
         self.backlog: deque[dict[str, Any]] = deque(maxlen=cfg.backlog_events)
         self.connected = False
         self.last_push: LastPush | None = None
-        self.pushes = {"applied": 0, "duplicate": 0, "rejected": 0}
+        self.pushes = {"applied": 0, "duplicate": 0, "rejected": 0, "held": 0,
+                       "superseded": 0}
         self.internal_errors = 0
         self._dropped = [0]
         size = max(1000, cfg.backlog_events)
@@ -159,8 +161,19 @@ class MqttLink:
                                     f"{mission.generation}, the envelope {env.name!r} "
                                     f"generation {env.generation}", "payload")
         decision = await self.engine.submit(mission, origin)
-        if decision.outcome == "rejected":
-            return self._ack("rejected", ref, decision.violations)
+        if decision.outcome == "held" and decision.later is not None:
+            # Answered twice: held now, and how it ended once the hold ends.
+            answer = dict(ref)
+            decision.later.add_done_callback(
+                lambda f: self._answer_later(f, mission, d, answer))
+            return self._ack("held", ref, [], reason=decision.reason)
+        return self._answer(decision, mission, d, ref)
+
+    def _answer(self, decision: Decision, mission: MissionProfile, d: str,
+                ref: dict[str, Any]) -> dict[str, Any]:
+        if decision.outcome in ("rejected", "superseded"):
+            return self._ack(decision.outcome, ref, decision.violations,
+                             reason=decision.reason)
         errors = list(decision.errors)
         try:
             self.ledger.record(mission.name, mission.generation, d)
@@ -169,6 +182,16 @@ class MqttLink:
             errors.append(str(exc))
             self.engine.events.emit("ledger.unsaved", "mqtt", str(exc), "error")
         return self._ack("applied", ref, [], errors=errors)
+
+    def _answer_later(self, fut: asyncio.Future[Decision], mission: MissionProfile, d: str,
+                      ref: dict[str, Any]) -> None:
+        if fut.cancelled():
+            return
+        try:
+            self._send(self.t["acks"], self._answer(fut.result(), mission, d, ref))
+        except Exception as exc:  # a bug of ours must not vanish in a callback
+            self.internal_errors += 1
+            self.engine.events.internal_error("mqtt", "answering a held push", exc)
 
     def revoked_origin(self) -> str | None:
         """Why the flying mission's signer is no longer trusted, if it came over MQTT."""
@@ -185,14 +208,17 @@ class MqttLink:
         return None
 
     def _ack(self, outcome: str, ref: dict[str, Any], reasons: list[Violation],
-             errors: list[str] | None = None) -> dict[str, Any]:
+             errors: list[str] | None = None, reason: str = "") -> dict[str, Any]:
         self.pushes[outcome] += 1
         now = self.engine.platform.wall()
         self.last_push = LastPush(outcome, str(ref["envelope"]), now, ref.get("name"),
                                   ref.get("generation"), ref.get("kid"))
-        return {"outcome": outcome, "ref": ref, "node": self.node, "at": now,
-                "reasons": [{"path": v.path, "reason": v.reason} for v in reasons],
-                "errors": errors or []}
+        ack = {"outcome": outcome, "ref": ref, "node": self.node, "at": now,
+               "reasons": [{"path": v.path, "reason": v.reason} for v in reasons],
+               "errors": errors or []}
+        if reason:
+            ack["reason"] = reason  # held: why; superseded: by what
+        return ack
 
     # -- outgoing --------------------------------------------------------------------
     def _on_event(self, ev: Event) -> None:

@@ -85,6 +85,9 @@ class WindowEnforcer:
         self._buf = b""
         self._windowed: list[str] = []
         self._epoch_ns = 0
+        self._frame_ns = 0
+        """The current mode's major frame; frames start at _epoch_ns + k * _frame_ns."""
+        self._schedules: list[Schedule] = []
 
     @property
     def pid(self) -> int | None:
@@ -106,6 +109,8 @@ class WindowEnforcer:
         self.mode, self._windowed = schedule.name, windowed
         self.stats = {p: WindowStats() for p in windowed}
         self._epoch_ns = time.monotonic_ns()
+        self._frame_ns = schedule.major_frame_us * 1000
+        self._schedules = list(mission.schedules)
         setup = {
             "partitions": {p: self.backend.window_files(p) for p in windowed},
             "windowed": windowed,
@@ -140,6 +145,12 @@ class WindowEnforcer:
         self._proc.stdin.write(json.dumps(line).encode() + b"\n")
         self._proc.stdin.flush()
 
+    def until_boundary_s(self) -> float:
+        if not self.running or self._frame_ns <= 0:
+            return 0.0
+        into = (time.monotonic_ns() - self._epoch_ns) % self._frame_ns
+        return (self._frame_ns - into) / 1e9
+
     def _readable(self) -> None:
         assert self._proc is not None and self._proc.stdout is not None
         try:
@@ -164,6 +175,9 @@ class WindowEnforcer:
                                  "warning")
         elif kind == "mode":
             self.mode = rec["name"]
+            sched = next((s for s in self._schedules if s.name == self.mode), None)
+            if sched is not None and "epoch" in rec:
+                self._epoch_ns, self._frame_ns = rec["epoch"], sched.major_frame_us * 1000
             self.events.emit("mode.switched", f"schedule/{rec['name']}",
                              "at a major-frame boundary")
         elif kind in ("thaw", "freeze"):

@@ -263,6 +263,17 @@ class KubeSource:
                           (False, "NotAdmitted", "nothing applied; the board flies "
                            + self._flying_text()), ref)
             self._send(k, "Rejected", f"generation {d.generation}: {why}", True)
+        elif d.outcome == "held":
+            self._verdict(obj, "Held", (True, "Fits", "admitted; waiting for the hold to end"),
+                          (False, "Held", d.reason), ref)
+            self._send(k, "Held", f"generation {d.generation} waits: {d.reason}", False)
+            if d.later is not None:
+                meta = obj["metadata"]
+                ident = (meta.get("uid", ""), int(meta.get("generation", 0)))
+                d.later.add_done_callback(lambda f: self._decided_later(obj, ident, f))
+        elif d.outcome == "superseded":
+            self._verdict(obj, "Superseded", (True, "Fits", "admitted"),
+                          (False, "Superseded", d.reason), ref)
         elif d.outcome == "failed":
             self._verdict(obj, "Failed", (True, "Fits", "admitted"),
                           (False, "ApplyFailed", "; ".join(d.errors)), ref)
@@ -274,6 +285,16 @@ class KubeSource:
             if d.outcome == "applied":
                 self._send(k, "Applied", f"generation {d.generation} applied on "
                            f"{self.node_name}: {len(d.actions)} action(s)", False)
+
+    def _decided_later(self, obj: Obj, ident: tuple[str, int],
+                       fut: asyncio.Future[Decision]) -> None:
+        """A held generation's final answer, unless the object has moved on since."""
+        if fut.cancelled() or self.handled.get(ko.key(obj)) != ident:
+            return
+        try:
+            self._record(obj, fut.result())
+        except Exception as exc:  # a bug of ours must not vanish in a callback
+            self.engine.events.internal_error("kube", "recording a held decision", exc)
 
     def _verdict(self, obj: Obj, state: str, admitted: tuple[bool, str, str],
                  applied: tuple[bool, str, str], mission: Obj | None = None) -> None:
