@@ -16,6 +16,7 @@ from typing import Any
 from agent.api.server import serve
 from agent.cgroups import make_backend
 from agent.engine.engine import Engine
+from agent.engine.holds import SOURCES
 from agent.engine.locking import WriterLock
 from agent.engine.state import StateStore, StoredMission
 from agent.errors import AgentError
@@ -140,8 +141,11 @@ def handlers(engine: Engine) -> dict[str, Any]:
         changed = await engine.hold("operator", reason.strip())
         return {"held": engine.held_by(), "changed": changed}
 
-    async def release(_: dict[str, Any]) -> dict[str, Any]:
-        changed = await engine.release("operator")
+    async def release(req: dict[str, Any]) -> dict[str, Any]:
+        source = req.get("source", "operator")
+        if source not in SOURCES:
+            raise ValueError(f"source: expected one of {', '.join(SOURCES)}")
+        changed = await engine.release(source)
         p = engine.pending
         return {"held": engine.held_by(), "changed": changed,
                 "pending": None if p is None else

@@ -469,6 +469,25 @@ async def test_a_held_board_reports_held_and_flies_the_new_generation_on_release
             assert "Held" in described and "generation 2 applied" in described
 
 
+async def test_an_operator_holds_the_board_with_a_node_annotation(
+        tmp_path: Path, agent_config: AgentConfig, board: HardwareProfile) -> None:
+    with cluster(tmp_path) as c:
+        await kubectl(c, "apply", "-f", str(CRD))
+        async with on_cluster(c, agent_config, board) as (engine, _s):
+            await fly(c, engine, profile("m", 1, partition("p")))
+            await kubectl(c, "annotate", "node", NODE, "sortie.dev/hold=rollout paused by ops")
+            await wait_for(lambda: engine.held_by() is not None, 10)
+            assert "rollout paused by ops" in (engine.held_by() or "")
+            await kubectl(c, "apply", "-f", "-", stdin=profile(
+                "m", 2, partition("p"), partition("q", quota=10_000)))
+            await wait_for(lambda: mp_status(c, "m").get("state") == "Held", 10, 0.2)
+            assert engine.mission is not None and engine.mission.generation == 1
+            await kubectl(c, "annotate", "node", NODE, "sortie.dev/hold-")
+            await wait_for(lambda: mp_status(c, "m").get("state") == "Flying"
+                           and mp_status(c, "m").get("observedGeneration") == 2, 10, 0.2)
+            assert engine.mission.generation == 2 and engine.held_by() is None
+
+
 async def test_root_workloads_from_kubernetes_need_the_switch(
         tmp_path: Path, agent_config: AgentConfig, board: HardwareProfile) -> None:
     as_root = profile("m", 1, partition("p", workloads=[workload("w", user="root")]))
@@ -542,7 +561,10 @@ async def test_the_shipped_rbac_is_what_a_board_needs_and_no_more(
                 ("get", "secrets", "sortie-missions", "no"),
                 ("create", "pods", "sortie-missions", "no"),
                 ("patch", "nodes/other-board", "", "no"),
-                ("patch", f"nodes/{NODE}", "", "yes")):
+                ("patch", f"nodes/{NODE}", "", "yes"),
+                ("watch", f"nodes/{NODE}", "", "yes"),
+                ("watch", "nodes", "", "no"),
+                ("list", "nodes", "", "no")):
             args = ["auth", "can-i", verb, *what.split()] + (["-n", ns] if ns else [])
             got = board_kubectl.kubectl(*args, check=False).stdout.strip()
             assert got == allowed, (args, got)

@@ -15,7 +15,7 @@ import yaml
 
 from simulator.kubeapi.patching import json_patch, merge_patch, strategic_merge
 from simulator.kubeapi.tables import age, jsonpath
-from tests.kubesim import CRD, Cluster, cluster, kubectls
+from tests.kubesim import CRD, Cluster, board_rbac, cluster, kubectls
 
 TOKEN = "sortie-test-token"
 
@@ -68,6 +68,21 @@ def sim(tmp_path: Path):
 def test_requests_without_the_token_are_refused(sim: Cluster) -> None:
     code, body, _ = call(sim, "GET", "/api/v1/nodes", token=None)
     assert code == 401 and body["reason"] == "Unauthorized"
+
+
+def test_a_list_or_watch_narrowed_to_a_name_is_authorized_by_that_name(sim: Cluster) -> None:
+    # As the real server's RequestInfoFactory: fieldSelector metadata.name=X makes the
+    # request one for X, so RBAC resourceNames can allow a board to watch its own node
+    # and nothing else.
+    sim.server.add_subject("board", board_rbac("b1"))
+    mine = "/api/v1/nodes?fieldSelector=metadata.name%3Db1"
+    assert call(sim, "GET", mine, token="board")[0] == 200
+    assert call(sim, "GET", mine + "&watch=true&timeoutSeconds=1", token="board")[0] == 200
+    for path in ("/api/v1/nodes", "/api/v1/nodes?fieldSelector=metadata.name%3Db2",
+                 "/api/v1/nodes?watch=true",
+                 "/api/v1/nodes?fieldSelector=metadata.name%21%3Db2"):
+        code, body, _ = call(sim, "GET", path, token="board")
+        assert code == 403 and body["reason"] == "Forbidden", (path, body)
 
 
 def test_a_write_with_a_stale_resource_version_is_a_conflict(sim: Cluster) -> None:

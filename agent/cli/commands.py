@@ -191,8 +191,9 @@ def cmd_hold(args: argparse.Namespace) -> int:
 def cmd_release(args: argparse.Namespace) -> int:
     from agent.daemon import socket_path
 
-    reply = call(socket_path(load_config(args.config)), {"op": "release"})
-    print("released" if reply["changed"] else "the operator held nothing", end="")
+    reply = call(socket_path(load_config(args.config)), {"op": "release",
+                                                         "source": args.source})
+    print("released" if reply["changed"] else f"{args.source} held nothing", end="")
     if reply["held"]:
         print(f"; still held: {reply['held']}", end="")
     elif reply["pending"]:

@@ -119,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     re_ = sub.add_parser("release", help="end the operator's hold: a waiting change applies "
                          "at the next major-frame boundary")
     common(re_)
+    re_.add_argument("--source", choices=["operator", "kube"], default="operator",
+                     help="whose hold: the operator's (default), or the node annotation's "
+                     "as last seen (for a board that lost its cluster)")
     re_.set_defaults(func=cmd.cmd_release)
 
     kg = sub.add_parser("keygen", help="make a planner signing key pair (Ed25519)")

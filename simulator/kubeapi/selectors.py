@@ -72,3 +72,17 @@ def matches_fields(obj: dict[str, Any], selector: str) -> bool:
         else:
             raise ApiStatus(400, "BadRequest", f"invalid field selector: {req!r}")
     return True
+
+
+def exact_name(selector: str) -> str | None:
+    """The name a field selector requires exactly (``metadata.name=X``), as the real
+    server's RequestInfoFactory reads it from a list or watch: RBAC then authorizes the
+    request by that name, so ``resourceNames`` can allow watching one object."""
+    names = set()
+    for req in _split(selector):
+        if "!=" in req or "=" not in req:
+            continue
+        path, value = (x.strip() for x in req.replace("==", "=").split("=", 1))
+        if path == "metadata.name":
+            names.add(value)
+    return names.pop() if len(names) == 1 else None

@@ -34,7 +34,7 @@ import yaml
 
 from simulator.kubeapi import certs, discovery, rbac, schema, tables
 from simulator.kubeapi.errors import ApiStatus
-from simulator.kubeapi.selectors import matches_fields, matches_labels
+from simulator.kubeapi.selectors import exact_name, matches_fields, matches_labels
 from simulator.kubeapi.store import Change, ResourceType, Store
 
 NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
@@ -232,6 +232,8 @@ class Handler(BaseHTTPRequestHandler):
         name = rest[1] if len(rest) > 1 else ""
         sub = rest[2] if len(rest) > 2 else ""
         verb = rbac.verb_of(self.command, name or None, query.get("watch") in ("true", "1"))
+        if not name and verb in ("list", "watch"):
+            name = exact_name(query.get("fieldSelector", "")) or ""
         self.rbac.check(rbac.Attributes(verb, group, rest[0], sub, ns, name))
 
     def _verb(self, rt: ResourceType, ns: str | None, name: str | None, sub: str | None,

@@ -241,17 +241,29 @@ class KubeApi:
         except Exception as exc:
             raise _translate(exc) from exc
 
-    async def watch_profiles(self, resource_version: str,
-                             timeout_s: int) -> AsyncGenerator[tuple[str, Obj], None]:
+    def watch_node(self, name: str, resource_version: str,
+                   timeout_s: int) -> AsyncGenerator[tuple[str, Obj], None]:
+        """The board's own node, changes after ``resource_version`` (a watch narrowed to
+        its name: what RBAC's resourceNames allows)."""
+        return self._watch(RESOURCES["Node"], None, {
+            "resourceVersion": resource_version, "allowWatchBookmarks": "true",
+            "timeoutSeconds": timeout_s, "fieldSelector": f"metadata.name={name}"})
+
+    def watch_profiles(self, resource_version: str,
+                       timeout_s: int) -> AsyncGenerator[tuple[str, Obj], None]:
         """Events after ``resource_version``, bookmarks included; ends when the server
         ends the stream, raises KubeError (410 included) otherwise."""
+        return self._watch(RESOURCES[KIND], self.namespace or ALL_NS, {
+            "resourceVersion": resource_version, "allowWatchBookmarks": "true",
+            "timeoutSeconds": timeout_s})
+
+    async def _watch(self, res: Any, namespace: str | None,
+                     params: dict[str, Any]) -> AsyncGenerator[tuple[str, Obj], None]:
         # lightkube's public watch() cannot ask for bookmarks: build the same request
         # with allowWatchBookmarks through its generic client (pinned: lightkube ~= 1.0).
         generic = self.client._client
-        br = generic.prepare_request(
-            "list", res=RESOURCES[KIND], namespace=self.namespace or ALL_NS, watch=True,
-            params={"resourceVersion": resource_version, "allowWatchBookmarks": "true",
-                    "timeoutSeconds": timeout_s})
+        br = generic.prepare_request("list", res=res, namespace=namespace, watch=True,
+                                     params=params)
         stream = generic.watch(br, on_error=on_error_raise)
         try:
             async for etype, obj in stream:

@@ -5,6 +5,7 @@ every few seconds (the heartbeat, as a kubelet's)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import platform
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +19,10 @@ from agent.sources.kube.watching import backoff_s
 
 NODE_STATUS_EVERY_S = 300.0
 """Full node status at least this often (the lease is the heartbeat, as for a kubelet)."""
+HOLD_ANNOTATION = "sortie.dev/hold"
+"""On the board's node: an operator's hold from the cluster, its value the reason
+(``kubectl annotate node BOARD sortie.dev/hold="..."``; ``sortie.dev/hold-`` releases)."""
+MAX_REASON = 256
 
 
 @dataclass
@@ -97,6 +102,55 @@ class NodeKeeper:
                     raise
                 return  # someone renewed in between; the next tick reads it again
         self.count.lease_renewals += 1
+
+    async def holds_forever(self, failed: Callable[[str, KubeError], None]) -> None:
+        """Follow the node's hold annotation: read it, then watch the node (one stream,
+        no polling, as a kubelet watches its node). Unreachable, the hold last seen stays
+        in force (kept in holds.json): the safe side."""
+        attempt = 0
+        while True:
+            try:
+                cur = await self.api.get("Node", self.node_name)
+                if cur is None:  # not registered yet
+                    await asyncio.sleep(self.cfg.lease_renew_s)
+                    continue
+                await self._hold_from(cur)
+                await self._watch_node(str(cur["metadata"].get("resourceVersion", "")))
+                attempt = 0
+            except KubeError as exc:
+                if exc.code == 410:
+                    continue  # fell out of history: read it again
+                failed("node-hold", exc)
+                await asyncio.sleep(backoff_s(attempt, self.cfg.backoff_max_s,
+                                              exc.retry_after_s))
+                attempt += 1
+
+    async def _watch_node(self, rv: str) -> None:
+        stream = self.api.watch_node(self.node_name, rv, self.cfg.watch_timeout_s)
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(2 * self.cfg.watch_timeout_s):
+                        etype, obj = await anext(stream)
+                except (StopAsyncIteration, TimeoutError):
+                    return  # ended by the server, or stalled: read and watch again
+                if etype in ("ADDED", "MODIFIED"):
+                    await self._hold_from(obj)
+                elif etype == "DELETED":
+                    await self._hold_from({})
+        finally:
+            with contextlib.suppress(Exception):
+                await stream.aclose()
+
+    async def _hold_from(self, node: ko.Obj) -> None:
+        meta = node.get("metadata")
+        notes = meta.get("annotations") if isinstance(meta, dict) else None
+        reason = notes.get(HOLD_ANNOTATION) if isinstance(notes, dict) else None
+        if isinstance(reason, str) and reason.strip():
+            await self.engine.hold("kube", f"node annotation {HOLD_ANNOTATION}: "
+                                   f"{reason.strip()[:MAX_REASON]}")
+        else:
+            await self.engine.release("kube")
 
     async def forever(self, failed: Callable[[str, KubeError], None]) -> None:
         attempt = 0

@@ -83,6 +83,7 @@ class KubeSource:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._sync_forever(), name="kube-sync")
             tg.create_task(self.node.forever(self._failed), name="kube-node")
+            tg.create_task(self.node.holds_forever(self._failed), name="kube-hold")
             tg.create_task(self._status_forever(), name="kube-status")
             tg.create_task(self._events_forever(), name="kube-events")
 
