@@ -387,6 +387,11 @@ async def test_health_actions_become_events_and_odd_metadata_is_tolerated(
             assert "Applied" in got, got
             # DAL C: a crash loop stops the partition (health table), said as an Event.
             assert any(r.startswith("Health") for r in got), got
+            # ...and in the board's own status, what a rollout's gate reads.
+            seen = await wait_for(lambda: (mp_status(c, "m").get("boards") or {}).get(
+                NODE, {}).get("health"), 10, 0.2)
+            assert {"partition": "p", "criticality": "C"}.items() <= seen[0].items(), seen
+            assert any(h["kind"] == "crash-loop" for h in seen), seen
 
 
 async def test_a_profile_recreated_under_the_same_name_starts_afresh(

@@ -26,7 +26,7 @@ def mp(name: str, rv: int, created: str = "2026-01-01T00:00:00Z", target: Any = 
                      **mission_doc(partition("p"), name=name), **spec}}
 
 
-def test_targets_by_name_or_by_every_label() -> None:
+def test_targets_by_name_by_names_or_by_every_label() -> None:
     labels = {"sortie.dev/board": "rpi4", "fleet": "blue"}
     assert ko.targets(mp("a", 1), "b1", labels)
     assert not ko.targets(mp("a", 1), "b2", labels)
@@ -36,6 +36,9 @@ def test_targets_by_name_or_by_every_label() -> None:
     assert not ko.targets(mp("a", 1, target={"nodeSelector": {}}), "x", labels), \
         "an empty selector aims at nothing, not at every board"
     assert not ko.targets(mp("a", 1, target={}), "b1", labels)
+    wave = mp("a", 1, target={"nodeNames": ["b1", "b7"]})
+    assert ko.targets(wave, "b7", labels) and not ko.targets(wave, "b2", labels)
+    assert not ko.targets(mp("a", 1, target={"nodeNames": []}), "b1", labels)
 
 
 def test_the_newest_profile_flies() -> None:

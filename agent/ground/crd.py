@@ -22,9 +22,13 @@ from agent.sources.kube.names import GROUP, KIND, PLURAL, VERSION
 
 TARGET = {
     "type": "object",
-    "description": "Which boards fly this mission: a node by name, or by labels.",
+    "description": "Which boards fly this mission: a node by name, nodes by name, or by "
+                   "labels.",
     "properties": {
         "nodeName": {"type": "string", "description": "The board's node name."},
+        "nodeNames": {"type": "array", "items": {"type": "string"}, "maxItems": 5000,
+                      "description": "Boards by node name (what a MissionRollout's wave "
+                                     "targets)."},
         "nodeSelector": {"type": "object", "additionalProperties": {"type": "string"},
                          "description": "Node labels the board must carry."},
     },

@@ -131,13 +131,17 @@ def lease(name: str, node_uid: str | None, duration_s: int, now: float) -> Obj:
 
 # -- which missions are ours -----------------------------------------------------------------
 def targets(obj: Obj, node_name: str, labels: dict[str, str]) -> bool:
-    """A MissionProfile aims at a board by node name, or by labels it must all carry."""
+    """A MissionProfile aims at a board by node name, by a list of names (a rollout's
+    wave), or by labels it must all carry."""
     spec = obj.get("spec")
     target = spec.get("target") if isinstance(spec, dict) else None
     if not isinstance(target, dict):
         return False
     if target.get("nodeName"):
         return bool(target["nodeName"] == node_name)
+    names = target.get("nodeNames")
+    if isinstance(names, list) and names:
+        return node_name in names
     sel = target.get("nodeSelector")
     return isinstance(sel, dict) and bool(sel) and all(labels.get(k) == v
                                                        for k, v in sel.items())

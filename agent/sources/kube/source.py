@@ -31,6 +31,7 @@ Obj = dict[str, Any]
 FORWARDED = ("health.", "degraded.", "workload.crash-loop", "mission.failed",
              "windows.degraded", "action.failed")
 """Engine events that become Kubernetes Events on the flying MissionProfile."""
+HEALTH_KEPT = 20
 
 
 @dataclass
@@ -76,6 +77,9 @@ class KubeSource:
         self._ignored: set[tuple[str, str, int]] = set()
         """Out-of-scope profiles already reported (key, uid, generation)."""
         self.node = NodeKeeper(cfg, node_name, engine, self.api, self.count)
+        self.health_seen: deque[Obj] = deque(maxlen=HEALTH_KEPT)
+        """Health actions since the flying generation applied, in ``status.boards.NODE``:
+        what a rollout's gate reads."""
         engine.events.subscribe(self._on_engine_event)
 
     # -- tasks -------------------------------------------------------------------------
@@ -284,6 +288,7 @@ class KubeSource:
             self._verdict(obj, "Flying", (True, "Fits", "the board can fly it"),
                           (True, "Applied", f"generation {d.generation} flying"), ref)
             if d.outcome == "applied":
+                self.health_seen.clear()
                 self._send(k, "Applied", f"generation {d.generation} applied on "
                            f"{self.node_name}: {len(d.actions)} action(s)", False)
 
@@ -328,6 +333,8 @@ class KubeSource:
         boards = dict(previous.get("boards") or {})
         boards[self.node_name] = {"state": v.state, "observedGeneration": v.generation,
                                   "updated": ko.timestamp(now)}
+        if v.state == "Flying":
+            boards[self.node_name] |= {"shed": shed, "health": list(self.health_seen)}
         doc["boards"] = boards
         return doc
 
@@ -381,6 +388,13 @@ class KubeSource:
         flying = self.engine.flying()
         if flying is None or flying.origin.source != "kube" or flying.origin.object is None:
             return
+        if ev.kind.startswith("health.") and ev.partition is not None:
+            part = self.engine.snapshot().partition(ev.partition)
+            self.health_seen.append({"partition": ev.partition, "kind": ev.kind[7:],
+                                     "criticality": part.criticality if part else None,
+                                     "severity": ev.severity,
+                                     "at": ko.timestamp(ev.at)})
+            self._wake_status.set()
         reason = "".join(p.capitalize() for p in ev.kind.replace(".", "-").split("-"))
         self._send(flying.origin.object, reason,
                    f"{ev.subject}: {ev.message}", ev.severity != "info")
