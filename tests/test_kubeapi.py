@@ -15,6 +15,7 @@ import yaml
 
 from simulator.kubeapi.patching import json_patch, merge_patch, strategic_merge
 from simulator.kubeapi.tables import age, jsonpath
+from tests.conftest import REPO
 from tests.kubesim import CRD, Cluster, board_rbac, cluster, kubectls
 
 TOKEN = "sortie-test-token"
@@ -281,3 +282,27 @@ def test_kubectl_drives_the_simulator(tmp_path: Path, label: str, kubectl: str) 
                                        "reason": "SortieReady", "message": "flying"}]}}))
         nodes = c.kubectl("get", "nodes", "-L", "kubernetes.io/arch").stdout.splitlines()
         assert nodes[1].split()[:2] == ["board-1", "Ready"] and nodes[1].split()[-1] == "arm64"
+
+
+def test_the_rollout_crd_installs_and_kubectl_shows_its_progress(tmp_path: Path) -> None:
+    with cluster(tmp_path) as c:
+        c.kubectl("apply", "-f", str(REPO / "docs" / "kube" / "missionrollout-crd.yaml"))
+        c.kubectl("create", "namespace", "sortie-missions")
+        c.kubectl("apply", "-f", str(REPO / "docs" / "kube" / "demo-missionrollout.yaml"))
+        rt = c.server.store.types[("sortie.dev", "missionrollouts")]
+        obj = c.get_json("missionrollout", "demo-gen2", "-n", "sortie-missions")
+        obj["status"] = {"phase": "Soaking", "waveOf": "1/3", "boards": {
+            "applied": 25, "held": 2, "pending": 0, "failed": 0, "rolledBack": 0}}
+        c.server.store.replace(rt, "sortie-missions", "demo-gen2", obj, "status")
+        head, row = c.kubectl("get", "mr", "-n", "sortie-missions").stdout.splitlines()
+        assert head.split() == ["NAME", "PHASE", "WAVE", "APPLIED", "HELD", "PENDING",
+                                "FAILED", "ROLLED-BACK", "AGE"]
+        assert row.split()[:8] == ["demo-gen2", "Soaking", "1/3", "25", "2", "0", "0", "0"]
+        # The server holds the spec to the schema: a wave that is not a string, a gate
+        # criticality that is not a DAL.
+        bad = yaml.safe_load((REPO / "docs" / "kube" / "demo-missionrollout.yaml")
+                             .read_text())
+        bad["metadata"]["name"] = "bad"
+        bad["spec"]["gate"]["maxCriticality"] = "Z"
+        r = c.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(bad), check=False)
+        assert r.returncode != 0 and "spec.gate.maxCriticality" in r.stderr, r.stderr

@@ -221,7 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     ku = sub.add_parser("kube", help="Kubernetes helpers")
     ku_sub = ku.add_subparsers(dest="kube_command", required=True, parser_class=Parser)
-    kc = ku_sub.add_parser("crd", help="print the MissionProfile CRD manifest")
+    kc = ku_sub.add_parser("crd", help="print a CRD manifest (MissionProfile by default)")
+    kc.add_argument("which", nargs="?", choices=["missionprofile", "missionrollout"],
+                    default="missionprofile")
     kc.set_defaults(func=ground("cmd_kube_crd"))
 
     sc = sub.add_parser("schema", help="JSON Schema of the documents Sortie reads, and of "

@@ -189,5 +189,5 @@ def cmd_board(args: argparse.Namespace) -> int:
 
 def cmd_kube_crd(args: argparse.Namespace) -> int:
     from agent.ground.crd import manifest_yaml
-    print(manifest_yaml(), end="")
+    print(manifest_yaml(args.which), end="")
     return EXIT_OK

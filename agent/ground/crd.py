@@ -18,7 +18,14 @@ from typing import Any
 import yaml
 
 from agent.models import MissionProfile
-from agent.sources.kube.names import GROUP, KIND, PLURAL, VERSION
+from agent.sources.kube.names import (
+    GROUP,
+    KIND,
+    PLURAL,
+    ROLLOUT_KIND,
+    ROLLOUT_PLURAL,
+    VERSION,
+)
 
 TARGET = {
     "type": "object",
@@ -97,26 +104,22 @@ STATUS = {
 }
 
 
-def manifest() -> dict[str, Any]:
+def _crd(kind: str, plural: str, short: str, spec: dict[str, Any], status: dict[str, Any],
+         columns: list[dict[str, str]]) -> dict[str, Any]:
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{PLURAL}.{GROUP}"},
+        "metadata": {"name": f"{plural}.{GROUP}"},
         "spec": {
             "group": GROUP,
             "scope": "Namespaced",
-            "names": {"kind": KIND, "plural": PLURAL, "singular": "missionprofile",
-                      "shortNames": ["mp"]},
+            "names": {"kind": kind, "plural": plural, "singular": kind.lower(),
+                      "shortNames": [short]},
             "versions": [{
                 "name": VERSION, "served": True, "storage": True,
                 "subresources": {"status": {}},
                 "additionalPrinterColumns": [
-                    {"name": "State", "type": "string", "jsonPath": ".status.state"},
-                    {"name": "Generation", "type": "integer", "jsonPath": ".spec.generation"},
-                    {"name": "Admitted", "type": "string",
-                     "jsonPath": '.status.conditions[?(@.type=="Admitted")].status'},
-                    {"name": "Applied", "type": "string",
-                     "jsonPath": '.status.conditions[?(@.type=="Applied")].status'},
+                    *columns,
                     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
                 ],
                 "schema": {"openAPIV3Schema": {
@@ -125,14 +128,59 @@ def manifest() -> dict[str, Any]:
                     "properties": {
                         "apiVersion": {"type": "string"}, "kind": {"type": "string"},
                         "metadata": {"type": "object"},
-                        "spec": spec_schema(), "status": STATUS,
+                        "spec": spec, "status": status,
                     }}},
             }],
         },
     }
 
 
-def manifest_yaml() -> str:
+def manifest() -> dict[str, Any]:
+    return _crd(KIND, PLURAL, "mp", spec_schema(), STATUS, [
+        {"name": "State", "type": "string", "jsonPath": ".status.state"},
+        {"name": "Generation", "type": "integer", "jsonPath": ".spec.generation"},
+        {"name": "Admitted", "type": "string",
+         "jsonPath": '.status.conditions[?(@.type=="Admitted")].status'},
+        {"name": "Applied", "type": "string",
+         "jsonPath": '.status.conditions[?(@.type=="Applied")].status'}])
+
+
+ROLLOUT_STATUS = {
+    "type": "object",
+    "x-kubernetes-preserve-unknown-fields": True,
+    "description": "Written by the rollout controller: phase, the wave in flight, boards "
+                   "applied / held / offline / pending / failed / rolled back, conditions "
+                   "(Progressing, Complete, Paused), and the state it resumes from.",
+}
+
+
+def rollout_spec_schema() -> dict[str, Any]:
+    from agent.ground.rollout.model import RolloutSpec
+
+    raw = RolloutSpec.model_json_schema(by_alias=True)
+    schema: dict[str, Any] = _structural(raw, raw.get("$defs", {}))
+    schema["description"] = ("A mission rolled out to boards in health-gated waves "
+                             "(docs/fleet.md).")
+    return schema
+
+
+def rollout_manifest() -> dict[str, Any]:
+    return _crd(ROLLOUT_KIND, ROLLOUT_PLURAL, "mr", rollout_spec_schema(), ROLLOUT_STATUS, [
+        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+        {"name": "Wave", "type": "string", "jsonPath": ".status.waveOf"},
+        {"name": "Applied", "type": "integer", "jsonPath": ".status.boards.applied"},
+        {"name": "Held", "type": "integer", "jsonPath": ".status.boards.held"},
+        {"name": "Pending", "type": "integer", "jsonPath": ".status.boards.pending"},
+        {"name": "Failed", "type": "integer", "jsonPath": ".status.boards.failed"},
+        {"name": "Rolled-Back", "type": "integer",
+         "jsonPath": ".status.boards.rolledBack"}])
+
+
+def manifest_yaml(which: str = "missionprofile") -> str:
+    if which == "missionrollout":
+        header = ("# Generated from agent/ground/rollout/model.py by `sortie kube crd "
+                  "missionrollout`; tests/test_kube_crd.py keeps it in sync.\n")
+        return header + yaml.safe_dump(rollout_manifest(), sort_keys=False, width=100)
     header = ("# Generated from agent/models/mission.py by `sortie kube crd`; "
               "tests/test_kube_crd.py keeps it in sync.\n")
     return header + yaml.safe_dump(manifest(), sort_keys=False, width=100)

@@ -1,6 +1,8 @@
-"""The MissionProfile resource's names (the board's source and the ground's CRD agree)."""
+"""The resources' names (the board's source, the ground's CRDs and controller agree)."""
 
 GROUP = "sortie.dev"
 VERSION = "v1alpha1"
 KIND = "MissionProfile"
 PLURAL = "missionprofiles"
+ROLLOUT_KIND = "MissionRollout"
+ROLLOUT_PLURAL = "missionrollouts"

@@ -1,0 +1,1 @@
+"""Fleet rollouts in health-gated waves (ground side: issue 17)."""
