@@ -462,7 +462,9 @@ async def test_a_held_board_reports_held_and_flies_the_new_generation_on_release
             applied = condition(c, "m", "Applied")
             assert applied is not None and applied["reason"] == "Held"
             assert "landing checklist" in applied["message"]
-            assert mp_status(c, "m")["boards"][NODE]["state"] == "Held"
+            board_entry = mp_status(c, "m")["boards"][NODE]
+            assert board_entry["state"] == "Held"
+            assert board_entry["mission"] == {"name": "m", "generation": 2}
             table = (await kubectl(c, "get", "missionprofiles")).stdout.splitlines()
             assert table[1].split()[:3] == ["m", "Held", "2"]
             assert engine.mission is not None and engine.mission.generation == 1

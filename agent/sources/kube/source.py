@@ -333,6 +333,8 @@ class KubeSource:
         boards = dict(previous.get("boards") or {})
         boards[self.node_name] = {"state": v.state, "observedGeneration": v.generation,
                                   "updated": ko.timestamp(now)}
+        if v.mission is not None:
+            boards[self.node_name]["mission"] = v.mission  # name and generation it decided
         if v.state == "Flying":
             boards[self.node_name] |= {"shed": shed, "health": list(self.health_seen)}
         doc["boards"] = boards
