@@ -465,6 +465,7 @@ async def test_a_held_board_reports_held_and_flies_the_new_generation_on_release
             board_entry = mp_status(c, "m")["boards"][NODE]
             assert board_entry["state"] == "Held"
             assert board_entry["mission"] == {"name": "m", "generation": 2}
+            assert "landing checklist" in board_entry["message"]
             table = (await kubectl(c, "get", "missionprofiles")).stdout.splitlines()
             assert table[1].split()[:3] == ["m", "Held", "2"]
             assert engine.mission is not None and engine.mission.generation == 1

@@ -23,7 +23,7 @@ from lightkube.types import PatchType, on_error_raise
 
 from agent.errors import AgentError
 from agent.models.config import KubeConfig as KubeSettings
-from agent.sources.kube.names import GROUP, KIND, PLURAL, VERSION
+from agent.sources.kube.names import GROUP, KIND, PLURAL, ROLLOUT_KIND, ROLLOUT_PLURAL, VERSION
 
 Obj = dict[str, Any]
 
@@ -34,7 +34,10 @@ RESOURCES: dict[str, Any] = {
     KIND: create_namespaced_resource(GROUP, VERSION, KIND, PLURAL),
     "SelfSubjectAccessReview": create_global_resource(
         "authorization.k8s.io", "v1", "SelfSubjectAccessReview", "selfsubjectaccessreviews"),
+    ROLLOUT_KIND: create_namespaced_resource(GROUP, VERSION, ROLLOUT_KIND, ROLLOUT_PLURAL),
 }
+
+GLOBAL = frozenset({"Node", "SelfSubjectAccessReview"})
 
 
 class KubeError(AgentError):
@@ -232,6 +235,26 @@ class KubeApi:
         except Exception as exc:
             raise _translate(exc) from exc
         return bool((got.get("status") or {}).get("allowed"))
+
+    async def list_all(self, kind: str, namespace: str | None = None) -> list[Obj]:
+        """Every object of a kind: in ``namespace`` (None: every namespace), or
+        cluster-wide for a cluster-scoped kind."""
+        if kind in GLOBAL:
+            it = self.client.list(RESOURCES[kind])
+        else:
+            it = self.client.list(RESOURCES[kind], namespace=namespace or ALL_NS)
+        try:
+            return [self._dict(o) async for o in it]
+        except Exception as exc:
+            raise _translate(exc) from exc
+
+    async def delete(self, kind: str, name: str, namespace: str | None = None) -> None:
+        try:
+            await self.client.delete(RESOURCES[kind], name, namespace=namespace)
+        except Exception as exc:
+            err = _translate(exc)
+            if err.code != 404:
+                raise err from exc
 
     async def list_profiles(self) -> tuple[list[Obj], str]:
         it = self.client.list(RESOURCES[KIND], namespace=self.namespace or ALL_NS)

@@ -335,6 +335,9 @@ class KubeSource:
                                   "updated": ko.timestamp(now)}
         if v.mission is not None:
             boards[self.node_name]["mission"] = v.mission  # name and generation it decided
+        if v.state != "Flying":  # why: the refusal's reasons, or what holds it
+            boards[self.node_name]["message"] = (v.admitted if not v.admitted[0]
+                                                 else v.applied)[2][:512]
         if v.state == "Flying":
             boards[self.node_name] |= {"shed": shed, "health": list(self.health_seen)}
         doc["boards"] = boards
