@@ -230,3 +230,42 @@ async def test_a_rollout_for_boards_another_is_rolling_to_is_refused(tmp_path: P
             assert "r2-wave" not in c.kubectl("get", "mp", "-n", NS).stdout
         finally:
             await a.close()
+
+
+def test_the_shipped_controller_rbac_is_enough_and_the_cli_runs_it(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from simulator.kubeapi.rbac import Authorizer
+
+    clock = Clock()
+    with cluster(tmp_path) as c:
+        setup(c, clock)
+        docs = [d for d in yaml.safe_load_all((REPO / "docs" / "kube" / "controller.yaml")
+                                              .read_text()) if d["kind"] != "Deployment"]
+        c.server.add_subject("ctl-token", Authorizer.from_manifests(
+            docs, NS, "sortie-rollout-controller"))
+        as_ctl = c.server.kubeconfig(tmp_path / "ctl.kubeconfig", token="ctl-token")
+        rollout(c, soakSeconds=1)
+        proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "kube", "controller",
+                                 "--kubeconfig", str(as_ctl), "--namespace", NS,
+                                 "--identity", "ctl-cli", "--resync", "0.3"], cwd=REPO,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            for _ in range(200):
+                boards_answer(c, flying)
+                clock.now = time.time()
+                renew(c, clock, BOARDS)
+                if status(c).get("phase") == "Complete":
+                    break
+                time.sleep(0.1)
+            assert status(c).get("phase") == "Complete", status(c)
+        finally:
+            proc.terminate()
+            out, _ = proc.communicate(timeout=10)
+        assert [e for e in c.server.log if e[2] == 403] == [], out
+        events = c.get_json("events", "-n", NS, "--field-selector",
+                            "involvedObject.kind=MissionRollout")["items"]
+        assert {"WaveStarted", "WaveApplied", "Complete"} <= {e["reason"] for e in events}
+        described = c.kubectl("describe", "mr", "r", "-n", NS).stdout
+        assert "all 2 waves applied" in described

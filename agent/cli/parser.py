@@ -225,6 +225,14 @@ def build_parser() -> argparse.ArgumentParser:
     kc.add_argument("which", nargs="?", choices=["missionprofile", "missionrollout"],
                     default="missionprofile")
     kc.set_defaults(func=ground("cmd_kube_crd"))
+    kt = ku_sub.add_parser("controller", help="run the MissionRollout controller (cluster "
+                           "side: docs/kube/controller.yaml)")
+    kt.add_argument("--namespace", default="sortie-missions", help="where rollouts live")
+    kt.add_argument("--kubeconfig", type=Path, help="default: the in-cluster service account")
+    kt.add_argument("--identity", help="this replica's name in the leader lease (default: "
+                    "$POD_NAME, else the host name)")
+    kt.add_argument("--resync", type=float, default=5.0, help="seconds between passes")
+    kt.set_defaults(func=ground("cmd_kube_controller"))
 
     sc = sub.add_parser("schema", help="JSON Schema of the documents Sortie reads, and of "
                         "the status it answers")

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 from typing import Any
 
-from agent.cli.common import EXIT_OK, EXIT_REFUSED, emit, pct, print_violations
+from agent.cli.common import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, emit, pct, print_violations
 from agent.errors import AgentError
 from agent.models import HardwareProfile, load_file
 from agent.policy.admission import admit
@@ -190,4 +191,31 @@ def cmd_board(args: argparse.Namespace) -> int:
 def cmd_kube_crd(args: argparse.Namespace) -> int:
     from agent.ground.crd import manifest_yaml
     print(manifest_yaml(args.which), end="")
+    return EXIT_OK
+
+
+def cmd_kube_controller(args: argparse.Namespace) -> int:
+    import logging
+    import os
+    import socket
+
+    from agent.ground.rollout.controller import Controller
+    from agent.models.config import KubeConfig
+    from agent.sources.kube.api import KubeApi
+
+    if args.resync <= 0:
+        print("--resync: expected seconds above 0", file=sys.stderr)
+        return EXIT_USAGE
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    identity = args.identity or os.environ.get("POD_NAME") or socket.gethostname()
+    api = KubeApi(KubeConfig(kubeconfig=str(args.kubeconfig) if args.kubeconfig else None,
+                             namespaces=[args.namespace]))
+
+    async def run() -> None:
+        try:
+            await Controller(api, args.namespace, identity).run_forever(args.resync)
+        finally:
+            await api.close()
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())
     return EXIT_OK

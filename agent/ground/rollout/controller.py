@@ -176,13 +176,29 @@ class Controller:
         started = list(status.get("waveStarted") or [])
         if state.phase in ACTIVE:
             judged = self._judge(spec, state, fleet, started, name)
+            was = (state.phase, state.wave)
             step = advance(state, judged, spec.gate, spec.soak_seconds, spec.on_failure,
                            self.clock())
             state = step.state
             if state.wave >= len(started):
                 started.append(self.clock())
             await self._write(ro, self._status(state, judged, previous, started))
+            if (state.phase, state.wave) != was:
+                await self._event(ro, state)
         await self._effect(ro, spec, state, previous, fleet)
+
+    async def _event(self, ro: Obj, state: State) -> None:
+        """Kubernetes Events on the rollout at each step (kubectl describe shows them)."""
+        reason = {"Progressing": "WaveStarted", "Soaking": "WaveApplied",
+                  "Complete": "Complete", "Paused": "Paused", "Failed": "Failed"}[state.phase]
+        try:
+            await self.api.create(ko.event(ro, self.identity, reason, state.message,
+                                           state.phase in ("Paused", "Failed"), self.clock(),
+                                           kind=ROLLOUT_KIND))
+            self.requests += 1
+        except KubeError as exc:  # an Event is a courtesy: never the rollout's end
+            log.warning("event %s on rollout %s refused: %s", reason,
+                        ro["metadata"]["name"], exc)
 
     async def _start(self, ro: Obj, spec: RolloutSpec, fleet: Fleet) -> None:
         name, uid = ro["metadata"]["name"], ro["metadata"].get("uid", "")
@@ -204,15 +220,31 @@ class Controller:
         if reasons:
             await self._write(ro, {"phase": "Failed", "message": "refused: "
                                    + "; ".join(reasons), "boards": {}})
+            await self._event(ro, State((("",),), phase="Failed",
+                                        message="refused: " + "; ".join(reasons)))
             return
         previous = {}
         for b in boards:
             flown = _flying(b, fleet.profiles, exclude=wave_name(name))
             if flown is not None:
                 previous[b] = flown
-        state = State(tuple(tuple(w) for w in waves), message="wave 1 started")
+        state = State(tuple(tuple(w) for w in waves),
+                      message=f"wave 1 of {len(waves)} started: {len(waves[0])} board(s)")
         await self._write(ro, self._status(state, {}, previous, [self.clock()]))
+        await self._event(ro, state)
         await self._effect(ro, spec, state, previous, fleet)
+
+    async def run_forever(self, resync_s: float = 5.0) -> None:
+        """A pass every ``resync_s``; API errors are retried at the next pass. Reaction
+        time is bounded by the resync (seconds, against soaks of minutes)."""
+        import asyncio
+
+        while True:
+            try:
+                await self.pass_once()
+            except KubeError as exc:
+                log.warning("pass failed: %s (retried in %g s)", exc, resync_s)
+            await asyncio.sleep(resync_s)
 
     def _judge(self, spec: RolloutSpec, state: State, fleet: Fleet, started: list[float],
                name: str) -> dict[str, Judged]:

@@ -224,7 +224,8 @@ def advance(s: State, judged: Mapping[str, Judged], gate: Gate, soak_s: float,
         return Step(replace(s, phase="Complete", failed=all_failed,
                             message=f"all {len(s.waves)} waves applied"))
     return Step(replace(s, wave=s.wave + 1, phase="Progressing", soak_since=None,
-                        failed=all_failed, message=f"wave {s.wave + 2} started"))
+                        failed=all_failed, message=f"wave {s.wave + 2} of {len(s.waves)} "
+                        f"started: {len(s.waves[s.wave + 1])} board(s)"))
 
 
 def tally(judged: Mapping[str, Judged], s: State) -> dict[str, int]:

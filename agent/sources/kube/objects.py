@@ -199,14 +199,14 @@ def condition(ctype: str, ok: bool, reason: str, message: str, now: float,
 
 
 def event(obj: Obj, node_name: str, reason: str, message: str, warning: bool,
-          now: float) -> Obj:
+          now: float, kind: str = KIND) -> Obj:
     meta = obj["metadata"]
     digest = hashlib.sha256(f"{key(obj)}{reason}{message}{now}".encode()).hexdigest()[:10]
     stamp = timestamp(now)
     return {
         "apiVersion": "v1", "kind": "Event",
         "metadata": {"name": f"{meta['name']}.{digest}", "namespace": meta.get("namespace")},
-        "involvedObject": {"apiVersion": API_VERSION, "kind": KIND, "name": meta["name"],
+        "involvedObject": {"apiVersion": API_VERSION, "kind": kind, "name": meta["name"],
                            "namespace": meta.get("namespace"), "uid": meta.get("uid"),
                            "resourceVersion": meta.get("resourceVersion")},
         "reason": reason, "message": message[:1024], "type": "Warning" if warning else "Normal",
