@@ -129,8 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     kg.add_argument("--out", type=Path, default=Path("."), help="directory for the keys")
     kg.set_defaults(func=ground("cmd_keygen"))
 
-    def broker(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--node", required=True, help="the board's node name")
+    def broker(sp: argparse.ArgumentParser, node: bool = True) -> None:
+        if node:
+            sp.add_argument("--node", required=True, help="the board's node name")
         sp.add_argument("--broker", required=True, help="mqtt://host:port or mqtts://...")
         sp.add_argument("--username")
         sp.add_argument("--password-file", type=Path)
@@ -148,6 +149,33 @@ def build_parser() -> argparse.ArgumentParser:
     broker(pu)
     output(pu)
     pu.set_defaults(func=ground("cmd_push"))
+
+    ro = sub.add_parser("rollout", help="push a profile to many boards over MQTT in "
+                        "health-gated waves (docs/fleet.md)")
+    ro.add_argument("profile", type=Path)
+    ro.add_argument("--nodes", required=True, help="board names: a comma-separated list, "
+                    "or a file with one per line")
+    ro.add_argument("--waves", default="5%,25%,100%", help="boards reached by the end of "
+                    "each wave, cumulative (N%% or counts; default 5%%,25%%,100%%)")
+    ro.add_argument("--soak", default="120s", help="how long each wave flies, gate "
+                    "passing, before the next (120s, 2m)")
+    ro.add_argument("--key", type=Path, required=True, help="planner private key (keygen)")
+    ro.add_argument("--kid", help="key id (default: the key file's name)")
+    ro.add_argument("--on-failure", choices=["pause", "rollback"], default="pause")
+    ro.add_argument("--rollback-to", type=Path, help="the profile failed boards return to "
+                    "(re-signed as a higher generation); needed by --on-failure rollback")
+    ro.add_argument("--max-criticality", choices=list("ABCDE"), default="B",
+                    help="a health action in a partition of this DAL or higher fails a board")
+    ro.add_argument("--allow-shed", action="store_true",
+                    help="a board shedding a partition still passes")
+    ro.add_argument("--apply-timeout", type=int, default=300,
+                    help="seconds an online board may stay silent")
+    ro.add_argument("--max-failed", type=int, default=0, help="failed boards tolerated")
+    ro.add_argument("--timeout", type=float, default=3600.0,
+                    help="stop (paused) after this many seconds")
+    broker(ro, node=False)
+    output(ro)
+    ro.set_defaults(func=ground("cmd_rollout"))
 
     wa = sub.add_parser("watch", help="a board's status, telemetry and events, live")
     wa.add_argument("--seconds", type=float, help="stop after this long")

@@ -12,7 +12,7 @@ from typing import Any
 
 from agent.cli.common import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, emit, pct, print_violations
 from agent.errors import AgentError
-from agent.models import HardwareProfile, load_file
+from agent.models import HardwareProfile, MissionProfile, load_file
 from agent.policy.admission import admit
 
 EXIT_NO_ANSWER = 3
@@ -219,3 +219,83 @@ def cmd_kube_controller(args: argparse.Namespace) -> int:
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run())
     return EXIT_OK
+
+
+def _seconds(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600}
+    t = text.strip()
+    n = t[:-1] if t[-1:] in units else t
+    value = float(n) * units.get(t[-1:], 1)
+    if value < 0:
+        raise ValueError(text)
+    return value
+
+
+def _nodes(arg: str) -> list[str]:
+    from pathlib import Path
+    p = Path(arg)
+    raw = p.read_text().split() if p.is_file() else arg.split(",")
+    return [n.strip() for n in raw if n.strip() and not n.startswith("#")]
+
+
+def _bar(state: Any, judged: dict[str, Any]) -> str:
+    wave = state.waves[state.wave]
+    done = sum(1 for b in wave if judged.get(b) is not None
+               and judged[b].verdict in ("applied", "held", "failed"))
+    cells = round(20 * done / max(1, len(wave)))
+    counts = {v: sum(1 for b in wave if judged.get(b) is not None and judged[b].verdict == v)
+              for v in ("applied", "held", "offline", "failed")}
+    return (f"wave {state.wave + 1}/{len(state.waves)} [{'#' * cells}{'-' * (20 - cells)}] "
+            f"{done}/{len(wave)}  applied {counts['applied']}  held {counts['held']}  "
+            f"offline {counts['offline']}  failed {counts['failed']}  {state.phase}")
+
+
+def cmd_rollout(args: argparse.Namespace) -> int:
+    from agent.ground.rollout.model import Gate
+    from agent.ground.rollout.over_mqtt import Plan, Planner, rollback_of
+    from agent.models.loading import load_text
+    from agent.sources.signing import load_private
+
+    try:
+        soak = _seconds(args.soak)
+        nodes = _nodes(args.nodes)
+        gate = Gate(max_criticality=args.max_criticality, allow_shed=args.allow_shed,
+                    apply_timeout_seconds=args.apply_timeout, max_failed=args.max_failed)
+    except (ValueError, OSError) as exc:
+        print(f"sortie rollout: bad argument: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.on_failure == "rollback" and args.rollback_to is None:
+        print("--on-failure rollback needs --rollback-to PROFILE (the mission failed boards "
+              "return to)", file=sys.stderr)
+        return EXIT_USAGE
+    data = args.profile.read_bytes()
+    mission = load_text(MissionProfile, data, str(args.profile))
+    rollback = None
+    if args.rollback_to is not None:
+        previous = load_file(MissionProfile, args.rollback_to)
+        rollback = rollback_of(previous, mission.generation)
+    plan = Plan(mission, data, rollback, gate, soak, args.on_failure)
+    planner = Planner(_broker(args), load_private(args.key), args.kid or args.key.stem, plan)
+    last = [""]
+
+    def show(state: Any, judged: dict[str, Any]) -> None:
+        line = _bar(state, judged)
+        if line != last[0] and not args.output:
+            print(line, flush=True)
+            last[0] = line
+
+    state, judged = asyncio.run(planner.run(nodes, args.waves.split(","), show,
+                                            args.timeout))
+    boards = {b: {"verdict": judged[b].verdict if b in judged else
+                  ("rolled-back" if b in state.rolled_back else "not-sent"),
+                  "why": state.failed.get(b) or (judged[b].why if b in judged else "")}
+              for w in state.waves for b in w}
+    summary = {"phase": state.phase, "message": state.message, "boards": boards,
+               "published": planner.published, "received": planner.received}
+    if args.output:
+        emit(summary, args.output)
+    else:
+        print(f"{state.phase}: {state.message}")
+        for b, v in sorted(boards.items()):
+            print(f"  {b:<24}{v['verdict']:<12}{v['why']}")
+    return EXIT_OK if state.phase == "Complete" else EXIT_REFUSED
