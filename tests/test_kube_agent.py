@@ -122,6 +122,10 @@ async def test_kubectl_apply_flies_the_mission_and_the_cluster_sees_the_board(
             assert node["status"]["capacity"]["cpu"] == "2"
             assert node["status"]["allocatable"]["cpu"] == "1"
             assert node["status"]["nodeInfo"]["architecture"] == "amd64"
+            # What a rollout's dry run admits against (docs/fleet.md).
+            facts = json.loads(node["metadata"]["annotations"]["sortie.dev/admission"])
+            assert HardwareProfile.model_validate(facts["hardware"]) == board
+            assert facts["kernel"]["tick_us"] == engine.features.tick_us
             lease = c.get_json("lease", NODE, "-n", "kube-node-lease")
             assert lease["spec"]["holderIdentity"] == NODE
             assert lease["spec"]["leaseDurationSeconds"] == 40

@@ -5,6 +5,7 @@ rolls back, resumes after a restart, and only one replica leads."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -42,9 +43,18 @@ def setup(c: Cluster, clock: Clock) -> None:
     c.kubectl("apply", "-f", str(REPO / "docs" / "kube" / "missionrollout-crd.yaml"))
     c.kubectl("create", "namespace", NS)
     store = c.server.store
-    for b in BOARDS:
+    for i, b in enumerate(BOARDS):
+        # As a board registers: what admission decides with (two boards have 4 cores).
+        facts = {"hardware": {"name": "b", "arch": "x86_64", "memory_mib": 4096,
+                              "cores": [{"id": k} for k in range(4 if i < 2 else 2)],
+                              "reserved": {"cores": [0], "cpu_fraction": 0.2,
+                                           "memory_mib": 512}},
+                 "kernel": {"rt_group_sched": True, "tick_us": 4000, "future": 1},
+                 "timing": {"tick_us": 4000, "latency_us": 2000, "os_isolated": False}}
+        notes = {ko.ADMISSION_FACTS: json.dumps(facts)} if i != 5 else {}
         store.create(rt(c, "", "nodes"), None, {"apiVersion": "v1", "kind": "Node",
-                     "metadata": {"name": b, "labels": {"fleet": "blue"}}})
+                     "metadata": {"name": b, "labels": {"fleet": "blue"},
+                                  "annotations": notes}})
     renew(c, clock, BOARDS)
     base = {"apiVersion": "sortie.dev/v1alpha1", "kind": "MissionProfile",
             "metadata": {"name": "base", "namespace": NS},
@@ -269,3 +279,25 @@ def test_the_shipped_controller_rbac_is_enough_and_the_cli_runs_it(tmp_path: Pat
         assert {"WaveStarted", "WaveApplied", "Complete"} <= {e["reason"] for e in events}
         described = c.kubectl("describe", "mr", "r", "-n", NS).stdout
         assert "all 2 waves applied" in described
+
+
+
+async def test_a_mission_some_boards_would_refuse_is_refused_per_board_before_wave_one(
+        tmp_path: Path) -> None:
+    clock = Clock()
+    with cluster(tmp_path) as c:
+        setup(c, clock)
+        # Core 3 exists on two boards only.
+        rollout(c, mission=mission_doc(partition("fc", crit="A", cores=[3]), name="ops",
+                                       generation=2))
+        a = api(c)
+        try:
+            await Controller(a, NS, "ctl-1", clock).pass_once()
+            st = status(c)
+            assert st["phase"] == "Failed" and "on 17 of 20 boards" in st["message"], st
+            refused = st["refusedBoards"]
+            assert set(refused) == set(BOARDS[2:]) - {"board-05"}  # 05 publishes no facts
+            assert "cpu.dedicated_cores" in refused["board-07"][0]
+            assert "r-wave" not in c.kubectl("get", "mp", "-n", NS).stdout  # nothing sent
+        finally:
+            await a.close()

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import replace
-from typing import TYPE_CHECKING
+from dataclasses import asdict, replace
+from typing import TYPE_CHECKING, Any
 
 from agent.cgroups import CgroupBackend, PartitionLimits
 from agent.cgroups.features import KernelFeatures
@@ -178,6 +178,10 @@ class Engine:
             uses_images = any(w.image for p in mission.partitions for w in p.workloads)
             found += host_violations(mission, self.images if uses_images else None)
         return found + generation_violations(mission, self.mission)
+
+    def admission_facts(self) -> dict[str, Any]:
+        return {"hardware": self.board.model_dump(mode="json"),
+                "kernel": asdict(self.features), "timing": asdict(self.timing_env())}
 
     def timing_env(self) -> TimingEnv:
         """What the deadline bounds assume on this board (docs/determinism.md)."""

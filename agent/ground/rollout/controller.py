@@ -31,6 +31,7 @@ from agent.ground.rollout.policy import (
     Report,
     State,
     advance,
+    dry_run,
     judge,
     tally,
     waves_of,
@@ -217,12 +218,24 @@ class Controller:
             if both:
                 reasons.append(f"spec: boards {both[:5]} are in rollout "
                                f"{other['metadata']['name']}, still in progress")
+        facts = {b: ((fleet.nodes.get(b) or {}).get("metadata", {}).get("annotations")
+                     or {}).get(ko.ADMISSION_FACTS) for b in boards}
+        refused, unchecked = dry_run(spec.mission, facts)
+        if refused:
+            reasons.append(f"admission refuses the mission on {len(refused)} of "
+                           f"{len(boards)} boards: " + "; ".join(
+                               f"{b}: {', '.join(why[:2])}"
+                               for b, why in list(refused.items())[:10]))
         if reasons:
             await self._write(ro, {"phase": "Failed", "message": "refused: "
-                                   + "; ".join(reasons), "boards": {}})
+                                   + "; ".join(reasons), "boards": {},
+                                   "refusedBoards": refused})
             await self._event(ro, State((("",),), phase="Failed",
                                         message="refused: " + "; ".join(reasons)))
             return
+        if unchecked:
+            log.warning("rollout %s: %d board(s) publish no admission facts, not dry-run: "
+                        "%s", name, len(unchecked), unchecked[:10])
         previous = {}
         for b in boards:
             flown = _flying(b, fleet.profiles, exclude=wave_name(name))
@@ -230,7 +243,8 @@ class Controller:
                 previous[b] = flown
         state = State(tuple(tuple(w) for w in waves),
                       message=f"wave 1 of {len(waves)} started: {len(waves[0])} board(s)")
-        await self._write(ro, self._status(state, {}, previous, [self.clock()]))
+        await self._write(ro, self._status(state, {}, previous, [self.clock()])
+                          | {"notDryRun": unchecked})
         await self._event(ro, state)
         await self._effect(ro, spec, state, previous, fleet)
 

@@ -16,6 +16,7 @@ from pydantic import Field
 
 from agent.errors import Violation
 from agent.ground.rollout.model import Camel, Gate
+from agent.models import MissionProfile
 
 RANK = {c: i for i, c in enumerate("ABCDE")}
 _STEP = re.compile(r"^([1-9][0-9]{0,5})(%?)$")
@@ -236,3 +237,38 @@ def tally(judged: Mapping[str, Judged], s: State) -> dict[str, int]:
     out["rolledBack"] = len(s.rolled_back)
     out["notYetSent"] = sum(len(w) for w in s.waves[s.wave + 1:])
     return out
+
+
+# -- the dry run before the first wave -------------------------------------------------------
+def dry_run(mission: MissionProfile, facts: Mapping[str, str | None]
+            ) -> tuple[dict[str, list[str]], list[str]]:
+    """Admission of ``mission`` on every board from the facts its node publishes
+    (``sortie.dev/admission``): the refusals per board, and the boards that could not be
+    checked (no facts, or facts this version cannot read)."""
+    import json
+    from dataclasses import fields
+
+    from pydantic import ValidationError
+
+    from agent.cgroups.features import KernelFeatures
+    from agent.models import HardwareProfile
+    from agent.policy.admission import admit
+    from agent.policy.deadlines import TimingEnv
+
+    refused: dict[str, list[str]] = {}
+    unchecked: list[str] = []
+    known_k = {f.name for f in fields(KernelFeatures)}
+    known_t = {f.name for f in fields(TimingEnv)}
+    for board, text in sorted(facts.items()):
+        try:
+            doc = json.loads(text or "")
+            hw = HardwareProfile.model_validate(doc["hardware"])
+            kernel = KernelFeatures(**{k: v for k, v in doc["kernel"].items() if k in known_k})
+            timing = TimingEnv(**{k: v for k, v in doc["timing"].items() if k in known_t})
+        except (ValueError, KeyError, TypeError, AttributeError, ValidationError):
+            unchecked.append(board)
+            continue
+        why = admit(mission, hw, kernel, timing=timing)
+        if why:
+            refused[board] = [str(v) for v in why]
+    return refused, unchecked

@@ -57,7 +57,8 @@ class NodeKeeper:
                             f"flying {m.name} generation {m.generation}{shed}")
 
     async def register(self) -> None:
-        want = ko.node(self.node_name, self.engine.board, self.cfg.node_labels)
+        want = ko.node(self.node_name, self.engine.board, self.cfg.node_labels,
+                       self.engine.admission_facts())
         cur = await self.api.get("Node", self.node_name)
         if cur is None:
             cur = await self.api.create(want)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,10 +112,19 @@ def node_status(board: HardwareProfile, ready: Readiness, now: float, kernel: st
     }
 
 
-def node(name: str, board: HardwareProfile, extra_labels: dict[str, str]) -> Obj:
+ADMISSION_FACTS = "sortie.dev/admission"
+"""On the board's node: what admission decides with (hardware profile, kernel features,
+timing assumptions), so a rollout can dry-run a mission against every board first."""
+
+
+def node(name: str, board: HardwareProfile, extra_labels: dict[str, str],
+         facts: dict[str, Any] | None = None) -> Obj:
+    notes = {"sortie.dev/hardware-profile": board.name}
+    if facts is not None:
+        notes[ADMISSION_FACTS] = json.dumps(facts, separators=(",", ":"), sort_keys=True)
     return {"apiVersion": "v1", "kind": "Node",
             "metadata": {"name": name, "labels": node_labels(name, board, extra_labels),
-                         "annotations": {"sortie.dev/hardware-profile": board.name}},
+                         "annotations": notes},
             "spec": {"taints": [TAINT]}}
 
 
