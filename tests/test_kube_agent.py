@@ -500,6 +500,46 @@ async def test_an_operator_holds_the_board_with_a_node_annotation(
             assert engine.mission.generation == 2 and engine.held_by() is None
 
 
+async def test_boards_flying_one_profile_keep_their_own_entries_and_an_aggregate(
+        tmp_path: Path, agent_config: AgentConfig, board: HardwareProfile) -> None:
+    from tests.conftest import purge_prefix
+    with cluster(tmp_path) as c:
+        await kubectl(c, "apply", "-f", str(CRD))
+        second = agent_config.model_copy(update={
+            "node_name": "test-2", "cgroup_prefix": f"{agent_config.cgroup_prefix}-2",
+            "state_dir": tmp_path / "b2" / "state", "run_dir": tmp_path / "b2" / "run",
+            "report_dir": Path(f"/tmp/{agent_config.cgroup_prefix}-2-report")})
+        e2 = Engine(second, board, V1Backend(CGROUP_ROOT, second.cgroup_prefix),
+                    StateStore(second.state_dir))
+        await e2.start()
+        src2 = KubeSource(kube_cfg(c), "test-2", e2)
+        t2 = asyncio.get_running_loop().create_task(src2.run_forever())
+        try:
+            async with on_cluster(c, agent_config, board) as (engine, _s):
+                await kubectl(c, "apply", "-f", "-", stdin=profile(
+                    "fleet", 1, partition("p"),
+                    target={"nodeSelector": {"sortie.dev/board": "test-board"}}))
+                await wait_for(lambda: set((mp_status(c, "fleet").get("boards") or {}))
+                               == {NODE, "test-2"}, 15, 0.2)
+                await wait_for(lambda: mp_status(c, "fleet").get("boardsByState")
+                               == {"Flying": 2}, 15, 0.2)
+                st = mp_status(c, "fleet")
+                assert st["state"] == "Flying"
+                applied = next(x for x in st["conditions"] if x["type"] == "Applied")
+                assert applied["status"] == "True" and "2 of 2 boards" in applied["message"]
+                assert engine.mission is not None and e2.mission is not None
+                table = (await kubectl(c, "get", "missionprofiles")).stdout.splitlines()
+                assert table[1].split()[:5] == ["fleet", "Flying", "1", "True", "True"]
+                # No board read-modify-wrote the other's entry: no conflicts at all.
+                assert src2.count.conflicts == 0 and _s.count.conflicts == 0
+        finally:
+            t2.cancel()
+            await asyncio.gather(t2, return_exceptions=True)
+            await src2.close()
+            await e2.shutdown(teardown=True)
+            purge_prefix(second.cgroup_prefix)
+
+
 async def test_root_workloads_from_kubernetes_need_the_switch(
         tmp_path: Path, agent_config: AgentConfig, board: HardwareProfile) -> None:
     as_root = profile("m", 1, partition("p", workloads=[workload("w", user="root")]))

@@ -208,6 +208,29 @@ def condition(ctype: str, ok: bool, reason: str, message: str, now: float,
             "lastTransitionTime": since}
 
 
+def aggregate(boards: dict[str, Obj], generation: int, now: float,
+              previous: list[Obj]) -> Obj:
+    """The top level of a profile several boards fly, from their entries: ``state`` the
+    one they share (else Partial), the count per state, and Admitted / Applied over all
+    of them (kubectl's columns)."""
+    by: dict[str, int] = {}
+    for e in boards.values():
+        st = str(e.get("state") or "Pending")
+        by[st] = by.get(st, 0) + 1
+    n = len(boards)
+    text = ", ".join(f"{c} {s}" for s, c in sorted(by.items(), key=lambda x: -x[1]))
+    refused = by.get("Rejected", 0)
+    flying = by.get("Flying", 0)
+    return {"state": next(iter(by)) if len(by) == 1 else "Partial",
+            "observedGeneration": generation, "boardsByState": by,
+            "conditions": [
+                condition("Admitted", refused == 0, "Fits" if refused == 0 else "DoesNotFit",
+                          f"{n - refused} of {n} boards admitted it", now, previous),
+                condition("Applied", flying == n, "Applied" if flying == n else "Partial",
+                          f"{flying} of {n} boards fly it ({text})", now, previous)],
+            "updated": timestamp(now)}
+
+
 def event(obj: Obj, node_name: str, reason: str, message: str, warning: bool,
           now: float, kind: str = KIND) -> Obj:
     meta = obj["metadata"]
