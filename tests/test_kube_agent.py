@@ -519,7 +519,7 @@ async def test_boards_flying_one_profile_keep_their_own_entries_and_an_aggregate
                 await kubectl(c, "apply", "-f", "-", stdin=profile(
                     "fleet", 1, partition("p"),
                     target={"nodeSelector": {"sortie.dev/board": "test-board"}}))
-                await wait_for(lambda: set((mp_status(c, "fleet").get("boards") or {}))
+                await wait_for(lambda: set(mp_status(c, "fleet").get("boards") or {})
                                == {NODE, "test-2"}, 15, 0.2)
                 await wait_for(lambda: mp_status(c, "fleet").get("boardsByState")
                                == {"Flying": 2}, 15, 0.2)
