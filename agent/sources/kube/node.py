@@ -47,6 +47,8 @@ class NodeKeeper:
         self.node_uid: str | None = None
         self._since = engine.platform.wall()
         self._written: tuple[float, str] = (0.0, "")
+        self._lease: ko.Obj | None = None
+        """The lease as the last write returned it (its resourceVersion is current)."""
 
     def readiness(self) -> ko.Readiness:
         m = self.engine.flying()
@@ -88,20 +90,25 @@ class NodeKeeper:
         self._written = (now, ready.message)
 
     async def renew_lease(self) -> None:
+        """One write per renewal, as a kubelet's: the lease as the last write returned
+        it, read again only when that fails (409: someone wrote in between; 404)."""
         now = self.engine.platform.wall()
         want = ko.lease(self.node_name, self.node_uid, self.cfg.lease_duration_s, now)
-        cur = await self.api.get("Lease", self.node_name, "kube-node-lease")
+        cur = self._lease
         if cur is None:
-            await self.api.create(want)
+            cur = await self.api.get("Lease", self.node_name, "kube-node-lease")
+        if cur is None:
+            self._lease = await self.api.create(want)
         else:
             body = dict(cur)
             body["spec"] = {**(cur.get("spec") or {}), **want["spec"]}
             try:
-                await self.api.replace(body)
+                self._lease = await self.api.replace(body)
             except KubeError as exc:
-                if exc.code != 409:
+                self._lease = None
+                if exc.code not in (404, 409):
                     raise
-                return  # someone renewed in between; the next tick reads it again
+                return  # changed or gone meanwhile: the next tick reads it again
         self.count.lease_renewals += 1
 
     async def holds_forever(self, failed: Callable[[str, KubeError], None]) -> None:

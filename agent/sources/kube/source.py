@@ -354,10 +354,15 @@ class KubeSource:
         if cached is not None and not target.get("nodeName"):
             await self._write_board_entry(ns, name, v)
             return
+        # The watch's copy first (its resourceVersion is usually current: our own last
+        # write came back as an event); read it only when the server says otherwise.
+        cur = cached if cached is not None and cached["metadata"].get("uid") == v.uid \
+            else None
         for _ in range(5):
-            cur = await self.api.get(KIND, name, ns or None)
-            if cur is None or cur["metadata"].get("uid") != v.uid:
-                return
+            if cur is None:
+                cur = await self.api.get(KIND, name, ns or None)
+                if cur is None or cur["metadata"].get("uid") != v.uid:
+                    return
             body = dict(cur)
             body["status"] = self._status_doc(v, cur.get("status") or {})
             try:
@@ -365,6 +370,7 @@ class KubeSource:
             except KubeError as exc:
                 if exc.code == 409:
                     self.count.conflicts += 1  # someone wrote in between: read again
+                    cur = None
                     continue
                 raise
             self.count.status_writes += 1
