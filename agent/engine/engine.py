@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from agent.cgroups import CgroupBackend, PartitionLimits
 from agent.cgroups.features import KernelFeatures
 from agent.engine.executor import Executor
-from agent.engine.holds import HoldBook, Pending
+from agent.engine.holds import HoldBook, Pending, Waiting, answer, superseded
 from agent.engine.locking import WriterLock
 from agent.engine.observing import FoundWorkload, observe
 from agent.engine.orders import HealthOrders
@@ -97,8 +97,8 @@ class Engine:
         """Status of each desired-state source (files, mqtt, kube), shown in status."""
         self.ready_after_s: float | None = None
         self.holds = HoldBook(config.state_dir)
-        self.pending: Pending | None = None
-        """The change that waits while the board holds (the newest received)."""
+        self.waiting = Waiting()
+        """The change that waits while the board holds."""
         self._resuming: asyncio.Task[None] | None = None
         self.events.subscribe(self._on_event)
 
@@ -194,16 +194,19 @@ class Engine:
         async with self.lock.held():
             violations = self.check(mission)
             if violations:
-                self.events.emit("mission.rejected", f"mission/{mission.name}",
-                                 f"generation {mission.generation}: "
-                                 + "; ".join(map(str, violations)), "error")
-                return Decision("rejected", mission.name, mission.generation, violations)
+                return self._rejected(mission, violations)
             if mission == self.mission:
                 return Decision("unchanged", mission.name, mission.generation)
             held = self.held_by()
             if held is not None:
                 return self._defer(origin.source, mission, origin, "", held)
             return await self._apply(mission, origin)
+
+    def _rejected(self, mission: MissionProfile, violations: list[Violation]) -> Decision:
+        self.events.emit("mission.rejected", f"mission/{mission.name}",
+                         f"generation {mission.generation}: "
+                         + "; ".join(map(str, violations)), "error")
+        return Decision("rejected", mission.name, mission.generation, violations)
 
     async def _apply(self, mission: MissionProfile, origin: Origin) -> Decision:
         """Fly an admitted mission; the caller holds the lock."""
@@ -226,8 +229,7 @@ class Engine:
         goes too. None when the mission is not that source's. While the board holds,
         the withdrawal waits as any change does."""
         async with self.lock.held():
-            if self.pending is not None and self.pending.source == source:
-                self._settle_pending(self._superseded(self.pending, f"withdrawn: {why}"))
+            self.waiting.drop(source, f"withdrawn: {why}")
             if self.mission is None or self.origin is None or self.origin.source != source:
                 return None
             held = self.held_by()
@@ -257,6 +259,11 @@ class Engine:
                         [describe(a) for a in actions])
 
     # -- holds -------------------------------------------------------------------------
+    @property
+    def pending(self) -> Pending | None:
+        """The change that waits while the board holds, if one does."""
+        return self.waiting.change
+
     def held_by(self) -> str | None:
         """Why a change to the flying mission would wait now, None if it would not."""
         why = self.holds.reason()
@@ -267,37 +274,16 @@ class Engine:
 
     def _defer(self, source: str, mission: MissionProfile | None, origin: Origin | None,
                why: str, held: str) -> Decision:
-        """Keep an admitted change as the pending one (the newest wins)."""
-        old = self.pending
-        if old is not None and (old.mission, old.origin) == (mission, origin) \
-                and mission is not None:
-            return Decision("held", mission.name, mission.generation, reason=held,
-                            later=old.later)  # the same change again: still waiting
-        fut: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
-        self.pending = Pending(source, mission, origin, why, self.platform.wall(), fut)
-        name, gen = (mission.name, mission.generation) if mission is not None else (
-            self.mission.name if self.mission else "", self.mission.generation
-            if self.mission else 0)
-        if old is not None:
-            self._settle_pending(self._superseded(old, f"replaced by {source}'s "
-                                 + (f"generation {gen}" if mission else "withdrawal")),
-                                 old)
-        what = f"generation {gen}" if mission is not None else f"withdrawal ({why})"
-        self.events.emit("mission.held", f"mission/{name}", f"{what} waits: {held}",
-                         "warning")
+        """Keep an admitted change as the one that waits (the newest wins)."""
+        fut, again = self.waiting.put(source, mission, origin, why, self.platform.wall())
+        flown = self.mission
+        name, gen = ((mission.name, mission.generation) if mission is not None else
+                     (flown.name, flown.generation) if flown is not None else ("", 0))
+        if not again:
+            what = f"generation {gen}" if mission is not None else f"withdrawal ({why})"
+            self.events.emit("mission.held", f"mission/{name}", f"{what} waits: {held}",
+                             "warning")
         return Decision("held", name, gen, reason=held, later=fut)
-
-    @staticmethod
-    def _superseded(p: Pending, why: str) -> Decision:
-        name, gen = (p.mission.name, p.mission.generation) if p.mission else ("", 0)
-        return Decision("superseded", name, gen, reason=why)
-
-    def _settle_pending(self, d: Decision, p: Pending | None = None) -> None:
-        p = p or self.pending
-        if p is self.pending:
-            self.pending = None
-        if p is not None and not p.later.done():
-            p.later.set_result(d)
 
     async def hold(self, source: str, reason: str) -> bool:
         """Hold changes for ``source`` (an operator, the node annotation)."""
@@ -331,7 +317,8 @@ class Engine:
             self._resume_soon(at_boundary=True)  # said at a major-frame boundary
 
     def _resume_soon(self, at_boundary: bool = False) -> None:
-        if self.pending is not None and (self._resuming is None or self._resuming.done()):
+        if self.waiting.change is not None and (self._resuming is None
+                                                or self._resuming.done()):
             self._resuming = asyncio.get_running_loop().create_task(
                 self._resume(at_boundary), name="resume-held-change")
 
@@ -341,28 +328,22 @@ class Engine:
         if not at_boundary:
             await asyncio.sleep(self.windows.until_boundary_s())
         async with self.lock.held():
-            p = self.pending
-            if p is None or self.held_by() is not None:
+            if self.waiting.change is None or self.held_by() is not None:
                 return
-            self.pending = None
-            self.events.emit("mission.released", f"mission/{p.mission.name if p.mission else ''}",
+            p = self.waiting.take()
+            assert p is not None
+            self.events.emit("mission.released",
+                             f"mission/{p.mission.name if p.mission else ''}",
                              f"{p.source}'s change waited {self.platform.wall() - p.since:.1f} s")
             if p.mission is not None and p.origin is not None:
                 violations = self.check(p.mission)  # the board may have changed
-                if violations:
-                    self.events.emit("mission.rejected", f"mission/{p.mission.name}",
-                                     f"generation {p.mission.generation}: "
-                                     + "; ".join(map(str, violations)), "error")
-                    d = Decision("rejected", p.mission.name, p.mission.generation,
-                                 violations)
-                else:
-                    d = await self._apply(p.mission, p.origin)
+                d = self._rejected(p.mission, violations) if violations else \
+                    await self._apply(p.mission, p.origin)
             elif self.origin is not None and self.origin.source == p.source:
                 d = await self._withdraw(p.source, p.why)
             else:
-                d = self._superseded(p, "the mission it withdrew no longer flies")
-            if not p.later.done():
-                p.later.set_result(d)
+                d = superseded(p, "the mission it withdrew no longer flies")
+            answer(p, d)
 
     # -- capacity and degraded modes -----------------------------------------------
     def _read_capacity(self) -> dict[int, float]:
@@ -506,8 +487,8 @@ class Engine:
         await self.settle_health()  # they take the lock: wait before holding it
         if self._resuming is not None:
             self._resuming.cancel()
-        if self.pending is not None:
-            self._settle_pending(self._superseded(self.pending, "the agent stopped"))
+        if (p := self.waiting.take()) is not None:
+            answer(p, superseded(p, "the agent stopped"))
         async with self.lock.held():
             if not teardown:
                 self.executor.detach()

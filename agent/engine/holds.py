@@ -117,3 +117,46 @@ class Pending:
     why: str
     since: float
     later: asyncio.Future[Decision]
+
+
+def superseded(p: Pending, why: str) -> Decision:
+    from agent.engine.port import Decision
+    name, gen = (p.mission.name, p.mission.generation) if p.mission else ("", 0)
+    return Decision("superseded", name, gen, reason=why)
+
+
+class Waiting:
+    """The one change that waits while the board holds: the newest received; an older
+    one is answered ``superseded``."""
+
+    def __init__(self) -> None:
+        self.change: Pending | None = None
+
+    def put(self, source: str, mission: MissionProfile | None, origin: Origin | None,
+            why: str, now: float) -> tuple[asyncio.Future[Decision], bool]:
+        """Keep this change waiting: its future, and whether it already was the one."""
+        old = self.change
+        if old is not None and mission is not None and (old.mission, old.origin) == (
+                mission, origin):
+            return old.later, True
+        fut: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
+        self.change = Pending(source, mission, origin, why, now, fut)
+        if old is not None:
+            what = f"generation {mission.generation}" if mission else "withdrawal"
+            answer(old, superseded(old, f"replaced by {source}'s {what}"))
+        return fut, False
+
+    def take(self) -> Pending | None:
+        p, self.change = self.change, None
+        return p
+
+    def drop(self, source: str, why: str) -> None:
+        """A source's change that waits goes (the source withdrew)."""
+        if self.change is not None and self.change.source == source:
+            answer(self.change, superseded(self.change, why))
+            self.change = None
+
+
+def answer(p: Pending, d: Decision) -> None:
+    if not p.later.done():
+        p.later.set_result(d)

@@ -15,6 +15,8 @@ of a Lease, and handler state in annotations, none of which this needs."""
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
 import hashlib
 import logging
 import time
@@ -69,7 +71,6 @@ class Fleet:
 
 
 def _epoch(stamp: str | None) -> float | None:
-    import datetime as dt
     if not stamp:
         return None
     try:
@@ -251,8 +252,6 @@ class Controller:
     async def run_forever(self, resync_s: float = 5.0) -> None:
         """A pass every ``resync_s``; API errors are retried at the next pass. Reaction
         time is bounded by the resync (seconds, against soaks of minutes)."""
-        import asyncio
-
         while True:
             try:
                 await self.pass_once()

@@ -10,7 +10,7 @@ import asyncio
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiomqtt
@@ -161,7 +161,6 @@ class Planner:
                                     await self._push(client, n, plan.mission, plan.data)
                             show(state, judged)
                 except TimeoutError:
-                    from dataclasses import replace
                     state = replace(state, phase="Paused",
                                     message=f"stopped after {timeout_s:g} s (--timeout)")
                 finally:

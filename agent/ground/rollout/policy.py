@@ -6,17 +6,21 @@ state below in their status, so a restarted one resumes where it was."""
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 
+from agent.cgroups.features import KernelFeatures
 from agent.errors import Violation
 from agent.ground.rollout.model import Camel, Gate
-from agent.models import MissionProfile
+from agent.models import HardwareProfile, MissionProfile
+from agent.policy.admission import admit
+from agent.policy.deadlines import TimingEnv
 
 RANK = {c: i for i, c in enumerate("ABCDE")}
 _STEP = re.compile(r"^([1-9][0-9]{0,5})(%?)$")
@@ -169,8 +173,6 @@ class State:
     @classmethod
     def from_dict(cls, d: object) -> State:
         """Back from a status the controller wrote; ValueError says why it is not one."""
-        from pydantic import ValidationError
-
         try:
             doc = _StateDoc.model_validate(d)
         except ValidationError as exc:
@@ -245,16 +247,6 @@ def dry_run(mission: MissionProfile, facts: Mapping[str, str | None]
     """Admission of ``mission`` on every board from the facts its node publishes
     (``sortie.dev/admission``): the refusals per board, and the boards that could not be
     checked (no facts, or facts this version cannot read)."""
-    import json
-    from dataclasses import fields
-
-    from pydantic import ValidationError
-
-    from agent.cgroups.features import KernelFeatures
-    from agent.models import HardwareProfile
-    from agent.policy.admission import admit
-    from agent.policy.deadlines import TimingEnv
-
     refused: dict[str, list[str]] = {}
     unchecked: list[str] = []
     known_k = {f.name for f in fields(KernelFeatures)}
