@@ -5,9 +5,10 @@ rolls back, resumes after a restart, and only one replica leads."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +120,20 @@ def targets(c: Cluster, name: str) -> list[str]:
     return obj["spec"]["target"]["nodeNames"]
 
 
+@contextlib.asynccontextmanager
+async def rolling(tmp_path: Path, **spec: Any) -> AsyncIterator[tuple[Cluster, Clock, KubeApi]]:
+    """The fleet in the simulator, the rollout ``r`` applied, a client for a controller."""
+    clock = Clock()
+    with cluster(tmp_path) as c:
+        setup(c, clock)
+        rollout(c, **spec)
+        a = api(c)
+        try:
+            yield c, clock, a
+        finally:
+            await a.close()
+
+
 async def drive(c: Cluster, ctl: Controller, clock: Clock, answer: Answer, passes: int,
                 step_s: float = 10.0) -> None:
     for _ in range(passes):
@@ -133,36 +148,25 @@ def api(c: Cluster) -> KubeApi:
 
 
 async def test_a_healthy_rollout_reaches_every_board_wave_by_wave(tmp_path: Path) -> None:
-    clock = Clock()
-    with cluster(tmp_path) as c:
-        setup(c, clock)
-        rollout(c)
-        a = api(c)
+    async with rolling(tmp_path) as (c, clock, a):
         ctl = Controller(a, NS, "ctl-1", clock)
-        try:
-            await ctl.pass_once()
-            assert len(targets(c, wave_name("r"))) == 5  # 25% of 20
-            await drive(c, ctl, clock, flying, 3)
-            st = status(c)
-            assert st["phase"] == "Soaking" and st["waveOf"] == "1/2", st
-            assert len(targets(c, wave_name("r"))) == 5  # nothing more while soaking
-            await drive(c, ctl, clock, flying, 8)
-            st = status(c)
-            assert st["phase"] == "Complete", st
-            assert sorted(targets(c, wave_name("r"))) == BOARDS
-            assert st["boards"]["applied"] == 20 and st["boards"]["failed"] == 0
-            row = c.kubectl("get", "mr", "-n", NS).stdout.splitlines()[1].split()
-            assert row[:3] == ["r", "Complete", "2/2"] and row[3] == "20"
-        finally:
-            await a.close()
+        await ctl.pass_once()
+        assert len(targets(c, wave_name("r"))) == 5  # 25% of 20
+        await drive(c, ctl, clock, flying, 3)
+        st = status(c)
+        assert st["phase"] == "Soaking" and st["waveOf"] == "1/2", st
+        assert len(targets(c, wave_name("r"))) == 5  # nothing more while soaking
+        await drive(c, ctl, clock, flying, 8)
+        st = status(c)
+        assert st["phase"] == "Complete", st
+        assert sorted(targets(c, wave_name("r"))) == BOARDS
+        assert st["boards"]["applied"] == 20 and st["boards"]["failed"] == 0
+        row = c.kubectl("get", "mr", "-n", NS).stdout.splitlines()[1].split()
+        assert row[:3] == ["r", "Complete", "2/2"] and row[3] == "20"
 
 
 async def test_a_crash_looping_first_wave_is_stopped_and_rolled_back(tmp_path: Path) -> None:
-    clock = Clock()
-    with cluster(tmp_path) as c:
-        setup(c, clock)
-        rollout(c)
-        a = api(c)
+    async with rolling(tmp_path) as (c, clock, a):
         ctl = Controller(a, NS, "ctl-1", clock)
         sick: set[str] = set()
 
@@ -172,32 +176,26 @@ async def test_a_crash_looping_first_wave_is_stopped_and_rolled_back(tmp_path: P
                 e["health"] = [{"partition": "fc", "criticality": "A", "kind": "crash-loop",
                                 "severity": "error", "at": "2026-12-01T00:00:00Z"}]
             return e
-        try:
-            await ctl.pass_once()
-            first = targets(c, wave_name("r"))
-            sick.update(first[:2])
-            await drive(c, ctl, clock, answer, 4)
-            st = status(c)
-            assert st["phase"] == "Failed" and set(st["failedBoards"]) == set(first[:2]), st
-            assert "crash-loop in DAL A partition fc" in st["message"]
-            # No board beyond the first wave ever got generation 2...
-            assert sorted(targets(c, wave_name("r"))) == sorted(first[2:])
-            # ...and the sick ones fly the mission they flew before, as a new generation.
-            back = c.get_json("missionprofile", rollback_name("r", "base"), "-n", NS)
-            assert sorted(back["spec"]["target"]["nodeNames"]) == sorted(first[:2])
-            assert back["spec"]["generation"] == 3 and len(back["spec"]["partitions"]) == 1
-            assert st["boards"]["rolledBack"] == 2 and st["boards"]["notYetSent"] == 15
-        finally:
-            await a.close()
+        await ctl.pass_once()
+        first = targets(c, wave_name("r"))
+        sick.update(first[:2])
+        await drive(c, ctl, clock, answer, 4)
+        st = status(c)
+        assert st["phase"] == "Failed" and set(st["failedBoards"]) == set(first[:2]), st
+        assert "crash-loop in DAL A partition fc" in st["message"]
+        # No board beyond the first wave ever got generation 2...
+        assert sorted(targets(c, wave_name("r"))) == sorted(first[2:])
+        # ...and the sick ones fly the mission they flew before, as a new generation.
+        back = c.get_json("missionprofile", rollback_name("r", "base"), "-n", NS)
+        assert sorted(back["spec"]["target"]["nodeNames"]) == sorted(first[:2])
+        assert back["spec"]["generation"] == 3 and len(back["spec"]["partitions"]) == 1
+        assert st["boards"]["rolledBack"] == 2 and st["boards"]["notYetSent"] == 15
 
 
 async def test_a_restarted_controller_resumes_and_only_one_replica_leads(
         tmp_path: Path) -> None:
-    clock = Clock()
-    with cluster(tmp_path) as c:
-        setup(c, clock)
-        rollout(c)
-        a, b = api(c), api(c)
+    async with rolling(tmp_path) as (c, clock, a):
+        b = api(c)
         try:
             one, two = Controller(a, NS, "ctl-1", clock), Controller(b, NS, "ctl-2", clock)
             await one.pass_once()
@@ -216,30 +214,22 @@ async def test_a_restarted_controller_resumes_and_only_one_replica_leads(
             assert lease["spec"]["holderIdentity"] == "ctl-2"
             assert lease["spec"]["leaseTransitions"] == 1
         finally:
-            await a.close()
             await b.close()
 
 
 async def test_a_rollout_for_boards_another_is_rolling_to_is_refused(tmp_path: Path) -> None:
-    clock = Clock()
-    with cluster(tmp_path) as c:
-        setup(c, clock)
-        rollout(c)
-        a = api(c)
-        try:
-            ctl = Controller(a, NS, "ctl-1", clock)
-            await ctl.pass_once()
-            other = yaml.safe_load(c.kubectl("get", "mr", "r", "-n", NS, "-o", "yaml").stdout)
-            other = {"apiVersion": other["apiVersion"], "kind": "MissionRollout",
-                     "metadata": {"name": "r2", "namespace": NS},
-                     "spec": {**other["spec"], "nodeNames": BOARDS[:3], "nodeSelector": {}}}
-            c.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(other))
-            await ctl.pass_once()
-            st = c.get_json("missionrollout", "r2", "-n", NS)["status"]
-            assert st["phase"] == "Failed" and "still in progress" in st["message"], st
-            assert "r2-wave" not in c.kubectl("get", "mp", "-n", NS).stdout
-        finally:
-            await a.close()
+    async with rolling(tmp_path) as (c, clock, a):
+        ctl = Controller(a, NS, "ctl-1", clock)
+        await ctl.pass_once()
+        other = yaml.safe_load(c.kubectl("get", "mr", "r", "-n", NS, "-o", "yaml").stdout)
+        other = {"apiVersion": other["apiVersion"], "kind": "MissionRollout",
+                 "metadata": {"name": "r2", "namespace": NS},
+                 "spec": {**other["spec"], "nodeNames": BOARDS[:3], "nodeSelector": {}}}
+        c.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(other))
+        await ctl.pass_once()
+        st = c.get_json("missionrollout", "r2", "-n", NS)["status"]
+        assert st["phase"] == "Failed" and "still in progress" in st["message"], st
+        assert "r2-wave" not in c.kubectl("get", "mp", "-n", NS).stdout
 
 
 def test_the_shipped_controller_rbac_is_enough_and_the_cli_runs_it(tmp_path: Path) -> None:
@@ -284,20 +274,13 @@ def test_the_shipped_controller_rbac_is_enough_and_the_cli_runs_it(tmp_path: Pat
 
 async def test_a_mission_some_boards_would_refuse_is_refused_per_board_before_wave_one(
         tmp_path: Path) -> None:
-    clock = Clock()
-    with cluster(tmp_path) as c:
-        setup(c, clock)
-        # Core 3 exists on two boards only.
-        rollout(c, mission=mission_doc(partition("fc", crit="A", cores=[3]), name="ops",
-                                       generation=2))
-        a = api(c)
-        try:
-            await Controller(a, NS, "ctl-1", clock).pass_once()
-            st = status(c)
-            assert st["phase"] == "Failed" and "on 17 of 20 boards" in st["message"], st
-            refused = st["refusedBoards"]
-            assert set(refused) == set(BOARDS[2:]) - {"board-05"}  # 05 publishes no facts
-            assert "cpu.dedicated_cores" in refused["board-07"][0]
-            assert "r-wave" not in c.kubectl("get", "mp", "-n", NS).stdout  # nothing sent
-        finally:
-            await a.close()
+    # Core 3 exists on two boards only.
+    async with rolling(tmp_path, mission=mission_doc(
+            partition("fc", crit="A", cores=[3]), name="ops", generation=2)) as (c, clock, a):
+        await Controller(a, NS, "ctl-1", clock).pass_once()
+        st = status(c)
+        assert st["phase"] == "Failed" and "on 17 of 20 boards" in st["message"], st
+        refused = st["refusedBoards"]
+        assert set(refused) == set(BOARDS[2:]) - {"board-05"}  # 05 publishes no facts
+        assert "cpu.dedicated_cores" in refused["board-07"][0]
+        assert "r-wave" not in c.kubectl("get", "mp", "-n", NS).stdout  # nothing sent
